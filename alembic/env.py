@@ -1,0 +1,70 @@
+"""Alembic environment (async template). The URL comes from DATABASE_URL (or the lab's
+SQLite default); the app migrates on its own connection via config.attributes."""
+
+import asyncio
+from logging.config import fileConfig
+
+from sqlalchemy.engine import Connection
+
+from alembic import context
+from source.config import database_url
+from source.models import Base, UTCDateTime
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("connection") is None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def render_item(type_, obj, autogen_context):
+    # Migrations store the plain column type, so they never import the app's code.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def configure(**kwargs) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_as_batch=True,  # SQLite alters tables by copying them
+        render_item=render_item,
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    from source.database import Database
+
+    db = Database(database_url(), null_pool=True)  # the app's pragmas and transaction handling
+    async with db.engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+        await connection.commit()
+    await db.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection)
+    else:
+        asyncio.run(run_async_migrations())
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

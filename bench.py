@@ -1,0 +1,167 @@
+"""The lab's speed figures, measured in one run so that ratios compare like with like.
+
+    python bench.py                 # every section, as a table
+    python bench.py --json          # the same figures as JSON
+    python bench.py --only anchors  # some sections only
+
+Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
+a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
+(or --redis) under its own key prefix, and the embedded fakeredis. No figure here is asserted
+by a test: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import fakeredis
+import redis.asyncio as aioredis
+
+from source import Database, User, run_db_setup_and_create_user
+from tests.scratch import scratch_postgres
+
+
+@dataclass
+class Figure:
+    section: str
+    backend: str
+    metric: str
+    value: float
+    unit: str
+
+
+@dataclass
+class Bench:
+    """What every section gets: migrated scratch databases and Redis clients by name."""
+
+    databases: dict[str, Database] = field(default_factory=dict)
+    redis: dict[str, aioredis.Redis] = field(default_factory=dict)
+    key_prefix: str = field(default_factory=lambda: f"bench:{uuid.uuid4().hex[:8]}:")
+    fake_server: fakeredis.FakeServer = field(default_factory=fakeredis.FakeServer)
+    urls: dict[str, str] = field(default_factory=dict)  # unmasked: never printed
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 of samples in seconds, returned in milliseconds."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return statistics.median(samples) * 1000, cuts[98] * 1000
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        await fn()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def latency_figures(section: str, backend: str, metric: str, samples: list[float]) -> list[Figure]:
+    p50, p99 = percentiles(samples)
+    return [Figure(section, backend, f"{metric} p50", p50, "ms"), Figure(section, backend, f"{metric} p99", p99, "ms")]
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+async def bench_anchors(bench: Bench) -> list[Figure]:
+    """The two anchors every later figure is compared to: a raw GET and a raw PK read."""
+    figures = []
+    key = bench.key_prefix + "anchor"
+    for name, client in bench.redis.items():
+        await client.set(key, "x" * 200)
+        figures += latency_figures("anchors", name, "raw redis GET", await timed(lambda c=client: c.get(key), 2000))
+    for name, db in bench.databases.items():
+        figures += latency_figures("anchors", name, "raw PK session.get", await timed_pk_reads(db, 1000))
+    return figures
+
+
+async def timed_pk_reads(db: Database, n: int) -> list[float]:
+    alex, _ = await run_db_setup_and_create_user(db)
+    async with db.sessions() as session:
+
+        async def get() -> User | None:
+            session.expunge_all()  # a real round trip each time, not the identity map
+            return await session.get(User, alex.id)
+
+        return await timed(get, n)
+
+
+SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
+    "anchors": bench_anchors,
+}
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+async def open_backends(stack: AsyncExitStack, bench: Bench, pg_url: str | None, redis_url: str | None) -> None:
+    tmp = stack.enter_context(tempfile.TemporaryDirectory())
+    bench.urls["sqlite"] = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+    if pg_url:
+        bench.urls["postgresql"] = await stack.enter_async_context(scratch_postgres(pg_url, "lab_bench"))
+    for name, url in bench.urls.items():
+        db = Database(url)
+        await db.upgrade_to_head()
+        stack.push_async_callback(db.dispose)
+        bench.databases[name] = db
+    bench.redis["fakeredis"] = fakeredis.FakeAsyncRedis(server=bench.fake_server, decode_responses=True)
+    if redis_url:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        bench.redis["redis"] = client
+        bench.urls["redis"] = redis_url
+
+        async def cleanup() -> None:
+            keys = [k async for k in client.scan_iter(match=bench.key_prefix + "*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+        stack.push_async_callback(cleanup)
+
+
+async def main(args: argparse.Namespace) -> list[Figure]:
+    figures: list[Figure] = []
+    async with AsyncExitStack() as stack:
+        bench = Bench()
+        await open_backends(stack, bench, args.pg, args.redis)
+        for name in args.only or SECTIONS:
+            print(f"# {name} ...", file=sys.stderr, flush=True)
+            figures += await SECTIONS[name](bench)
+    return figures
+
+
+def print_table(figures: list[Figure]) -> None:
+    rows = [("section", "backend", "metric", "value", "unit")]
+    rows += [(f.section, f.backend, f.metric, f"{f.value:.3f}", f.unit) for f in figures]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
+    parser.add_argument("--pg", default=os.environ.get("LAB_TEST_DATABASE_URL"), help="PostgreSQL admin URL")
+    parser.add_argument("--redis", default=os.environ.get("LAB_TEST_REDIS_URL"), help="Redis server URL")
+    arguments = parser.parse_args()
+    results = asyncio.run(main(arguments))
+    if arguments.json:
+        print(json.dumps([asdict(f) for f in results], indent=2))
+    else:
+        print_table(results)

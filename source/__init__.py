@@ -1,0 +1,33 @@
+"""The lab's code, in the order of its sections. Read the modules in this order:
+
+models.py        1. the data models
+database.py      2. engine, sessions, pooling, the statement recorder, migrations to head
+repositories.py  3. the repository pattern (and the N+1 strategies)
+cache.py         4. cache-aside on Redis (redis_setup.py: which Redis)
+outbox.py        5. the transactional outbox relay and its consumer
+services.py      use cases that own a transaction, and the sample data
+
+Nothing here imports streamlit, and nothing connects at import time.
+"""
+
+from .config import database_url, mask_url, redis_url
+from .database import Database, PoolStatus, StatementLog
+from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
+from .models import AIRScore, Assessment, Base, DomainEvent, TimestampMixin, User
+from .redis_setup import FAKE_SERVER, RedisTarget, make_redis_client, resolve_redis
+from .repositories import DomainEventRepository, UserRepository
+from .services import (
+    AIRScoreCalculated,
+    calculate_and_store_airscore,
+    create_sample_airscore,
+    run_db_setup_and_create_user,
+)
+
+__all__ = [
+    "AIRScore", "AIRScoreCalculated", "Assessment", "Base", "Database", "DomainEvent",
+    "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER", "InvalidInput", "LabError",
+    "NotFound", "PoolStatus", "RedisTarget", "StatementLog", "TimestampMixin", "User",
+    "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
+    "database_url", "make_redis_client", "mask_url", "redis_url", "resolve_redis",
+    "run_db_setup_and_create_user",
+]

@@ -1,0 +1,74 @@
+"""Domain errors: each carries a message a learner can read as it is."""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+class LabError(Exception):
+    """An error whose message is safe and useful to show on the page."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(LabError):
+    pass
+
+
+class DuplicateEmail(LabError):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"A user with the email {email} already exists.", field="email")
+
+
+class NotFound(LabError):
+    pass
+
+
+def clean_email(email: str | None) -> str:
+    value = (email or "").strip().lower()
+    if not value:
+        raise InvalidInput("Enter an email address.", field="email")
+    if len(value) > 255:
+        raise InvalidInput("The email is longer than 255 characters.", field="email")
+    if not EMAIL_PATTERN.match(value):
+        raise InvalidInput(f"'{value}' is not a valid email address.", field="email")
+    return value
+
+
+def clean_text(value: str | None, *, field: str, label: str, max_length: int, required: bool) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        if required:
+            raise InvalidInput(f"Enter a {label}.", field=field)
+        return None
+    if len(value) > max_length:
+        raise InvalidInput(
+            f"The {label} is {len(value)} characters long; at most {max_length} fit.", field=field
+        )
+    return value
+
+
+def clean_years(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not math.isfinite(value) or not 0 <= value <= 80:
+        raise InvalidInput("Years of experience must be between 0 and 80.", field="years_experience")
+    return float(value)
+
+
+def clean_id(value: str | None, *, label: str = "ID") -> str:
+    """A canonical UUID string, or InvalidInput for anything that is not one."""
+    text = (value or "").strip()
+    if not text:
+        raise InvalidInput(f"Enter a {label}.", field="id")
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidInput(f"'{text[:60]}' is not a valid {label} (expected a UUID).", field="id") from None

@@ -1,0 +1,121 @@
+"""1. Data models: typed SQLAlchemy 2.x declarative mappings."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, MetaData, String
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names, so that migrations can drop or alter them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware timestamp on every backend (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+# AsyncAttrs adds `obj.awaitable_attrs.<relationship>`: the explicit, awaitable lazy load.
+class Base(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class User(Base, TimestampMixin):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(255), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    occupation_code: Mapped[str | None] = mapped_column(String(20))
+    education_level: Mapped[str | None] = mapped_column(String(50))
+    years_experience: Mapped[float | None] = mapped_column(Float)
+
+    assessments: Mapped[list[Assessment]] = relationship(
+        back_populates="user", cascade="all, delete-orphan"
+    )
+    scores: Mapped[list[AIRScore]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", order_by="AIRScore.created_at"
+    )
+
+
+class Assessment(Base, TimestampMixin):
+    __tablename__ = "assessments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="in_progress")
+    component: Mapped[str] = mapped_column(String(50))
+    current_ability: Mapped[float] = mapped_column(Float, default=0.0)
+    items_administered: Mapped[int] = mapped_column(default=0)
+
+    user: Mapped[User] = relationship(back_populates="assessments")
+
+
+class AIRScore(Base, TimestampMixin):
+    __tablename__ = "air_scores"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    occupation_code: Mapped[str] = mapped_column(String(20))
+    air_score: Mapped[float] = mapped_column(Float)
+    vr_score: Mapped[float] = mapped_column(Float)
+    hr_score: Mapped[float] = mapped_column(Float)
+    synergy_score: Mapped[float] = mapped_column(Float)
+    ci_lower: Mapped[float] = mapped_column(Float)
+    ci_upper: Mapped[float] = mapped_column(Float)
+    parameter_version: Mapped[str] = mapped_column(String(20))
+    calculation_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    user: Mapped[User] = relationship(back_populates="scores")
+
+
+class DomainEvent(Base, TimestampMixin):
+    """A row of the transactional outbox: written in the same commit as the change it reports."""
+
+    __tablename__ = "domain_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    event_type: Mapped[str] = mapped_column(String(100), index=True)
+    aggregate_type: Mapped[str] = mapped_column(String(100))
+    aggregate_id: Mapped[str] = mapped_column(String(36), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_events_status_created", "status", "created_at"),)

@@ -1,0 +1,110 @@
+"""3. Repositories: data access behind a small interface. They take a session and never
+commit: the caller owns the transaction, so several writes can share one commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from .errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text, clean_years
+from .models import AIRScore, DomainEvent, User
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def create(
+        self,
+        *,
+        email: str,
+        name: str,
+        occupation_code: str | None = None,
+        education_level: str | None = None,
+        years_experience: float | None = None,
+    ) -> User:
+        """Validate, then add the user and flush. Raises InvalidInput or DuplicateEmail."""
+        user = User(
+            email=clean_email(email),
+            name=clean_text(name, field="name", label="name", max_length=255, required=True),
+            occupation_code=clean_text(
+                occupation_code, field="occupation_code", label="occupation code", max_length=20, required=False
+            ),
+            education_level=clean_text(
+                education_level, field="education_level", label="education level", max_length=50, required=False
+            ),
+            years_experience=clean_years(years_experience),
+        )
+        if await self.get_by_email(user.email) is not None:
+            raise DuplicateEmail(user.email)
+        self.session.add(user)
+        try:
+            await self.session.flush()
+        except IntegrityError:  # another session inserted the same email meanwhile
+            raise DuplicateEmail(user.email) from None
+        return user
+
+    async def get_by_id(self, user_id: str) -> User | None:
+        return await self.session.get(User, clean_id(user_id, label="user ID"))
+
+    async def get_existing(self, user_id: str) -> User:
+        """The user, or NotFound with a message naming the ID."""
+        user = await self.get_by_id(user_id)
+        if user is None:
+            raise NotFound(f"No user has the ID {clean_id(user_id)}.", field="id")
+        return user
+
+    async def get_by_email(self, email: str) -> User | None:
+        result = await self.session.execute(select(User).where(User.email == email.strip().lower()))
+        return result.scalar_one_or_none()
+
+    async def get_latest_score(self, user_id: str) -> AIRScore | None:
+        result = await self.session.execute(
+            select(AIRScore)
+            .where(AIRScore.user_id == clean_id(user_id, label="user ID"))
+            .order_by(AIRScore.created_at.desc(), AIRScore.id.desc())
+            .limit(1)
+        )
+        return result.scalar_one_or_none()
+
+    async def get_user_with_scores_eager(self, user_id: str) -> User | None:
+        """The user and all their scores in two statements (selectinload)."""
+        result = await self.session.execute(
+            select(User)
+            .where(User.id == clean_id(user_id, label="user ID"))
+            .options(selectinload(User.scores))
+        )
+        return result.scalar_one_or_none()
+
+
+class DomainEventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, event: DomainEvent) -> DomainEvent:
+        self.session.add(event)
+        return event
+
+    async def get_pending_events(self, limit: int = 100) -> Sequence[DomainEvent]:
+        result = await self.session.execute(
+            select(DomainEvent)
+            .where(DomainEvent.status == "pending")
+            .order_by(DomainEvent.created_at, DomainEvent.id)
+            .limit(limit)
+        )
+        return result.scalars().all()
+
+    async def mark_as_published(self, event_ids: Sequence[str]) -> int:
+        if not event_ids:
+            return 0
+        result = await self.session.execute(
+            update(DomainEvent)
+            .where(DomainEvent.id.in_(list(event_ids)), DomainEvent.status == "pending")
+            .values(status="published", published_at=datetime.now(UTC))
+        )
+        return result.rowcount

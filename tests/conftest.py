@@ -1,0 +1,114 @@
+"""Shared fixtures: a fresh database per test on each backend, and Redis clients.
+
+PostgreSQL and Redis come from LAB_TEST_DATABASE_URL and LAB_TEST_REDIS_URL. Without them the
+tests that need them skip with a reason; with LAB_REQUIRE_BACKENDS=1 (set by .ci/run) any skip
+is a failure, so a green CI run always means both backends were exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+
+from source import Database
+from source.redis_setup import RedisTarget
+from tests.scratch import scratch_postgres
+
+REQUIRE_BACKENDS = os.environ.get("LAB_REQUIRE_BACKENDS") == "1"
+
+
+def need(env_var: str) -> str:
+    """The URL in env_var, or skip (fail in CI) saying which variable is missing."""
+    url = os.environ.get(env_var, "").strip()
+    if not url:
+        reason = f"{env_var} is not set: this test needs a real server"
+        if REQUIRE_BACKENDS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_BACKENDS and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under LAB_REQUIRE_BACKENDS=1: {report.longrepr}"
+
+
+# --- databases -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def db_url(backend, tmp_path):
+    """The URL of a fresh, empty database of the backend under test."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'lab.db'}"
+        return
+    async with scratch_postgres(need("LAB_TEST_DATABASE_URL")) as url:
+        yield url
+
+
+@pytest.fixture
+async def db(db_url):
+    """A Database on a fresh database, migrated to head."""
+    database = Database(db_url)
+    await database.upgrade_to_head()
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+# --- Redis -----------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def redis_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix no other test (or learner) uses: tests touch only keys under it."""
+    return f"labtest:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def fake_server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis_target(redis_kind) -> RedisTarget:
+    if redis_kind == "fakeredis":
+        return RedisTarget("embedded", "fakeredis", "test")
+    url = need("LAB_TEST_REDIS_URL")
+    return RedisTarget("server", url, "test", url)
+
+
+@pytest.fixture
+async def redis_client(redis_kind, redis_target, fake_server, key_prefix):
+    """A client on a fresh fake server, or on the real server; keys under key_prefix are
+    deleted afterwards (nothing else is touched)."""
+    if redis_kind == "fakeredis":
+        client = fakeredis.FakeAsyncRedis(server=fake_server, decode_responses=True)
+    else:
+        client = aioredis.Redis.from_url(redis_target._real_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{key_prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

@@ -1,0 +1,210 @@
+"""Streamlit glue: the one background event loop, the shared resources, the sidebar and the
+error box. Pages import this module; this module imports `source`; `source` knows nothing of
+Streamlit.
+
+Why one loop: asyncpg connections and redis.asyncio clients belong to the event loop that
+created them. Streamlit reruns each page on a thread with no loop, so `asyncio.run()` per
+click would make a new loop each time and break every pooled connection on the next click.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+import streamlit as st
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+import source
+
+T = TypeVar("T")
+log = logging.getLogger("lab2")
+
+SECTIONS = [
+    ("app.py", "Introduction"),
+    ("pages/1_Data_Models.py", "1. Data Models"),
+    ("pages/2_DB_Connectivity_and_Pooling.py", "2. DB Connectivity & Pooling"),
+    ("pages/3_Repository_Pattern_and_N+1.py", "3. Repository Pattern & N+1"),
+    ("pages/4_Caching_with_Redis.py", "4. Caching with Redis"),
+    ("pages/5_Eventing_Outbox_Pattern.py", "5. Eventing (Outbox Pattern)"),
+]
+
+# What a learner's session carries from section to section.
+SESSION_DEFAULTS: dict[str, Any] = {
+    "db_initialized": False,
+    "user_alex_id": None,
+    "user_jane_id": None,
+    "created_user_id": None,
+}
+
+
+# --- the event loop and the shared resources ---------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def event_loop() -> asyncio.AbstractEventLoop:
+    """One loop per process, on a daemon thread, for every session."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="lab2-event-loop", daemon=True).start()
+    return loop
+
+
+class BackendTimeout(Exception):
+    pass
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+    """Run a coroutine on the shared loop and wait for its result."""
+    future = asyncio.run_coroutine_threadsafe(coro, event_loop())
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        future.cancel()
+        raise BackendTimeout(f"no answer within {timeout:g} s") from None
+
+
+@st.cache_resource(show_spinner=False)
+def database() -> source.Database:
+    """The app's database. Creating it connects to nothing; connections open on first use,
+    on the shared loop, and stay in its pool."""
+    return source.Database(source.database_url())
+
+
+@st.cache_resource(show_spinner=False)
+def redis_target() -> source.RedisTarget:
+    return source.resolve_redis()
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A box for an awaitable client: Streamlit refuses to cache awaitable objects as such."""
+
+    value: Any
+
+
+@st.cache_resource(show_spinner=False)
+def _redis_client() -> _Held:
+    target = redis_target()
+
+    async def make():
+        return source.make_redis_client(target)
+
+    return _Held(run(make()))
+
+
+def redis_client():
+    """The cache's Redis client, created on the shared loop (it belongs to that loop)."""
+    return _redis_client().value
+
+
+# --- status of the backends (sidebar and banners) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    database_ok: bool
+    schema_revision: str | None
+    redis_ok: bool
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def backend_status() -> BackendStatus:
+    """Measured now (cached for 3 s so that a full room does not ping on every rerun)."""
+    db, client = database(), redis_client()
+
+    async def check() -> BackendStatus:
+        try:
+            revision = await asyncio.wait_for(db.current_revision(), 3)
+            database_ok = True
+        except Exception:
+            revision, database_ok = None, False
+        try:
+            redis_ok = bool(await asyncio.wait_for(client.ping(), 1))
+        except Exception:
+            redis_ok = False
+        return BackendStatus(database_ok, revision, redis_ok)
+
+    return run(check(), timeout=10)
+
+
+# --- page set-up ---------------------------------------------------------------------------
+
+
+def page(title: str, icon: str = "🗄️") -> None:
+    """Every page calls this first: page config, session defaults, sidebar, banners."""
+    st.set_page_config(page_title=f"{title} · Lab 2", page_icon=icon, layout="wide")
+    for key, value in SESSION_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    status = backend_status()
+    if status.schema_revision is not None:
+        st.session_state.db_initialized = True
+    _sidebar(status)
+    _banners(status)
+
+
+def _sidebar(status: BackendStatus) -> None:
+    db, target = database(), redis_target()
+    with st.sidebar:
+        st.markdown("### Lab 2: Data Architecture & Persistence")
+        st.markdown("**Database**")
+        st.caption(f"{'🟢' if status.database_ok else '🔴'} {db.label}")
+        st.code(db.masked_url, language=None)
+        st.caption(
+            f"Schema: revision {status.schema_revision}" if status.schema_revision
+            else "Schema: not initialised (see section 2)"
+        )
+        st.markdown("**Redis**")
+        st.caption(f"{'🟢' if status.redis_ok else '🔴'} {target.label}: {target.reason}")
+
+
+def _banners(status: BackendStatus) -> None:
+    if not status.database_ok:
+        st.error(
+            f"**Database unreachable: {database().label}.** Pages that read or write data will "
+            "show an error until it is back; the explanations and code still work."
+        )
+    if not status.redis_ok:
+        st.warning(
+            f"**Redis is not answering ({redis_target().label}).** Cached reads fall back to the "
+            "database; the outbox keeps events pending until Redis returns."
+        )
+
+
+# --- errors and user text ------------------------------------------------------------------
+
+
+def error_message(exc: BaseException) -> str:
+    """What a learner sees for an exception: its domain message, or the backend that failed.
+    Never a traceback, never a URL with credentials."""
+    if isinstance(exc, source.LabError):
+        return exc.message
+    if isinstance(exc, redis.RedisError):
+        return f"Redis ({redis_target().label}) did not answer: {type(exc).__name__}."
+    if isinstance(exc, (OperationalError, DBAPIError, ConnectionError, OSError)):
+        return f"The database ({database().label}) is not reachable or refused the request."
+    if isinstance(exc, BackendTimeout):
+        return f"The operation timed out ({exc})."
+    return f"Something went wrong ({type(exc).__name__}); details are in the server log."
+
+
+@contextmanager
+def errors_shown(where: Any = st) -> Iterator[None]:
+    """Run a page action; show any failure as a clear message instead of a traceback."""
+    try:
+        yield
+    except Exception as exc:  # the learner sees a message; the log keeps the details
+        if not isinstance(exc, source.LabError):
+            log.exception("page action failed")
+        where.error(error_message(exc))
+
+
+def escape_markdown(text: str) -> str:
+    """User text inside st.markdown: no markdown, no HTML, no LaTeX."""
+    specials = "\\`*_{}[]()<>#+-.!|$~"
+    return "".join("\\" + ch if ch in specials else ch for ch in str(text))
