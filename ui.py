@@ -103,6 +103,13 @@ def redis_client():
     return _redis_client().value
 
 
+def reset_resources() -> None:
+    """Forget the shared resources so the next rerun builds them from the environment again
+    (tests switch backends this way). The event loop itself stays."""
+    for cached in (database, redis_target, _redis_client, backend_status):
+        cached.clear()
+
+
 # --- status of the backends (sidebar and banners) ------------------------------------------
 
 

@@ -10,7 +10,7 @@ services.py      use cases that own a transaction, and the sample data
 Nothing here imports streamlit, and nothing connects at import time.
 """
 
-from .config import database_url, mask_url, redis_url
+from .config import database_url, mask_url, redis_prefix, redis_url
 from .database import Database, PoolStatus, StatementLog
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
 from .models import AIRScore, Assessment, Base, DomainEvent, TimestampMixin, User
@@ -28,6 +28,6 @@ __all__ = [
     "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER", "InvalidInput", "LabError",
     "NotFound", "PoolStatus", "RedisTarget", "StatementLog", "TimestampMixin", "User",
     "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
-    "database_url", "make_redis_client", "mask_url", "redis_url", "resolve_redis",
+    "database_url", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "resolve_redis",
     "run_db_setup_and_create_user",
 ]

@@ -27,6 +27,12 @@ def redis_url() -> tuple[str, bool]:
     return (url, True) if url else (DEFAULT_REDIS_URL, False)
 
 
+def redis_prefix() -> str:
+    """Every key and stream the lab writes starts with this (LAB_REDIS_PREFIX, default "lab2:"),
+    so the lab can share a Redis server and clean up only what it made."""
+    return os.environ.get("LAB_REDIS_PREFIX", "").strip() or "lab2:"
+
+
 def mask_url(url: str) -> str:
     """The URL as it may be shown: never with its password."""
     try:

@@ -7,16 +7,18 @@ is a failure, so a green CI run always means both backends were exercised.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
 import fakeredis
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from source import Database
 from source.redis_setup import RedisTarget
-from tests.scratch import scratch_postgres
+from tests.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
 
 REQUIRE_BACKENDS = os.environ.get("LAB_REQUIRE_BACKENDS") == "1"
 
@@ -68,6 +70,42 @@ async def db(db_url):
         yield database
     finally:
         await database.dispose()
+
+
+# --- the app on a backend pair (for AppTest and browser tests) -------------------------
+
+
+@pytest.fixture(params=["embedded", "servers"])
+def app_env(request, tmp_path, monkeypatch, key_prefix):
+    """Points the app (ui.py's resources) at a fresh backend pair: "embedded" is a SQLite file
+    plus a fresh fakeredis server; "servers" is a scratch PostgreSQL database plus the test
+    Redis, under a key prefix of its own. Yields the pair's name."""
+    import ui
+
+    admin_url = scratch_url = None
+    if request.param == "embedded":
+        monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        monkeypatch.setattr("source.config.DEFAULT_REDIS_URL", "redis://127.0.0.1:9/0")
+        monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fakeredis.FakeServer())
+    else:
+        admin_url, redis_url = need("LAB_TEST_DATABASE_URL"), need("LAB_TEST_REDIS_URL")
+        scratch_url = asyncio.run(create_postgres_database(admin_url))
+        monkeypatch.setenv("DATABASE_URL", scratch_url)
+        monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("LAB_REDIS_PREFIX", key_prefix)
+    ui.reset_resources()
+    try:
+        yield request.param
+    finally:
+        ui.reset_resources()
+        if scratch_url:
+            asyncio.run(drop_postgres_database(admin_url, scratch_url))
+            client = redis.Redis.from_url(os.environ["LAB_TEST_REDIS_URL"])
+            keys = list(client.scan_iter(match=f"{key_prefix}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
 
 
 # --- Redis -----------------------------------------------------------------------------
