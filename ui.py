@@ -155,6 +155,22 @@ def page(title: str, icon: str = "🗄️") -> None:
     _banners(status)
 
 
+def require_initialized() -> None:
+    """Stop the page with a pointer to section 2 unless the schema and sample users exist;
+    fills in the sample users' IDs when another session created them."""
+    if not backend_status().database_ok:
+        st.stop()
+    if not st.session_state.db_initialized:
+        st.info("Initialise the database in **2. DB Connectivity & Pooling** first.")
+        st.page_link(SECTIONS[2][0], label="Go to 2. DB Connectivity & Pooling", icon="➡️")
+        st.stop()
+    if st.session_state.user_alex_id is None:
+        with errors_shown():
+            alex, jane = run(source.find_sample_users(database()))
+            if alex is not None and jane is not None:
+                st.session_state.user_alex_id, st.session_state.user_jane_id = alex.id, jane.id
+
+
 def _sidebar(status: BackendStatus) -> None:
     db, target = database(), redis_target()
     with st.sidebar:

@@ -20,6 +20,7 @@ from .services import (
     AIRScoreCalculated,
     calculate_and_store_airscore,
     create_sample_airscore,
+    find_sample_users,
     run_db_setup_and_create_user,
 )
 
@@ -28,6 +29,6 @@ __all__ = [
     "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER", "InvalidInput", "LabError",
     "NotFound", "PoolStatus", "RedisTarget", "StatementLog", "TimestampMixin", "User",
     "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
-    "database_url", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "resolve_redis",
+    "database_url", "find_sample_users", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "resolve_redis",
     "run_db_setup_and_create_user",
 ]

@@ -111,3 +111,11 @@ async def run_db_setup_and_create_user(db: Database) -> tuple[User, User]:
     async with db.sessions.begin() as session:
         alex, jane = await get_or_create_users(session, [dict(row) for row in SAMPLE_USERS])
     return alex, jane
+
+
+async def find_sample_users(db: Database) -> tuple[User | None, User | None]:
+    """Alex and Jane if the set-up has run (in any session), without creating them."""
+    async with db.sessions() as session:
+        repo = UserRepository(session)
+        alex, jane = [await repo.get_by_email(row["email"]) for row in SAMPLE_USERS]
+    return alex, jane
