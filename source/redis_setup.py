@@ -16,6 +16,7 @@ from . import config
 # One in-process "server" per process: every embedded client shares its data, the way
 # every client of a real server does.
 FAKE_SERVER = fakeredis.FakeServer()
+EMBEDDED_SCHEME = "fakeredis://"  # REDIS_URL=fakeredis:// asks for the stand-in explicitly
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,15 @@ class RedisTarget:
 
 
 def resolve_redis(url: str | None = None, *, probe_timeout: float = 0.1) -> RedisTarget:
-    """The server at REDIS_URL; if REDIS_URL is unset, the default server if it answers a PING
+    """The server at REDIS_URL (or the stand-in for fakeredis://); if REDIS_URL is unset, the default server if it answers a PING
     within probe_timeout, else the embedded stand-in. A URL the learner set is never swapped."""
     if url is None:
         url, chosen = config.redis_url()
     else:
         chosen = True
     masked = config.mask_url(url)
+    if url.startswith(EMBEDDED_SCHEME):
+        return RedisTarget("embedded", "fakeredis", "REDIS_URL asks for the embedded stand-in")
     if chosen:
         return RedisTarget("server", masked, "REDIS_URL is set", url)
     try:

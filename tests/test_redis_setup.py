@@ -43,3 +43,9 @@ def test_the_default_server_is_found_when_it_answers(monkeypatch):
     monkeypatch.setattr("source.config.DEFAULT_REDIS_URL", url)
     monkeypatch.delenv("REDIS_URL", raising=False)
     assert resolve_redis().kind == "server"
+
+
+def test_fakeredis_url_asks_for_the_embedded_stand_in(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "fakeredis://")
+    target = resolve_redis()
+    assert target.kind == "embedded" and "asks for" in target.reason
