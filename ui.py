@@ -227,6 +227,18 @@ def errors_shown(where: Any = st) -> Iterator[None]:
         where.error(error_message(exc))
 
 
+def show_statements(log: source.StatementLog, *, label: str = "SQL statements sent") -> None:
+    """The statements a block sent, as recorded by `Database.record()`: the count, then each
+    statement with its time in an expander."""
+    total_ms = sum(s.seconds for s in log.statements) * 1000
+    st.markdown(f"**{label}: {log.count}** ({total_ms:.1f} ms in the database driver)")
+    if log.count:
+        with st.expander(f"Show the {log.count} statement{'s' if log.count != 1 else ''}"):
+            for number, statement in enumerate(log.statements, start=1):
+                st.caption(f"{number}. {statement.seconds * 1000:.2f} ms")
+                st.code(statement.sql.strip(), language="sql")
+
+
 def escape_markdown(text: str) -> str:
     """User text inside st.markdown: no markdown, no HTML, no LaTeX."""
     specials = "\\`*_{}[]()<>#+-.!|$~"
