@@ -176,14 +176,18 @@ def _sidebar(status: BackendStatus) -> None:
     with st.sidebar:
         st.markdown("### Lab 2: Data Architecture & Persistence")
         st.markdown("**Database**")
-        st.caption(f"{'🟢' if status.database_ok else '🔴'} {db.label}")
+        st.caption(f"{_dot(status.database_ok)} {db.label}")
         st.code(db.masked_url, language=None)
         st.caption(
             f"Schema: revision {status.schema_revision}" if status.schema_revision
             else "Schema: not initialised (see section 2)"
         )
         st.markdown("**Redis**")
-        st.caption(f"{'🟢' if status.redis_ok else '🔴'} {target.label}: {target.reason}")
+        st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
+
+
+def _dot(ok: bool) -> str:
+    return ":green[● up]" if ok else ":red[● down]"
 
 
 def _banners(status: BackendStatus) -> None:
