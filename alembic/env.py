@@ -4,9 +4,9 @@ SQLite default); the app migrates on its own connection via config.attributes.""
 import asyncio
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy.engine import Connection
 
-from alembic import context
 from source.config import database_url
 from source.models import Base, UTCDateTime
 
@@ -35,7 +35,8 @@ def configure(**kwargs) -> None:
 
 
 def run_migrations_offline() -> None:
-    configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    url = config.attributes.get("url") or database_url()  # the app passes its own database's URL
+    configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
 

@@ -8,7 +8,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,16 +143,11 @@ class Database:
 
     async def upgrade_to_head(self) -> None:
         """Run the Alembic migrations to head, from inside a running event loop."""
-        while not _MIGRATION_LOCK.acquire(blocking=False):
-            await asyncio.sleep(0.01)  # never block the event loop while another migrates
-        try:
-            async with self.engine.begin() as conn:
-                if self.backend == "postgresql":
-                    # One migrator at a time across processes; released at commit.
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(2002)"))
-                await conn.run_sync(_upgrade, "head")
-        finally:
-            _MIGRATION_LOCK.release()
+        async with migration_lock(), self.engine.begin() as conn:
+            if self.backend == "postgresql":
+                # One migrator at a time across processes; released at commit.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(2002)"))
+            await conn.run_sync(_upgrade, "head")
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
@@ -160,6 +155,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def migration_lock():
+    while not _MIGRATION_LOCK.acquire(blocking=False):
+        await asyncio.sleep(0.01)  # never block the event loop while another migrates
+    try:
+        yield
+    finally:
+        _MIGRATION_LOCK.release()
 
 
 def alembic_config(connection=None):

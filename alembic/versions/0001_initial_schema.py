@@ -8,7 +8,6 @@ Create Date: 2026-11-27 12:05:35.220087
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 # revision identifiers, used by Alembic.

@@ -1,0 +1,132 @@
+"""6. Schema migrations: Alembic's history, the database's revision, the SQL a step would run,
+one step up or down, and a drift check of the models against the live schema."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from .database import Database, alembic_config, migration_lock
+from .models import Base
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    down_revision: str | None
+    message: str
+    filename: str
+    is_head: bool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    before: str | None
+    after: str | None
+    tables_added: list[str]
+    tables_dropped: list[str]
+    columns_added: list[str]
+    columns_dropped: list[str]
+
+
+def revision_history() -> list[Revision]:
+    """Every revision in the migration scripts, oldest first."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    heads = set(scripts.get_heads())
+    history = [
+        Revision(
+            revision=rev.revision,
+            down_revision=rev.down_revision if isinstance(rev.down_revision, str) else None,
+            message=rev.doc or "",
+            filename=rev.path.rsplit("/", 1)[-1],
+            is_head=rev.revision in heads,
+        )
+        for rev in scripts.walk_revisions()
+    ]
+    return list(reversed(history))
+
+
+def migration_source(revision: str) -> str:
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    with open(script.path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def offline_sql(db: Database, *, from_revision: str | None, to_revision: str) -> str:
+    """The SQL that upgrading (or downgrading) between two revisions would send, without
+    touching the database (Alembic's offline mode, rendered for this database's dialect)."""
+    cfg = alembic_config()
+    buffer = io.StringIO()
+    cfg.output_buffer = buffer
+    cfg.attributes["url"] = db.url.render_as_string(hide_password=False)
+    order = [r.revision for r in revision_history()]
+    start = from_revision or "base"
+    upgrading = to_revision != "base" and (from_revision is None or order.index(to_revision) > order.index(from_revision))
+    if upgrading:
+        command.upgrade(cfg, f"{start}:{to_revision}", sql=True)
+    else:
+        command.downgrade(cfg, f"{start}:{to_revision}", sql=True)
+    return buffer.getvalue()
+
+
+def _schema(sync_connection) -> dict[str, set[str]]:
+    inspector = inspect(sync_connection)
+    return {
+        table: {column["name"] for column in inspector.get_columns(table)}
+        for table in inspector.get_table_names()
+        if table != "alembic_version"
+    }
+
+
+def _step(sync_connection, direction: str) -> tuple[str | None, str | None, dict, dict]:
+    context = MigrationContext.configure(sync_connection)
+    before_revision, before = context.get_current_revision(), _schema(sync_connection)
+    cfg = alembic_config(sync_connection)
+    if direction == "up":
+        command.upgrade(cfg, "+1")
+    else:
+        command.downgrade(cfg, "-1")
+    after_revision = MigrationContext.configure(sync_connection).get_current_revision()
+    return before_revision, after_revision, before, _schema(sync_connection)
+
+
+async def step(db: Database, *, direction: str) -> StepResult:
+    """Upgrade or downgrade exactly one revision and report what changed in the schema."""
+    if direction not in ("up", "down"):
+        raise ValueError("direction is 'up' or 'down'")
+    async with migration_lock(), db.engine.begin() as conn:
+        before_rev, after_rev, before, after = await conn.run_sync(_step, direction)
+    shared = before.keys() & after.keys()
+    return StepResult(
+        before=before_rev,
+        after=after_rev,
+        tables_added=sorted(after.keys() - before.keys()),
+        tables_dropped=sorted(before.keys() - after.keys()),
+        columns_added=sorted(f"{t}.{c}" for t in shared for c in after[t] - before[t]),
+        columns_dropped=sorted(f"{t}.{c}" for t in shared for c in before[t] - after[t]),
+    )
+
+
+def _drift(sync_connection) -> list[str]:
+    context = MigrationContext.configure(sync_connection, opts={"compare_type": True})
+    return [_describe(diff) for diff in compare_metadata(context, Base.metadata)]
+
+
+def _describe(diff) -> str:
+    if isinstance(diff, list):  # column modifications come grouped
+        return "; ".join(_describe(d) for d in diff)
+    operation, *rest = diff
+    names = [getattr(item, "name", None) or str(item) for item in rest if item is not None]
+    return f"{operation}: {', '.join(str(n) for n in names[:3])}"
+
+
+async def drift(db: Database) -> list[str]:
+    """Differences between the models and the live schema: empty means no drift."""
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(_drift)
