@@ -10,7 +10,9 @@ click would make a new loop each time and break every pooled connection on the n
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -33,6 +35,7 @@ SECTIONS = [
     ("pages/3_Repository_Pattern_and_N+1.py", "3. Repository Pattern & N+1"),
     ("pages/4_Caching_with_Redis.py", "4. Caching with Redis"),
     ("pages/5_Eventing_Outbox_Pattern.py", "5. Eventing (Outbox Pattern)"),
+    ("pages/6_Schema_Migrations.py", "6. Schema Migrations (Alembic)"),
 ]
 
 # What a learner's session carries from section to section.
@@ -184,6 +187,7 @@ def _sidebar(status: BackendStatus) -> None:
         )
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
+        _progress()
 
 
 def _dot(ok: bool) -> str:
@@ -247,3 +251,96 @@ def escape_markdown(text: str) -> str:
     """User text inside st.markdown: no markdown, no HTML, no LaTeX."""
     specials = "\\`*_{}[]()<>#+-.!|$~"
     return "".join("\\" + ch if ch in specials else ch for ch in str(text))
+
+
+# --- knowledge checks and progress ---------------------------------------------------------
+
+# The key action of each section, named as the sidebar shows it.
+PROGRESS = {
+    "models": "1. Data Models",
+    "pooling": "2. DB Connectivity & Pooling",
+    "repository": "3. Repository Pattern & N+1",
+    "cache": "4. Caching with Redis",
+    "outbox": "5. Eventing (Outbox Pattern)",
+    "migrations": "6. Schema Migrations",
+}
+
+
+def mark_done(section: str) -> None:
+    """Record that the learner did the section's key action (kept in session state)."""
+    st.session_state[f"done_{section}"] = True
+
+
+def section_complete(section: str) -> bool:
+    return bool(st.session_state.get(f"done_{section}") and st.session_state.get(f"passed_{section}"))
+
+
+def knowledge_check(section: str, questions) -> None:
+    """A short quiz with feedback that explains why. Answers live in session state, so leaving
+    the page and coming back keeps them."""
+    st.subheader("Check your understanding")
+    answers_key = f"answers_{section}"
+    saved: dict[int, int] = st.session_state.setdefault(answers_key, {})
+    with st.form(f"check_form_{section}"):
+        choices = {}
+        for number, question in enumerate(questions):
+            previous = saved.get(number)
+            choices[number] = st.radio(
+                f"**{question.objective}.** {question.prompt}",
+                range(len(question.options)),
+                format_func=lambda i, q=question: q.options[i],
+                index=previous,
+                key=f"check_{section}_{number}",
+            )
+        submitted = st.form_submit_button("Check answers")
+    if submitted:
+        st.session_state[answers_key] = saved = {n: c for n, c in choices.items() if c is not None}
+    if not saved:
+        return
+    correct = 0
+    for number, question in enumerate(questions):
+        chosen = saved.get(number)
+        if chosen is None:
+            st.info(f"Question {number + 1}: not answered yet.")
+        elif chosen == question.answer:
+            correct += 1
+            st.success(f"Question {number + 1}: right. {question.why}")
+        else:
+            st.error(f"Question {number + 1}: not quite. {question.why}")
+    st.session_state[f"passed_{section}"] = correct == len(questions)
+    st.caption(f"{correct} of {len(questions)} right.")
+
+
+def _progress() -> None:
+    st.markdown("**Your progress**")
+    lines = []
+    for section, label in PROGRESS.items():
+        done, passed = st.session_state.get(f"done_{section}"), st.session_state.get(f"passed_{section}")
+        mark = "✓" if done and passed else ("◐" if done or passed else "○")
+        lines.append(f"{mark} {label}")
+    st.caption("  \n".join(lines))
+    st.caption("✓ key action done and check passed · ◐ one of the two")
+
+
+# --- actions that change what everyone sees -----------------------------------------------
+
+
+def instructor_key_ok(action: str, *, key: str) -> bool:
+    """Gate for actions that change the lab for every session on this server (resetting data,
+    stopping the publisher, injecting a fault, stepping the schema). With LAB_INSTRUCTOR_KEY
+    set they need that key; without it the server is taken to be one learner's own."""
+    expected = os.environ.get("LAB_INSTRUCTOR_KEY", "")
+    if not expected:
+        st.caption(
+            f"{action} changes the lab for everyone using this server. No LAB_INSTRUCTOR_KEY is "
+            "set, so anyone may do it; an instructor serving a room sets one."
+        )
+        return True
+    entered = st.text_input(f"Instructor key ({action.lower()})", type="password", key=key)
+    if not entered:
+        st.caption(f"{action} changes the lab for everyone: it needs the instructor key.")
+        return False
+    if not hmac.compare_digest(entered.encode(), expected.encode()):
+        st.error("That is not the instructor key.")
+        return False
+    return True
