@@ -3,6 +3,7 @@
 models.py        1. the data models
 database.py      2. engine, sessions, pooling, the statement recorder, migrations to head
 repositories.py  3. the repository pattern (and the N+1 strategies)
+loading.py       3. the N+1 measured: each strategy's statements, data and time
 cache.py         4. cache-aside on Redis (redis_setup.py: which Redis)
 outbox.py        5. the transactional outbox relay and its consumer
 services.py      use cases that own a transaction, and the sample data

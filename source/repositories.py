@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from .errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text, clean_years
 from .models import AIRScore, DomainEvent, User
@@ -80,6 +80,34 @@ class UserRepository:
             .options(selectinload(User.scores))
         )
         return result.scalar_one_or_none()
+
+    # Three ways to load many users with their scores. Same data; the number of statements
+    # differs: N+1, 2 and 1 for N users.
+
+    async def list_with_scores_lazy(self, user_ids: Sequence[str]) -> list[User]:
+        """The N+1: one SELECT for the users, then one more per user as its scores are awaited."""
+        users = await self._list_users(user_ids)
+        for user in users:
+            # Async code cannot lazy-load implicitly; awaitable_attrs makes each load explicit.
+            await user.awaitable_attrs.scores
+        return users
+
+    async def list_with_scores_selectin(self, user_ids: Sequence[str]) -> list[User]:
+        """Two statements: the users, then every user's scores in one SELECT ... WHERE user_id IN."""
+        return await self._list_users(user_ids, selectinload(User.scores))
+
+    async def list_with_scores_joined(self, user_ids: Sequence[str]) -> list[User]:
+        """One statement: users LEFT OUTER JOIN scores, one row per score."""
+        result = await self.session.execute(self._users_query(user_ids).options(joinedload(User.scores)))
+        return list(result.unique().scalars())  # unique(): fold the user's repeated rows into one User
+
+    def _users_query(self, user_ids: Sequence[str]):
+        ids = [clean_id(user_id, label="user ID") for user_id in user_ids]
+        return select(User).where(User.id.in_(ids)).order_by(User.email)
+
+    async def _list_users(self, user_ids: Sequence[str], *options) -> list[User]:
+        result = await self.session.execute(self._users_query(user_ids).options(*options))
+        return list(result.scalars())
 
 
 class DomainEventRepository:
