@@ -22,6 +22,7 @@ from .services import (
     calculate_and_store_airscore,
     create_sample_airscore,
     find_sample_users,
+    reset_lab_data,
     run_db_setup_and_create_user,
 )
 
@@ -30,6 +31,6 @@ __all__ = [
     "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER", "InvalidInput", "LabError",
     "NotFound", "PoolStatus", "RedisTarget", "StatementLog", "TimestampMixin", "User",
     "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
-    "database_url", "find_sample_users", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "resolve_redis",
+    "database_url", "find_sample_users", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "reset_lab_data", "resolve_redis",
     "run_db_setup_and_create_user",
 ]

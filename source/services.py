@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .database import Database
 from .errors import clean_id, clean_text
-from .models import AIRScore, DomainEvent, User, new_id, utcnow
+from .models import AIRScore, Base, DomainEvent, User, new_id, utcnow
 from .repositories import DomainEventRepository, UserRepository
 
 PARAMETER_VERSION = "v2.1"
@@ -95,6 +96,20 @@ async def calculate_and_store_airscore(
     return score, event
 
 
+async def create_user(
+    *, sessions: async_sessionmaker[AsyncSession], email: str, name: str,
+    occupation_code: str | None = None, education_level: str | None = None,
+    years_experience: float | None = None,
+) -> User:
+    """Register one user in a transaction of its own. Bad input raises InvalidInput before
+    anything is sent; a taken email raises DuplicateEmail and nothing is written."""
+    async with sessions.begin() as session:
+        return await UserRepository(session).create(
+            email=email, name=name, occupation_code=occupation_code,
+            education_level=education_level, years_experience=years_experience,
+        )
+
+
 async def get_or_create_users(session: AsyncSession, rows: list[dict]) -> list[User]:
     """Insert each user unless the email exists; safe when two sessions race (ON CONFLICT)."""
     dialect_insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
@@ -119,3 +134,24 @@ async def find_sample_users(db: Database) -> tuple[User | None, User | None]:
         repo = UserRepository(session)
         alex, jane = [await repo.get_by_email(row["email"]) for row in SAMPLE_USERS]
     return alex, jane
+
+
+@dataclass(frozen=True)
+class ResetReport:
+    rows_deleted: dict[str, int]
+    keys_deleted: int
+
+
+async def reset_lab_data(db: Database, redis_client, *, prefix: str) -> ResetReport:
+    """Back to the initial state: every row of the lab's own tables (and nothing else in the
+    database), every Redis key under the lab's prefix (and no other key), then the sample users."""
+    rows: dict[str, int] = {}
+    async with db.sessions.begin() as session:
+        for table in reversed(Base.metadata.sorted_tables):  # children before parents
+            result = await session.execute(delete(table))
+            rows[table.name] = result.rowcount
+    keys = [key async for key in redis_client.scan_iter(match=f"{prefix}*", count=500)]
+    for start in range(0, len(keys), 500):
+        await redis_client.delete(*keys[start : start + 500])
+    await run_db_setup_and_create_user(db)
+    return ResetReport(rows_deleted=rows, keys_deleted=len(keys))
