@@ -1,0 +1,125 @@
+"""Section 3 driven through AppTest on both backend pairs: every button's measured result, and
+bad or unknown user IDs answered with a message and no write."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+import ui
+from source import AIRScore, User, run_db_setup_and_create_user
+
+PAGE = "../pages/3_Repository_Pattern_and_N+1.py"
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture
+def alex_id(app_env) -> str:
+    alex, _ = ui.run(run_db_setup_and_create_user(ui.database()))
+    return alex.id
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+def count(model) -> int:
+    async def scalar() -> int:
+        async with ui.database().sessions() as session:
+            return await session.scalar(select(func.count()).select_from(model))
+
+    return ui.run(scalar())
+
+
+def metrics(at: AppTest) -> list[int]:
+    return [int(m.value) for m in at.metric]
+
+
+def test_adds_three_sample_scores_to_alex_by_default(alex_id):
+    at = open_page()
+    assert at.text_input(key="n1_user_id_input").value == alex_id
+    at.button(key="add_scores").click().run()
+    assert not at.exception
+    assert "Added 3 scores" in texts(at.success)
+    assert count(AIRScore) == 3
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"), [("", "Enter a user ID"), ("42", "not a valid user ID"), (UNKNOWN_ID, "No user has the ID")]
+)
+def test_a_bad_or_unknown_user_id_gets_a_message_and_writes_nothing(alex_id, typed, message):
+    at = open_page()
+    at.text_input(key="n1_user_id_input").set_value(typed)
+    at.button(key="add_scores").click().run()
+    assert not at.exception
+    assert message in texts(at.error)
+    assert count(AIRScore) == 0
+
+
+def test_one_user_takes_two_statements_lazily_and_eagerly_side_by_side(alex_id):
+    at = open_page()
+    at.button(key="add_scores").click().run()
+    at.button(key="fetch_lazy").click().run()
+    at.button(key="fetch_eager").click().run()
+    assert not at.exception
+    assert metrics(at) == [2, 2]
+    assert "Alex Smith" in texts(at.markdown)
+    assert [len(frame.value) for frame in at.dataframe] == [3, 3]
+
+
+def test_fetching_an_unknown_user_says_so(alex_id):
+    at = open_page()
+    at.text_input(key="fetch_user_id_n1").set_value(UNKNOWN_ID)
+    at.button(key="fetch_eager").click().run()
+    assert f"No user has the ID {UNKNOWN_ID}" in texts(at.error)
+    assert not at.metric
+
+
+def test_compares_the_strategies_on_the_learners_cohort_with_measured_counts(alex_id):
+    at = open_page()
+    at.number_input(key="n1_users").set_value(6)
+    at.number_input(key="n1_scores").set_value(2)
+    at.button(key="n1_setup").click().run()
+    assert "Your cohort: 6 users" in texts(at.caption)
+    at.button(key="n1_compare").click().run()
+    assert not at.exception
+    assert metrics(at) == [6 + 1, 2, 1]
+    assert "All three returned the same 6 users and 12 scores" in texts(at.success)
+    assert len(at.get("vega_lite_chart")) == 2
+    # Each strategy's expander holds the SQL of every statement it sent.
+    assert [len(expander.code) for expander in at.expander] == [6 + 1, 2, 1]
+    assert all("FROM air_scores" in block.value for block in at.expander[0].code[1:])
+
+
+def test_setting_up_the_cohort_twice_does_not_pile_up_users(alex_id):
+    at = open_page()
+    at.number_input(key="n1_users").set_value(4)
+    at.button(key="n1_setup").click().run()
+    at.button(key="n1_setup").click().run()
+    assert not at.exception
+    assert count(User) == 2 + 4 and count(AIRScore) == 4 * 3
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_shows_the_real_error_of_a_plain_lazy_load(alex_id):
+    at = open_page()
+    at.button(key="n1_plain_lazy_load").click().run()
+    assert not at.exception
+    shown = texts(at.code)
+    assert "MissingGreenlet" in shown and "greenlet_spawn has not been called" in shown
+
+
+def test_shows_raiseload_turning_the_lazy_load_into_an_invalid_request_error(alex_id):
+    at = open_page()
+    at.button(key="n1_raiseload_access").click().run()
+    assert not at.exception
+    shown = texts(at.code)
+    assert "sqlalchemy.exc.InvalidRequestError" in shown
+    assert "'User.scores' is not available due to lazy='raise'" in shown
