@@ -29,7 +29,8 @@ from pathlib import Path
 import fakeredis
 import redis.asyncio as aioredis
 
-from source import Database, User, run_db_setup_and_create_user
+from source import Database, User, loading, run_db_setup_and_create_user
+from source.repositories import UserRepository
 from tests.scratch import scratch_postgres
 
 
@@ -101,8 +102,31 @@ async def timed_pk_reads(db: Database, n: int) -> list[float]:
         return await timed(get, n)
 
 
+async def bench_n_plus_one(bench: Bench) -> list[Figure]:
+    """100 users x 3 scores loaded by each strategy, each call in a fresh session."""
+    figures = []
+    for name, db in bench.databases.items():
+        ids = await loading.create_cohort(db, tag=uuid.uuid4().hex[:10], users=100, scores_per_user=3)
+        p50 = {}
+        for strategy, load in loading.STRATEGIES.items():
+
+            async def call(db=db, ids=ids, load=load) -> None:
+                async with db.sessions() as session:
+                    await load(UserRepository(session), ids)
+
+            with db.record() as log:
+                await call()
+            figures.append(Figure("n_plus_one", name, f"{strategy} statements (100 users)", log.count, "statements"))
+            samples = await timed(call, 30, warmup=5)
+            figures += latency_figures("n_plus_one", name, f"{strategy} load", samples)
+            p50[strategy] = statistics.median(samples)
+        figures.append(Figure("n_plus_one", name, "lazy / selectin (p50)", p50["lazy"] / p50["selectin"], "x"))
+    return figures
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
+    "n_plus_one": bench_n_plus_one,
 }
 
 
