@@ -1,0 +1,104 @@
+import inspect
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select
+
+import checks
+import ui
+from source import Assessment, Base, TimestampMixin
+from source.services import create_user
+
+ui.page("1. Data Models")
+st.title("1. Defining the core data schema with SQLAlchemy 2.x")
+st.markdown(
+    "Alex starts with the data itself: user profiles, the assessments they take, the AI-R "
+    "scores those produce, and a table of domain events for telling other services what "
+    "happened. The models use SQLAlchemy 2.x's typed declarative mapping: `Mapped[...]` "
+    "annotations say what each attribute holds and whether it may be empty, so the type "
+    "checker and the database schema agree."
+)
+
+st.subheader("From relational algebra to relationships")
+st.markdown(
+    "A relationship between two tables is a join waiting to happen. All the assessments of a "
+    "user are a projection of the join of `users` and `assessments` on the foreign key:"
+)
+st.latex(
+    r"\pi_{\text{assessments.*}}\left(\text{users} \bowtie_{\text{users.id} = "
+    r"\text{assessments.user\_id}} \text{assessments}\right)"
+)
+st.markdown(
+    "where $\\pi$ is projection and $\\bowtie$ is the join on that condition. In Python you "
+    "write `user.assessments`; SQLAlchemy derives the join condition from the `ForeignKey`. "
+    "This is the SQL it builds for `select(Assessment).join(Assessment.user)`:"
+)
+st.code(str(select(Assessment).join(Assessment.user)), language="sql")
+
+st.subheader("The models, from the running code")
+st.caption("Read with `inspect.getsource` from `source/models.py` as it is loaded now.")
+models = sorted((m.class_ for m in Base.registry.mappers), key=lambda c: inspect.getsourcelines(c)[1])
+tabs = st.tabs([c.__name__ for c in models] + ["Base & TimestampMixin"])
+for tab, cls in zip(tabs, models, strict=False):
+    tab.code(inspect.getsource(cls), language="python")
+tabs[-1].code(inspect.getsource(Base) + "\n\n" + inspect.getsource(TimestampMixin), language="python")
+
+st.subheader("Tables and relationships")
+st.caption("Drawn from `Base.metadata` and the mappers: add a column to a model and it appears here.")
+st.graphviz_chart(ui.schema_diagram(Base))
+st.dataframe(pd.DataFrame(ui.relationships(Base)), hide_index=True, width="stretch")
+st.markdown(
+    "Every foreign key points at `users.id`: one user, many assessments and many scores. "
+    "`cascade=\"all, delete-orphan\"` on the `User` side means deleting a user deletes their "
+    "assessments and scores, and a score removed from `user.scores` is deleted rather than "
+    "left without a user. `DomainEvent` has no foreign key on purpose: an event names its "
+    "aggregate (`aggregate_type`, `aggregate_id`) so that it can describe anything."
+)
+
+st.subheader("Try it: create a user")
+if not st.session_state.db_initialized:
+    st.info("Initialise the database in **2. DB Connectivity & Pooling** first; then come back.")
+    st.page_link(ui.SECTIONS[2][0], label="Go to 2. DB Connectivity & Pooling")
+else:
+    st.markdown(
+        "The repository validates what you type before anything reaches the database; a bad "
+        "value gets a message next to its field and nothing is written."
+    )
+    db = ui.database()
+    with st.form("create_user_form"):
+        email = st.text_input("Email", key="new_user_email", placeholder="ada@example.com")
+        email_slot = st.empty()
+        name = st.text_input("Name", key="new_user_name", placeholder="Ada Lovelace")
+        name_slot = st.empty()
+        occupation = st.text_input("Occupation code (optional)", key="new_user_occupation", placeholder="15-1252")
+        occupation_slot = st.empty()
+        education = st.selectbox(
+            "Education level (optional)", ["", "High school", "Bachelors", "Masters", "PhD"],
+            key="new_user_education",
+        )
+        years = st.number_input(
+            "Years of experience (optional)", min_value=0.0, max_value=80.0, value=None, step=0.5,
+            key="new_user_years",
+        )
+        submitted = st.form_submit_button("Create User")
+    if submitted:
+        slots = {"email": email_slot, "name": name_slot, "occupation_code": occupation_slot}
+        with ui.errors_shown(fields=slots):
+            user, statements = ui.run_recorded(create_user(
+                sessions=db.sessions, email=email, name=name, occupation_code=occupation,
+                education_level=education, years_experience=years,
+            ))
+            st.session_state.created_user_id = user.id
+            ui.mark_done("models")
+            st.success(f"Created **{ui.escape_markdown(user.name)}** with ID `{user.id}`.")
+            st.dataframe(
+                pd.DataFrame([{c: getattr(user, c) for c in (
+                    "id", "email", "name", "occupation_code", "education_level", "years_experience", "created_at",
+                )}]),
+                hide_index=True,
+            )
+            ui.show_statements(statements)
+    if st.session_state.created_user_id:
+        st.markdown(f"**Last created user ID:** `{st.session_state.created_user_id}` (kept for later sections)")
+
+ui.knowledge_check("models", checks.MODELS)

@@ -1,0 +1,175 @@
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+import checks
+import ui
+from source import pooling, run_db_setup_and_create_user
+
+ui.page("2. DB Connectivity & Pooling")
+db = ui.database()
+st.title("2. Async database connectivity and connection pooling")
+st.markdown(
+    "InnovateAI's API serves many requests at once, and most of a request's time is spent "
+    "waiting on I/O. Alex uses SQLAlchemy's async engine (`asyncpg` on PostgreSQL, `aiosqlite` "
+    "on SQLite) so that one process keeps serving while queries are in flight, and a "
+    "**connection pool** so that a request borrows an open connection instead of paying for a "
+    "new one (TCP, authentication and a server process on PostgreSQL) every time."
+)
+st.markdown(
+    "Of the $N_{\\text{max}}$ = `pool_size + max_overflow` connections the pool may hold, "
+    "$N_{\\text{avail}}$ are free at any moment; a request that finds none waits up to "
+    "`pool_timeout`. Throughput, the rate at which requests complete, is"
+)
+st.latex(r"\Theta = \frac{\text{number of requests}}{\text{total time}}")
+
+st.subheader("Initialise the database and the sample users")
+st.markdown(
+    "This runs the Alembic migrations to the newest revision, then creates Alex Smith and Jane "
+    "Doe if they do not exist yet. It is safe to click again, or from several browsers at once."
+)
+if st.button(f"Initialize {db.label} & create sample users", key="init_db"):
+    with ui.errors_shown():
+        with st.spinner("Migrating and creating the sample users..."):
+            alex, jane = ui.run(run_db_setup_and_create_user(db), timeout=60)
+        st.session_state.update(db_initialized=True, user_alex_id=alex.id, user_jane_id=jane.id)
+        ui.backend_status.clear()
+        st.session_state.init_flash = f"Schema migrated to head on {db.label}; sample users ready."
+        st.rerun()  # once, so that the sidebar shows the new schema revision
+if st.session_state.db_initialized and st.session_state.user_alex_id is None:
+    ui.require_initialized()  # picks up the IDs when another session created the users
+if flash := st.session_state.pop("init_flash", None):
+    st.success(flash)
+if st.session_state.db_initialized and st.session_state.user_alex_id:
+    st.markdown(
+        f"**Alex Smith's user ID:** `{st.session_state.user_alex_id}`  \n"
+        f"**Jane Doe's user ID:** `{st.session_state.user_jane_id}`"
+    )
+elif not st.session_state.db_initialized:
+    st.warning("The database is not initialised yet: click the button above.")
+
+
+@st.fragment(run_every="2s")
+def pool_figures() -> None:
+    status = db.pool_status()
+    cols = st.columns(4)
+    cols[0].metric("pool_size (open, kept)", status.size)
+    cols[1].metric("Checked out now", status.checked_out)
+    cols[2].metric("Overflow in use", f"{status.overflow} of {status.max_overflow}")
+    cols[3].metric("Available", f"{status.available} of {status.maximum}")
+    st.caption(
+        f"Read from the app's own pool every 2 s: N_avail = N_max − checked out = {status.maximum} − "
+        f"{status.checked_out} = {status.available}. Every learner on this server shares this pool."
+    )
+
+
+st.subheader("The app's pool, now")
+pool_figures()
+
+st.subheader("Experiment: a pool against a new connection per request")
+st.markdown(
+    "`clients` requests start at once; each client sends its requests one after another. A "
+    "request acquires a connection, runs `SELECT 1`, keeps the connection for the hold time "
+    "(the rest of its work) and gives it back. The same load runs through a pooled engine with "
+    "your settings, then through a `NullPool` engine, which opens and closes a real connection "
+    "for every request. Both are throwaway engines on this database, disposed afterwards."
+)
+with st.form("pool_experiment_form"):
+    c1, c2, c3 = st.columns(3)
+    clients = c1.number_input("Concurrent clients", 1, pooling.MAX_CONCURRENCY, 50, key="exp_clients")
+    per_client = c1.number_input("Requests per client", 1, pooling.MAX_REQUESTS_PER_CLIENT, 5, key="exp_per_client")
+    pool_size = c2.number_input("pool_size", 1, pooling.MAX_POOL_SIZE, 5, key="exp_pool_size")
+    max_overflow = c2.number_input("max_overflow", 0, pooling.MAX_OVERFLOW, 10, key="exp_max_overflow")
+    pool_timeout = c3.number_input("pool_timeout (s)", 0.05, pooling.MAX_POOL_TIMEOUT_S, 2.0, step=0.05, key="exp_timeout")
+    hold_ms = c3.number_input("Hold time (ms)", 0, pooling.MAX_HOLD_MS, 10, key="exp_hold")
+    run_experiment = st.form_submit_button("Run the experiment")
+if run_experiment:
+    settings = pooling.PoolSettings(
+        concurrency=int(clients), requests_per_client=int(per_client), pool_size=int(pool_size),
+        max_overflow=int(max_overflow), pool_timeout=float(pool_timeout), hold_ms=float(hold_ms),
+    )
+    with ui.errors_shown(), st.spinner("Running both engines..."):
+        st.session_state.pool_experiment = ui.run(pooling.run_pool_experiment(db=db, settings=settings), timeout=180)
+        ui.mark_done("pooling")
+
+if result := st.session_state.get("pool_experiment"):
+    runs = (result.pooled, result.null_pool)
+    for column, run in zip(st.columns(2), runs, strict=True):
+        with column:
+            st.markdown(f"**{run.engine}**")
+            st.latex(
+                rf"\Theta = \frac{{{run.completed}}}{{{run.total_seconds:.3f}\,\text{{s}}}}"
+                rf" = {run.throughput:,.0f}\ \text{{requests/s}}"
+            )
+            a, b, c = st.columns(3)
+            a.metric("Wait for a connection, median", f"{run.wait_p50_ms:.1f} ms")
+            b.metric("Wait, worst", f"{run.wait_max_ms:.1f} ms")
+            c.metric("Peak checked out", run.peak_checked_out)
+            a.metric("Connections opened", run.connections_opened)
+            b.metric("Timeouts", run.timeouts)
+            c.metric("Other failures", run.failures)
+            if run.parallel_limit < result.settings.concurrency:
+                st.caption(
+                    f"At most {run.parallel_limit} ran at once: the server had only that many "
+                    "connections to spare, and other learners need some too."
+                )
+    chart_data = pd.DataFrame(
+        [{"engine": r.engine.split(" (")[0], "wait (ms)": w * 1000} for r in runs for w in r.waits]
+    )
+    throughput = pd.DataFrame([{"engine": r.engine.split(" (")[0], "requests/s": r.throughput} for r in runs])
+    left, right = st.columns(2)
+    left.altair_chart(
+        alt.Chart(throughput, title="Throughput Θ").mark_bar().encode(x="engine:N", y="requests/s:Q", color="engine:N"),
+        width="stretch",
+    )
+    right.altair_chart(
+        alt.Chart(chart_data, title="Time to acquire a connection, per request")
+        .mark_boxplot(extent="min-max").encode(x="engine:N", y="wait (ms):Q", color="engine:N"),
+        width="stretch",
+    )
+    s = result.settings
+    capacity = s.pool_size + s.max_overflow
+    if s.hold_ms:
+        st.markdown(
+            f"A pool of {capacity} connections, each held at least {s.hold_ms:g} ms, cannot serve more "
+            f"than {capacity} / {s.hold_ms / 1000:g} s = **{capacity / (s.hold_ms / 1000):,.0f} requests/s** "
+            "(Little's law). Raise the hold time or the clients and watch the pooled side queue."
+        )
+    if result.backend == "sqlite":
+        st.info(
+            "You are on a SQLite file: a 'connection' is a file handle in this process (plus a "
+            "thread for aiosqlite), so NullPool's price per request is small. On PostgreSQL each "
+            "new connection is a TCP handshake, authentication and a new server process: that is "
+            "where pooling pays most."
+        )
+    else:
+        st.info(
+            "On PostgreSQL every NullPool request pays for a new connection: a TCP handshake, "
+            "authentication and a new server process, which is CPU on both sides. The pool pays "
+            "that once per connection and then reuses it."
+        )
+
+st.subheader("Atomicity: all or nothing")
+st.markdown(
+    "One transaction inserts a user, then a score for that user, then a second user with the "
+    "same email. The database refuses the third write, so the whole transaction rolls back: "
+    "the first two rows disappear with it."
+)
+if st.button("Run a transaction that fails part-way", key="atomicity", disabled=not st.session_state.db_initialized):
+    with ui.errors_shown():
+        demo = ui.run(pooling.demonstrate_atomicity(db))
+        st.error(f"The database refused the third write: {ui.escape_markdown(demo.error)}")
+        st.dataframe(
+            pd.DataFrame(
+                {"users": [demo.users_before, demo.users_during, demo.users_after],
+                 "air_scores": [demo.scores_before, demo.scores_during, demo.scores_after]},
+                index=["before", "inside the transaction", "after the rollback"],
+            )
+        )
+        st.success(f"Rows left behind by the failed transaction: **{demo.rows_left_behind}**.")
+        st.caption("Counts are for the whole database, so another learner's writes can show up in them.")
+        ui.show_statements(demo.log, label="Statements the failed transaction sent")
+if not st.session_state.db_initialized:
+    st.caption("Initialise the database first.")
+
+ui.knowledge_check("pooling", checks.POOLING)

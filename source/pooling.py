@@ -1,0 +1,266 @@
+"""2. Connection pooling, measured, and atomicity shown.
+
+The pooling experiment: N clients send their requests at the same time, first through a
+pooled engine, then through a NullPool engine (a new connection per request). Each request
+acquires a connection, sends one query and holds the connection for the hold time (the rest
+of its work), then gives it back. Both are throwaway engines on the app's database, set up
+like the app's engine except for the pool, and disposed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import event, exc, func, select, text
+
+from .database import Database, StatementLog
+from .errors import InvalidInput, LabError
+from .models import AIRScore, User
+from .services import create_sample_airscore
+
+# A whole room may share one PostgreSQL server (max_connections is often 100).
+MAX_CONCURRENCY = 100
+MAX_POOL_SIZE = 30
+MAX_OVERFLOW = 30
+MAX_REQUESTS_PER_CLIENT = 10
+MAX_POOL_TIMEOUT_S = 5.0
+MAX_HOLD_MS = 200
+# Connections the NullPool side leaves free on the server for everyone else.
+SERVER_RESERVE = 10
+
+_EXPERIMENT_LOCK = threading.Lock()  # one experiment per process at a time
+
+
+class ExperimentBusy(LabError):
+    pass
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    concurrency: int = 50
+    requests_per_client: int = 5
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 5.0
+    hold_ms: float = 20.0
+
+    def checked(self) -> PoolSettings:
+        """These settings, or InvalidInput naming the first one out of range."""
+        _check_int(self.concurrency, "concurrency", "Concurrent requests", 1, MAX_CONCURRENCY)
+        _check_int(
+            self.requests_per_client, "requests_per_client", "Requests per client", 1, MAX_REQUESTS_PER_CLIENT
+        )
+        _check_int(self.pool_size, "pool_size", "pool_size", 1, MAX_POOL_SIZE)
+        _check_int(self.max_overflow, "max_overflow", "max_overflow", 0, MAX_OVERFLOW)
+        _check_number(self.pool_timeout, "pool_timeout", "pool_timeout (s)", 0.01, MAX_POOL_TIMEOUT_S)
+        _check_number(self.hold_ms, "hold_ms", "Hold time (ms)", 0, MAX_HOLD_MS)
+        return self
+
+
+def _check_int(value: int, field: str, label: str, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"{label} must be a whole number from {low} to {high}.", field=field)
+
+
+def _check_number(value: float, field: str, label: str, low: float, high: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise InvalidInput(f"{label} must be between {low:g} and {high:g}.", field=field)
+
+
+@dataclass
+class RunResult:
+    """One engine's burst, as measured."""
+
+    engine: str
+    requests: int
+    parallel_limit: int  # how many requests could run at once (NullPool: the server's headroom)
+    total_seconds: float = 0.0
+    waits: list[float] = field(default_factory=list)  # time to acquire a connection, per request
+    timeouts: int = 0  # sqlalchemy.exc.TimeoutError: no connection within pool_timeout
+    failures: int = 0  # anything else, e.g. the server refusing a connection
+    peak_checked_out: int = 0
+    connections_opened: int = 0
+
+    @property
+    def completed(self) -> int:
+        return len(self.waits)
+
+    @property
+    def throughput(self) -> float:
+        """Θ = completed requests / total time, in requests per second."""
+        return self.completed / self.total_seconds if self.total_seconds else 0.0
+
+    @property
+    def wait_p50_ms(self) -> float:
+        return statistics.median(self.waits) * 1000 if self.waits else 0.0
+
+    @property
+    def wait_max_ms(self) -> float:
+        return max(self.waits) * 1000 if self.waits else 0.0
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    settings: PoolSettings
+    backend: str
+    pooled: RunResult
+    null_pool: RunResult
+
+
+async def run_pool_experiment(*, db: Database, settings: PoolSettings) -> ExperimentResult:
+    """Run the load against a pooled engine, then against a NullPool engine, on db's database.
+    Raises InvalidInput for settings out of range, ExperimentBusy if one is running."""
+    settings = settings.checked()
+    if not _EXPERIMENT_LOCK.acquire(blocking=False):
+        raise ExperimentBusy(
+            "Another pooling experiment is running in this app (perhaps another learner's). "
+            "Try again in a few seconds."
+        )
+    try:
+        url = db.url
+        pooled_db = Database(
+            url, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
+            pool_timeout=settings.pool_timeout,
+        )
+        pooled = await _measure(
+            pooled_db,
+            f"pooled (pool_size={settings.pool_size}, max_overflow={settings.max_overflow})",
+            settings, settings.concurrency,
+        )
+        null_db = Database(url, null_pool=True)
+        limit = min(settings.concurrency, await _server_headroom(null_db))
+        null_pool = await _measure(null_db, "NullPool (a new connection per request)", settings, limit)
+        return ExperimentResult(settings, pooled_db.backend, pooled, null_pool)
+    finally:
+        _EXPERIMENT_LOCK.release()
+
+
+async def _server_headroom(db: Database) -> int:
+    """How many more connections the server accepts, less a reserve for everyone else."""
+    if db.backend != "postgresql":
+        return MAX_CONCURRENCY  # a SQLite file has no connection limit
+    try:
+        async with db.engine.connect() as conn:
+            free = (await conn.execute(text(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - (SELECT count(*) FROM pg_stat_activity)"
+            ))).scalar_one()
+    finally:
+        await db.dispose()
+    return max(1, int(free) - SERVER_RESERVE)
+
+
+async def _measure(db: Database, name: str, settings: PoolSettings, parallel_limit: int) -> RunResult:
+    result = RunResult(name, settings.concurrency * settings.requests_per_client, parallel_limit)
+    checked_out = 0
+
+    def on_connect(*_args) -> None:
+        result.connections_opened += 1
+
+    def on_checkout(*_args) -> None:
+        nonlocal checked_out
+        checked_out += 1
+        result.peak_checked_out = max(result.peak_checked_out, checked_out)
+
+    def on_checkin(*_args) -> None:
+        nonlocal checked_out
+        checked_out -= 1
+
+    pool = db.engine.sync_engine.pool
+    event.listen(pool, "connect", on_connect)
+    event.listen(pool, "checkout", on_checkout)
+    event.listen(pool, "checkin", on_checkin)
+    gate = asyncio.Semaphore(parallel_limit)
+
+    async def client() -> None:
+        for _ in range(settings.requests_per_client):
+            await one_request()
+
+    async def one_request() -> None:
+        started = time.perf_counter()  # waiting at the gate is waiting too
+        async with gate:
+            try:
+                async with db.engine.connect() as conn:
+                    wait = time.perf_counter() - started
+                    await conn.execute(text("SELECT 1"))
+                    await asyncio.sleep(settings.hold_ms / 1000)  # the request's other work
+                result.waits.append(wait)
+            except exc.TimeoutError:
+                result.timeouts += 1
+            except (exc.DBAPIError, OSError):
+                result.failures += 1
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(settings.concurrency)))
+        result.total_seconds = time.perf_counter() - started
+    finally:
+        await db.dispose()
+    return result
+
+
+# --- atomicity: a transaction that fails part-way leaves nothing behind -------------------
+
+
+@dataclass(frozen=True)
+class AtomicityResult:
+    users_before: int
+    scores_before: int
+    users_during: int  # read inside the transaction, before the failing write
+    scores_during: int
+    users_after: int
+    scores_after: int
+    user_id: str  # the user the failed transaction inserted first
+    error: str  # what the database refused
+    log: StatementLog  # what the failed transaction sent
+    rows_left_behind: int  # rows with this transaction's user ID after the rollback
+
+
+async def demonstrate_atomicity(db: Database) -> AtomicityResult:
+    """Insert a user and a score, then a second user with the same email: the database refuses
+    the third write, the whole transaction rolls back, and neither earlier row remains."""
+    users_before, scores_before = await _counts(db)
+    email = f"atomicity-{uuid.uuid4().hex[:12]}@example.com"
+    user_id, error, users_during, scores_during = "", "", 0, 0
+    with db.record() as log:
+        try:
+            async with db.sessions.begin() as session:  # commit on success, roll back on error
+                user = User(email=email, name="Atomicity Demo")
+                session.add(user)
+                await session.flush()
+                user_id = user.id
+                await create_sample_airscore(session=session, user_id=user.id)
+                users_during, scores_during = await _counts_in(session)
+                session.add(User(email=email, name="Same Email"))
+                await session.flush()  # the unique index on users.email refuses this row
+        except exc.IntegrityError as refused:
+            error = str(refused.orig).strip().splitlines()[0]
+    if not error:
+        raise RuntimeError("the duplicate insert was accepted: is users.email unique?")
+    users_after, scores_after = await _counts(db)
+    async with db.sessions() as session:
+        left = await session.scalar(select(func.count()).select_from(User).where(User.id == user_id))
+        left += await session.scalar(
+            select(func.count()).select_from(AIRScore).where(AIRScore.user_id == user_id)
+        )
+    return AtomicityResult(
+        users_before, scores_before, users_during, scores_during, users_after, scores_after, user_id, error, log, left
+    )
+
+
+async def _counts(db: Database) -> tuple[int, int]:
+    async with db.sessions() as session:
+        return await _counts_in(session)
+
+
+async def _counts_in(session) -> tuple[int, int]:
+    users = await session.scalar(select(func.count()).select_from(User))
+    scores = await session.scalar(select(func.count()).select_from(AIRScore))
+    return users, scores
