@@ -22,10 +22,10 @@ state.setdefault("n1_cohort_tag", loading.new_cohort_tag())
 
 def show_run(run: loading.LoadRun) -> None:
     """One strategy's measured result: statements, time, data."""
-    st.metric("Statements sent", run.log.count)
+    ui.show_statements(run.log, label="Statements sent")
     runs = f"median of {run.runs} runs" if run.runs > 1 else "one run"
-    st.caption(f"{run.seconds * 1000:.1f} ms ({runs}) · {len(run.users)} users, {run.score_count} scores loaded")
-    ui.show_statements(run.log)
+    loaded = f"{len(run.users)} user{'s' * (len(run.users) != 1)}, {run.score_count} scores loaded"
+    st.caption(f"{run.seconds * 1000:.1f} ms, session open to data in hand ({runs}) · {loaded}")
 
 
 st.subheader("Add sample scores")
@@ -110,24 +110,25 @@ st.markdown(
     "raises. `raiseload(User.scores)` (or `lazy=\"raise\"` on the relationship) makes the rule "
     "explicit: any access that was not loaded up front fails loudly, in tests, before production."
 )
-lazy_col, raise_col = st.columns(2)
-for column, action, label in (
-    (lazy_col, loading.plain_lazy_load, "Read user.scores without await"),
-    (raise_col, loading.raiseload_access, "Read it under raiseload(User.scores)"),
+for column, action, label in zip(
+    st.columns(2), (loading.plain_lazy_load, loading.raiseload_access),
+    ("Read user.scores without await", "Read it under raiseload(User.scores)"), strict=True,
 ):
     with column:
-        if st.button(label, key=f"n1_{action.__name__}"):
+        key = f"n1_{action.__name__}"
+        if st.button(label, key=key):
             with ui.errors_shown():
-                caught = ui.run(action(db, user_id=state.user_alex_id or ""))
-                st.markdown("SQLAlchemy raised:")
-                st.code(caught.exception + (f"\n  caused by {caught.cause}" if caught.cause else ""), language=None)
-                st.code(caught.message, language=None)
-                if caught.cause:
-                    st.caption(
-                        "The driver failed inside execute, so SQLAlchemy wrapped MissingGreenlet in a "
-                        "StatementError with the statement it could not run (asyncpg fails earlier and "
-                        "raises MissingGreenlet itself):"
-                    )
-                    st.code(caught.sql, language="sql")
+                state[f"{key}_caught"] = ui.run(action(db, user_id=state.user_alex_id or ""))
+        if (caught := state.get(f"{key}_caught")) is not None:
+            st.markdown("SQLAlchemy raised:")
+            st.code(caught.exception + (f"\n  caused by {caught.cause}" if caught.cause else ""), language=None)
+            st.code(caught.message, language=None, wrap_lines=True)
+            if caught.cause:
+                st.caption(
+                    "The driver failed inside execute, so SQLAlchemy wrapped MissingGreenlet in a "
+                    "StatementError with the statement it could not run (asyncpg fails earlier and "
+                    "raises MissingGreenlet itself):"
+                )
+                st.code(caught.sql, language="sql", wrap_lines=True)
 
 ui.knowledge_check("repository", checks.REPOSITORY)

@@ -161,35 +161,44 @@ async def cohort_user_ids(db: Database, *, tag: str) -> list[str]:
 # --- running the strategies ------------------------------------------------------------------
 
 
-async def _measure(
-    db: Database, strategy: str, load: Callable[[AsyncSession], Awaitable[list[User]]], runs: int
-) -> LoadRun:
-    """Run `load` in a fresh session `runs` times; keep the last run's statements and data."""
+Load = Callable[[AsyncSession], Awaitable[list[User]]]
+
+
+async def _measure(db: Database, loads: dict[str, Load], runs: int) -> list[LoadRun]:
+    """Run each load `runs` times, taking turns so that a noisy moment hits all of them alike,
+    each run in a fresh session; keep the median time and the last run's statements and data."""
     _check_size(runs, label="runs", maximum=50)
-    durations: list[float] = []
+    durations: dict[str, list[float]] = {name: [] for name in loads}
+    last: dict[str, tuple[tuple[LoadedUser, ...], StatementLog]] = {}
     for _ in range(runs):
-        with db.record() as log:
-            started = time.perf_counter()
-            async with db.sessions() as session:
-                users = await load(session)
-                loaded = tuple(LoadedUser.of(user) for user in users)
-            durations.append(time.perf_counter() - started)
-    return LoadRun(strategy, loaded, log, statistics.median(durations), runs)
+        for name, load in loads.items():
+            with db.record() as log:
+                started = time.perf_counter()
+                async with db.sessions() as session:
+                    users = tuple(LoadedUser.of(user) for user in await load(session))
+                durations[name].append(time.perf_counter() - started)
+            last[name] = (users, log)
+    return [LoadRun(name, *last[name], statistics.median(durations[name]), runs) for name in loads]
+
+
+def _strategy(strategy: str, user_ids: list[str]) -> Load:
+    if strategy not in STRATEGIES:
+        raise InvalidInput(f"Unknown strategy {strategy!r}.", field="strategy")
+    if not user_ids:
+        raise InvalidInput("Set up the cohort first: there are no users to load.", field="users")
+    ids = [clean_id(user_id, label="user ID") for user_id in user_ids]
+    return lambda session: STRATEGIES[strategy](UserRepository(session), ids)
 
 
 async def load_with_scores(db: Database, *, strategy: Strategy, user_ids: list[str], runs: int = 1) -> LoadRun:
     """Load the users and their scores by one strategy, recording what was sent."""
-    if strategy not in STRATEGIES:
-        raise InvalidInput(f"Unknown strategy {strategy!r}.", field="strategy")
-    if not user_ids:
-        raise InvalidInput("Create the cohort first: there are no users to load.", field="users")
-    ids = [clean_id(user_id, label="user ID") for user_id in user_ids]
-    return await _measure(db, strategy, lambda session: STRATEGIES[strategy](UserRepository(session), ids), runs)
+    [run] = await _measure(db, {strategy: _strategy(strategy, user_ids)}, runs)
+    return run
 
 
 async def compare_strategies(db: Database, *, user_ids: list[str], runs: int = 5) -> list[LoadRun]:
-    """All three strategies on the same users, each `runs` times."""
-    return [await load_with_scores(db, strategy=name, user_ids=user_ids, runs=runs) for name in STRATEGIES]
+    """All three strategies on the same users, `runs` times each."""
+    return await _measure(db, {name: _strategy(name, user_ids) for name in STRATEGIES}, runs)
 
 
 async def load_one_user(
@@ -212,7 +221,8 @@ async def load_one_user(
 
     if strategy not in ("lazy", "eager"):
         raise InvalidInput(f"Unknown strategy {strategy!r}.", field="strategy")
-    return await _measure(db, strategy, lazy if strategy == "lazy" else eager, runs)
+    [run] = await _measure(db, {strategy: lazy if strategy == "lazy" else eager}, runs)
+    return run
 
 
 async def add_sample_scores(db: Database, *, user_id: str, count: int = 3) -> list[AIRScore]:
