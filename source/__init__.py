@@ -11,6 +11,7 @@ services.py      use cases that own a transaction, and the sample data
 Nothing here imports streamlit, and nothing connects at import time.
 """
 
+from .cache import CachedUserRepository, CacheStats, Lookup, RedisCache
 from .config import database_url, mask_url, redis_prefix, redis_url
 from .database import Database, PoolStatus, StatementLog
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
@@ -33,4 +34,5 @@ __all__ = [
     "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
     "database_url", "find_sample_users", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "reset_lab_data", "resolve_redis",
     "run_db_setup_and_create_user",
+    "CacheStats", "CachedUserRepository", "Lookup", "RedisCache",
 ]

@@ -59,6 +59,31 @@ class UserRepository:
             raise NotFound(f"No user has the ID {clean_id(user_id)}.", field="id")
         return user
 
+    async def update(
+        self,
+        user_id: str,
+        *,
+        name: str | None = None,
+        occupation_code: str | None = None,
+        years_experience: float | None = None,
+    ) -> User:
+        """Change the given fields (None leaves a field as it is) and flush. Raises InvalidInput
+        or NotFound; validates everything before changing anything."""
+        changes = {}
+        if name is not None:
+            changes["name"] = clean_text(name, field="name", label="name", max_length=255, required=True)
+        if occupation_code is not None:
+            changes["occupation_code"] = clean_text(
+                occupation_code, field="occupation_code", label="occupation code", max_length=20, required=True
+            )
+        if years_experience is not None:
+            changes["years_experience"] = clean_years(years_experience)
+        user = await self.get_existing(user_id)
+        for field, value in changes.items():
+            setattr(user, field, value)
+        await self.session.flush()
+        return user
+
     async def get_by_email(self, email: str) -> User | None:
         result = await self.session.execute(select(User).where(User.email == email.strip().lower()))
         return result.scalar_one_or_none()

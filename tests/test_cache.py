@@ -1,0 +1,355 @@
+"""Cache-aside on Redis, on SQLite + fakeredis and on PostgreSQL + the real Redis: hits and
+misses reported by the cache itself, invalidation on write, single flight, and failing open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from source import (
+    CachedUserRepository,
+    CacheStats,
+    InvalidInput,
+    RedisCache,
+    make_redis_client,
+    run_db_setup_and_create_user,
+)
+from source.cache import UserData, run_traffic, unreachable_redis
+from source.redis_setup import RedisTarget
+
+COOLDOWN = 0.2  # seconds a failed Redis is skipped in these tests (the app uses 1 s)
+BOUND = 0.25  # a read while Redis is down, generously; redis-py's defaults take seconds or hang
+
+
+@pytest.fixture
+def redis_kind(backend) -> str:
+    """The pairs the lab runs on: SQLite with fakeredis, PostgreSQL with the real Redis."""
+    return "fakeredis" if backend == "sqlite" else "redis"
+
+
+@pytest.fixture
+async def cache(redis_client, redis_target, fake_server, key_prefix):
+    """A cache on the app's own client settings (50 ms timeouts, no retries)."""
+    client = make_redis_client(redis_target, fake_server=fake_server)
+    yield RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN)
+    await client.aclose()
+
+
+@pytest.fixture
+async def users(db):
+    return await run_db_setup_and_create_user(db)
+
+
+@pytest.fixture
+def jane(users):
+    return users[1]
+
+
+def repository(db, cache, stats: CacheStats | None = None) -> CachedUserRepository:
+    return CachedUserRepository(sessions=db.sessions, cache=cache, stats=stats)
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+async def test_first_read_misses_and_loads_from_the_database_then_hits(db, cache, jane):
+    repo = repository(db, cache)
+    with db.record() as first_sql:
+        first = await repo.get_by_id_cached(jane.id)
+    with db.record() as second_sql:
+        second = await repo.get_by_id_cached(jane.id)
+    assert (first.outcome, first.loaded, first_sql.count) == ("miss", True, 1)
+    assert (second.outcome, second.loaded, second_sql.count) == ("hit", False, 0)
+    assert second.value == first.value and second.value.name == "Jane Doe"
+    counts = cache.stats.snapshot()
+    assert (counts.hits, counts.misses, counts.errors, counts.db_loads) == (1, 1, 0, 1)
+    assert counts.hit_ratio == 0.5 and counts.t_cache > 0 and counts.t_database > 0
+
+
+async def test_stores_json_under_the_lab_prefix_with_a_jittered_ttl(db, cache, redis_client, key_prefix, jane):
+    repo = repository(db, cache)
+    await repo.get_by_id_cached(jane.id)
+    key = repo.user_key(jane.id)
+    assert key.startswith(key_prefix)
+    raw = await redis_client.get(key)
+    assert json.loads(raw)["email"] == "jane.doe@innovateai.com"
+    assert 0.9 * 300 - 1 <= await redis_client.ttl(key) <= 1.1 * 300
+    state = await cache.inspect(key)
+    assert state.raw == raw and state.ttl_seconds is not None
+    assert len({cache.ttl_for(object()) for _ in range(50)}) > 5  # expiries are spread
+
+
+async def test_the_latest_score_is_cached_too(db, cache, jane):
+    repo = repository(db, cache)
+    await repo.add_score(jane.id, occupation_code="15-2051")
+    first, second = [await repo.get_latest_score_cached(jane.id) for _ in range(2)]
+    assert (first.outcome, second.outcome) == ("miss", "hit")
+    assert second.value == first.value and second.value.user_id == jane.id
+
+
+async def test_an_unknown_user_is_cached_briefly_as_missing(db, cache, redis_client):
+    repo = repository(db, cache)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    first, second = [await repo.get_by_id_cached(unknown) for _ in range(2)]
+    assert (first.outcome, first.value, second.outcome, second.value) == ("miss", None, "hit", None)
+    assert await redis_client.ttl(repo.user_key(unknown)) <= 1.1 * 30
+
+
+async def test_a_malformed_id_is_refused_before_redis_or_the_database(db, cache, redis_client, key_prefix):
+    with db.record() as sql, pytest.raises(InvalidInput, match="not a valid user ID"):
+        await repository(db, cache).get_by_id_cached("42; DROP TABLE users")
+    assert sql.count == 0 and cache.stats.snapshot().requests == 0
+    assert [key async for key in redis_client.scan_iter(match=f"{key_prefix}*")] == []
+
+
+async def test_an_unreadable_entry_is_treated_as_a_miss_and_replaced(db, cache, redis_client, jane):
+    repo = repository(db, cache)
+    await redis_client.set(repo.user_key(jane.id), '{"not": "a user"}')
+    lookup = await repo.get_by_id_cached(jane.id)
+    assert lookup.outcome == "miss" and lookup.value.name == "Jane Doe"
+    assert json.loads(await redis_client.get(repo.user_key(jane.id)))["name"] == "Jane Doe"
+
+
+# --- writes keep the cache true ------------------------------------------------------------
+
+
+async def test_updating_a_user_invalidates_the_cached_user(db, cache, redis_client, jane):
+    repo = repository(db, cache)
+    await repo.get_by_id_cached(jane.id)
+    updated, invalidation = await repo.update_user(jane.id, years_experience=9)
+    assert invalidation.deleted == 1 and await redis_client.get(repo.user_key(jane.id)) is None
+    after = await repo.get_by_id_cached(jane.id)
+    assert after.outcome == "miss" and after.value.years_experience == 9 == updated.years_experience
+
+
+async def test_adding_a_score_invalidates_the_cached_latest_score(db, cache, jane):
+    repo = repository(db, cache)
+    await repo.add_score(jane.id, occupation_code="15-2051")
+    before = await repo.get_latest_score_cached(jane.id)
+    newer, _ = await repo.add_score(jane.id, occupation_code="15-2051")
+    after = await repo.get_latest_score_cached(jane.id)
+    assert after.outcome == "miss" and after.value.id == newer.id != before.value.id
+
+
+async def test_invalidate_user_cache_deletes_the_user_and_the_latest_score(db, cache, jane):
+    repo = repository(db, cache)
+    await repo.add_score(jane.id, occupation_code="15-2051")
+    await repo.get_by_id_cached(jane.id)
+    await repo.get_latest_score_cached(jane.id)
+    assert (await repo.invalidate_user_cache(jane.id)).deleted == 2
+    user, score = await repo.get_by_id_cached(jane.id), await repo.get_latest_score_cached(jane.id)
+    assert (user.outcome, score.outcome) == ("miss", "miss")
+
+
+async def test_a_bad_update_writes_nothing_and_keeps_the_cache(db, cache, jane):
+    repo = repository(db, cache)
+    await repo.get_by_id_cached(jane.id)
+    with pytest.raises(InvalidInput):
+        await repo.update_user(jane.id, years_experience=500)
+    again = await repo.get_by_id_cached(jane.id)
+    assert again.outcome == "hit" and again.value.years_experience == 5.0
+
+
+async def test_a_load_that_began_before_a_write_does_not_store_the_old_row(db, cache, redis_client, jane):
+    old = UserData.from_model(jane)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> UserData:
+        started.set()
+        await release.wait()
+        return old
+
+    key = repository(db, cache).user_key(jane.id)
+    reader = asyncio.create_task(cache.read_through(key, load=slow_load, kind=UserData))
+    await started.wait()
+    await cache.invalidate(key)  # a write committed while the reader was loading
+    release.set()
+    assert (await reader).value == old  # the reader gets what it read...
+    assert await redis_client.get(key) is None  # ...but does not put it back in the cache
+
+
+# --- single flight -------------------------------------------------------------------------
+
+
+async def test_a_hundred_concurrent_misses_load_from_the_database_once(db, cache, jane):
+    repo = repository(db, cache)
+    with db.record() as sql:
+        lookups = await asyncio.gather(*(repo.get_by_id_cached(jane.id) for _ in range(100)))
+    assert sql.count == 1
+    assert sum(lookup.loaded for lookup in lookups) == 1
+    assert all(lookup.outcome != "hit" and lookup.value == lookups[0].value for lookup in lookups)
+    assert cache.stats.snapshot().db_loads == 1
+
+
+# --- counters ------------------------------------------------------------------------------
+
+
+async def test_each_learner_counts_their_own_reads_and_the_cache_counts_everyones(db, cache, jane):
+    mine, theirs = CacheStats(), CacheStats()
+    await repository(db, cache, mine).get_by_id_cached(jane.id)
+    for _ in range(2):
+        await repository(db, cache, theirs).get_by_id_cached(jane.id)
+    assert (mine.snapshot().misses, mine.snapshot().hits) == (1, 0)
+    assert (theirs.snapshot().misses, theirs.snapshot().hits) == (0, 2)
+    assert cache.stats.snapshot().requests == 3
+
+
+async def test_the_formula_uses_the_measured_terms(db, cache, jane):
+    repo = repository(db, cache)
+    for _ in range(4):
+        await repo.get_by_id_cached(jane.id)
+    counts = cache.stats.snapshot()
+    h, t_cache, t_db = counts.hit_ratio, counts.t_cache, counts.t_database
+    assert h == 0.75
+    assert counts.t_avg_formula == pytest.approx(h * t_cache + (1 - h) * (t_cache + t_db))
+    assert counts.t_avg_measured == pytest.approx(counts.total_seconds / 4)
+
+
+# --- Redis down: fail open, then recover -----------------------------------------------------
+
+
+class RedisProxy:
+    """A TCP proxy in front of the test Redis: cut() drops every connection and closes new ones
+    at once (Redis down), restore() lets them through again. The real server is never touched."""
+
+    def __init__(self, url: str) -> None:
+        self.url = urlsplit(url)
+        self.up = True
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        auth = self.url.netloc.rpartition("@")[0]
+        return urlunsplit(self.url._replace(netloc=f"{auth + '@' if auth else ''}127.0.0.1:{port}"))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(self.url.hostname, self.url.port or 6379)
+        self._writers += [writer, upstream_writer]
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def cut(self) -> None:
+        self.up = False
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+@dataclass
+class Outage:
+    cache: RedisCache
+    cut: Callable[[], None]
+    restore: Callable[[], None]
+
+
+@pytest.fixture
+async def outage(redis_kind, redis_target, redis_client, fake_server, key_prefix):
+    """A cache whose Redis the test can take down and bring back: the fake server
+    disconnected, or the real one behind a proxy that drops its connections."""
+    if redis_kind == "fakeredis":
+        client = make_redis_client(redis_target, fake_server=fake_server)
+
+        def cut() -> None:
+            fake_server.connected = False
+
+        def restore() -> None:
+            fake_server.connected = True
+
+        yield Outage(RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN), cut, restore)
+    else:
+        proxy = RedisProxy(redis_target._real_url)
+        url = await proxy.start()
+        client = make_redis_client(RedisTarget("server", "proxy", "test", url))
+        yield Outage(RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN), proxy.cut, proxy.restore)
+        proxy.close()
+    await client.aclose()
+
+
+async def test_reads_are_served_from_the_database_while_redis_is_down_and_caching_resumes(db, outage, jane):
+    repo = repository(db, outage.cache)
+    assert (await repo.get_by_id_cached(jane.id)).outcome == "miss"
+    outage.cut()
+    during = [await repo.get_by_id_cached(jane.id) for _ in range(5)]
+    assert all(lookup.outcome == "error" and lookup.value.name == "Jane Doe" for lookup in during)
+    assert all(lookup.seconds < BOUND for lookup in during)
+    assert during[1].error.startswith("skipped")  # not asked again until the cooldown is over
+    outage.restore()
+    await asyncio.sleep(COOLDOWN)
+    assert (await repo.get_by_id_cached(jane.id)).outcome == "hit"  # resumed by itself
+
+
+async def test_a_write_while_redis_is_down_is_not_undone_when_redis_returns(db, outage, jane):
+    repo = repository(db, outage.cache)
+    await repo.get_by_id_cached(jane.id)
+    outage.cut()
+    _, invalidation = await repo.update_user(jane.id, years_experience=11)
+    assert invalidation.deleted is None and invalidation.error
+    outage.restore()
+    await asyncio.sleep(COOLDOWN)
+    after = await repo.get_by_id_cached(jane.id)  # the queued delete went first
+    assert after.outcome == "miss" and after.value.years_experience == 11
+
+
+@pytest.mark.parametrize("kind", ["refused", "hung"])
+async def test_an_unreachable_redis_costs_at_most_one_client_timeout_per_cooldown(db, jane, key_prefix, kind):
+    unreachable = await unreachable_redis(kind)
+    client = make_redis_client(unreachable.target)
+    repo = repository(db, RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN))
+    try:
+        first, second = [await repo.get_by_id_cached(jane.id) for _ in range(2)]
+        await asyncio.sleep(COOLDOWN)
+        third = await repo.get_by_id_cached(jane.id)
+    finally:
+        await client.aclose()
+        unreachable.close()
+    expected = "ConnectionError" if kind == "refused" else "TimeoutError"
+    assert (first.outcome, first.error) == ("error", expected) and first.seconds < BOUND
+    assert second.error.startswith("skipped") and second.cache_seconds < first.cache_seconds + 0.01
+    assert third.error == expected  # tried again after the cooldown
+    assert first.value.name == second.value.name == third.value.name == "Jane Doe"
+
+
+# --- the traffic experiment ----------------------------------------------------------------
+
+
+async def test_traffic_over_skewed_users_hits_mostly_and_the_update_is_seen(db, cache, redis_kind):
+    result = await run_traffic(sessions=db.sessions, cache=cache, users=20, reads=200, skew=1.2, seed=7)
+    counts = result.counts
+    distinct = len({read.user_rank for read in result.reads})
+    assert (counts.requests, counts.errors) == (200, 0)
+    # Each user's first read misses; so does the first read of the updated user after the update.
+    assert counts.misses == distinct + 1 and counts.hits == 200 - distinct - 1
+    after = result.first_read_after_update
+    assert after.outcome == "miss" and after.value.years_experience == result.new_years != result.old_years
+    if redis_kind == "redis":
+        # The server counts every client's reads; other clients may add to them.
+        hits, misses = result.server
+        assert hits >= counts.hits and misses >= counts.misses
+    else:
+        assert result.server is None  # fakeredis keeps no server statistics
