@@ -70,12 +70,12 @@ REPOSITORY = (
     ),
     Question(
         "Analyze",
-        "Which strategy loads users and their scores in exactly two statements, whatever N is?",
+        "Which strategy loads 20 users and their scores in exactly two statements?",
         ("`joinedload`", "`selectinload`", "Lazy loading", "`raiseload`"),
         1,
         "`selectinload` sends the parent query, then one `SELECT ... WHERE user_id IN (...)` for "
-        "all children. `joinedload` uses one statement with a JOIN; `raiseload` loads nothing and "
-        "raises on access.",
+        "the children (in batches of 500 parents, so past 500 users it adds a statement per batch). "
+        "`joinedload` uses one statement with a JOIN; `raiseload` loads nothing and raises on access.",
     ),
     Question(
         "Understand",

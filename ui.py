@@ -165,8 +165,7 @@ def require_initialized() -> None:
     if not backend_status().database_ok:
         st.stop()
     if not st.session_state.db_initialized:
-        st.info("Initialise the database in **2. DB Connectivity & Pooling** first.")
-        st.page_link(SECTIONS[2][0], label="Go to 2. DB Connectivity & Pooling", icon="➡️")
+        st.info("Initialise the database in **2. DB Connectivity & Pooling** first (sidebar).")
         st.stop()
     if st.session_state.user_alex_id is None:
         with errors_shown():

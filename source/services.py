@@ -9,7 +9,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .database import Database
+from .database import WRITE_TRANSACTION, Database
 from .errors import clean_id, clean_text
 from .models import AIRScore, Base, DomainEvent, User, new_id, utcnow
 from .repositories import DomainEventRepository, UserRepository
@@ -37,8 +37,9 @@ class AIRScoreCalculated:
 
 
 def compute_airscore(vr_score: float, hr_score: float, synergy_score: float) -> dict[str, float]:
-    """AI-R = 0.6 VR + 0.4 HR + 0.1 synergy, with a 95% interval of +/- 1.96 standard errors."""
-    air = round(0.6 * vr_score + 0.4 * hr_score + 0.1 * synergy_score, 2)
+    """AI-R = 0.5 VR + 0.4 HR + 0.1 synergy (weights sum to 1, so AI-R stays on the 0-100
+    scale of its parts), with a 95% interval of +/- 1.96 standard errors."""
+    air = round(0.5 * vr_score + 0.4 * hr_score + 0.1 * synergy_score, 2)
     margin = round(1.96 * 2.5, 2)
     return {"air_score": air, "ci_lower": round(air - margin, 2), "ci_upper": round(air + margin, 2)}
 
@@ -52,7 +53,7 @@ def _new_score(user_id: str, occupation_code: str, rng: random.Random) -> AIRSco
         hr_score=hr,
         synergy_score=synergy,
         parameter_version=PARAMETER_VERSION,
-        calculation_metadata={"method": "weighted-sum", "weights": [0.6, 0.4, 0.1]},
+        calculation_metadata={"method": "weighted-sum", "weights": [0.5, 0.4, 0.1]},
         **compute_airscore(vr, hr, synergy),
     )
 
@@ -76,6 +77,11 @@ async def calculate_and_store_airscore(
     """The outbox write: the score and its pending event commit together, or neither does."""
     user_id = clean_id(user_id, label="user ID")
     async with sessions.begin() as session:  # commits on success, rolls back on any error
+        # Lock the aggregate first (PostgreSQL: the user's row; SQLite: its one write lock, at
+        # BEGIN): writes for one user commit one after another, so their events' created_at
+        # order is their commit order, the order in which the relay publishes them.
+        await session.connection(execution_options=WRITE_TRANSACTION)
+        await session.get(User, user_id, with_for_update=True)
         score = await create_sample_airscore(
             session=session, user_id=user_id, occupation_code=occupation_code, rng=rng
         )
