@@ -29,7 +29,7 @@ from pathlib import Path
 import fakeredis
 import redis.asyncio as aioredis
 
-from source import Database, User, loading, run_db_setup_and_create_user
+from source import Database, User, loading, pooling, run_db_setup_and_create_user
 from source.repositories import UserRepository
 from tests.scratch import scratch_postgres
 
@@ -124,9 +124,45 @@ async def bench_n_plus_one(bench: Bench) -> list[Figure]:
     return figures
 
 
+POOLING_LOADS = {  # name -> (clients, requests per client, hold ms); pool 5 + 10 as on the page
+    "50x5 hold 10ms": (50, 5, 10),
+    "50x5 hold 0ms": (50, 5, 0),
+    "50x1 hold 10ms": (50, 1, 10),
+    "50x5 hold 50ms": (50, 5, 50),
+}
+
+
+async def bench_pooling(bench: Bench) -> list[Figure]:
+    """Section 2's experiment (pooled engine vs NullPool), median of 3 runs per load."""
+    figures = []
+    for name, db in bench.databases.items():
+        for load, (clients, per_client, hold_ms) in POOLING_LOADS.items():
+            settings = pooling.PoolSettings(
+                concurrency=clients, requests_per_client=per_client, pool_size=5, max_overflow=10, hold_ms=hold_ms,
+            )
+            runs = [await pooling.run_pool_experiment(db=db, settings=settings) for _ in range(3)]
+            pooled = statistics.median(r.pooled.throughput for r in runs)
+            null = statistics.median(r.null_pool.throughput for r in runs)
+            figures += [
+                Figure("pooling", name, f"{load} pooled throughput", pooled, "req/s"),
+                Figure("pooling", name, f"{load} NullPool throughput", null, "req/s"),
+                Figure("pooling", name, f"{load} pooled / NullPool", pooled / null, "x"),
+                Figure("pooling", name, f"{load} pooled wait p50",
+                       statistics.median(r.pooled.wait_p50_ms for r in runs), "ms"),
+                Figure("pooling", name, f"{load} NullPool wait p50",
+                       statistics.median(r.null_pool.wait_p50_ms for r in runs), "ms"),
+                Figure("pooling", name, f"{load} connections opened, pooled", runs[-1].pooled.connections_opened,
+                       "connections"),
+                Figure("pooling", name, f"{load} connections opened, NullPool",
+                       runs[-1].null_pool.connections_opened, "connections"),
+            ]
+    return figures
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
     "n_plus_one": bench_n_plus_one,
+    "pooling": bench_pooling,
 }
 
 

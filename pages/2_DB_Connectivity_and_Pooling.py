@@ -137,10 +137,10 @@ if result := st.session_state.get("pool_experiment"):
         )
     if result.backend == "sqlite":
         st.info(
-            "You are on a SQLite file: a 'connection' is a file handle in this process (plus a "
-            "thread for aiosqlite), so NullPool's price per request is small. On PostgreSQL each "
-            "new connection is a TCP handshake, authentication and a new server process: that is "
-            "where pooling pays most."
+            "You are on a SQLite file. A connection here is the file opened inside this process: no "
+            "network, no login, no server process. NullPool still pays for aiosqlite's thread per "
+            "connection and the PRAGMAs run on connect, so it loses, but by less than on PostgreSQL, "
+            "where every new connection is a TCP handshake, authentication and a new server process."
         )
     else:
         st.info(
