@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import redis
 import streamlit as st
 from sqlalchemy.exc import DBAPIError, OperationalError
+from streamlit.errors import StreamlitPageNotFoundError
 
 import source
 
@@ -107,10 +108,42 @@ def redis_client():
     return _redis_client().value
 
 
+@st.cache_resource(show_spinner=False)
+def cache_stats() -> source.CacheStats:
+    """Counters of every cached read this server process serves, whichever learner asked."""
+    return source.CacheStats()
+
+
+@st.cache_resource(show_spinner=False)
+def _redis_cache(fault: str) -> _Held:
+    target, stats = redis_target(), cache_stats()
+
+    async def make():
+        unreachable = None
+        if fault != "none":  # the hung server runs on this loop, so it is made here
+            unreachable = await source.cache.unreachable_redis(fault)
+        client = source.cache.cache_client(unreachable.target if unreachable else target)
+        return source.RedisCache(client, stats=stats), unreachable
+
+    return _Held(run(make()))
+
+
+def redis_cache(fault: str = "none") -> source.RedisCache:
+    """The process's read-through cache: one per process, so every session shares its counters,
+    its in-flight loads and its memory of a failed Redis. fault="refused" or "hung" gives one
+    whose Redis is unreachable, to watch the cache fail open without stopping anyone's Redis."""
+    return _redis_cache(fault).value[0]
+
+
+def redis_cache_target(fault: str) -> source.RedisTarget:
+    held = _redis_cache(fault).value[1]
+    return held.target if held else redis_target()
+
+
 def reset_resources() -> None:
     """Forget the shared resources so the next rerun builds them from the environment again
     (tests switch backends this way). The event loop itself stays."""
-    for cached in (database, redis_target, _redis_client, backend_status):
+    for cached in (database, redis_target, _redis_client, backend_status, cache_stats, _redis_cache):
         cached.clear()
 
 
@@ -178,6 +211,7 @@ def _sidebar(status: BackendStatus) -> None:
     db, target = database(), redis_target()
     with st.sidebar:
         st.markdown("### Lab 2: Data Architecture & Persistence")
+        _navigation()
         st.markdown("**Database**")
         st.caption(f"{_dot(status.database_ok)} {db.label}")
         st.code(db.masked_url, language=None)
@@ -188,6 +222,15 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
         _progress()
+
+
+def _navigation() -> None:
+    """The sections with the spec's labels (Streamlit's own list would call the entry page "app")."""
+    for path, label in SECTIONS:
+        try:
+            st.page_link(path, label=label)
+        except StreamlitPageNotFoundError:  # AppTest runs a page as its own entry point
+            st.caption(label)
 
 
 def _dot(ok: bool) -> str:
