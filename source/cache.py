@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Generic, Literal, TypeVar
 
+import fakeredis
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from . import config
 from .errors import InvalidInput, clean_id
 from .models import AIRScore, User
-from .redis_setup import RedisTarget
+from .redis_setup import RedisTarget, make_redis_client
 from .repositories import UserRepository
 from .services import calculate_and_store_airscore, get_or_create_users
 
@@ -239,6 +240,16 @@ class KeyState:
     ttl_seconds: int | None  # remaining time to live; None if the key does not exist
 
 
+POOL_SIZE = 16  # connections the cache's client may open; more concurrent readers queue
+
+
+def cache_client(target: RedisTarget, *, fake_server: fakeredis.FakeServer | None = None) -> aioredis.Redis:
+    """The cache's client: 50 ms timeouts, no retries, and a bounded pool. Unbounded, a burst of
+    100 concurrent reads opens 100 connections at once, and on a busy machine about half of
+    those handshakes miss the 50 ms timeout; bounded, they queue for a free connection."""
+    return make_redis_client(target, max_connections=POOL_SIZE, fake_server=fake_server)
+
+
 class RedisCache:
     """Read-through over one Redis client. One per process: every session shares its client,
     its counters, its in-flight loads and its memory of a failed Redis."""
@@ -405,6 +416,13 @@ class CachedUserRepository:
 
         return await self.cache.read_through(
             self.latest_score_key(user_id), load=load, kind=ScoreData, stats=self.stats
+        )
+
+    async def inspect_user_cache(self, user_id: str) -> tuple[KeyState, KeyState]:
+        """Both keys as Redis holds them: raw JSON and remaining TTL."""
+        user_id = clean_id(user_id, label="user ID")
+        return await self.cache.inspect(self.user_key(user_id)), await self.cache.inspect(
+            self.latest_score_key(user_id)
         )
 
     async def invalidate_user_cache(self, user_id: str) -> Invalidation:

@@ -63,17 +63,26 @@ def make_redis_client(
     timeout: float | None = 0.05,
     retries: int = 0,
     fake_server: fakeredis.FakeServer | None = None,
+    max_connections: int | None = None,
 ) -> aioredis.Redis:
     """An asyncio client. Timeouts and retries are explicit: redis-py's defaults retry for
     seconds, far too long for a cache that must fail open. Pass timeout=None for blocking reads;
-    fake_server (tests) replaces the process-wide embedded server."""
+    fake_server (tests) replaces the process-wide embedded server. max_connections bounds the
+    pool (callers then wait up to `timeout` for a free connection): without a bound, a burst of
+    concurrent commands opens one new connection each, and on a busy machine many of those
+    handshakes miss a 50 ms timeout."""
     if target.kind == "embedded":
         return fakeredis.FakeAsyncRedis(server=fake_server or FAKE_SERVER, decode_responses=True)
-    return aioredis.Redis.from_url(
-        target._real_url,
+    options = dict(
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), retries),
         retry_on_timeout=False,
     )
+    if max_connections is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            target._real_url, max_connections=max_connections, timeout=timeout, **options
+        )
+        return aioredis.Redis.from_pool(pool)
+    return aioredis.Redis.from_url(target._real_url, **options)

@@ -16,10 +16,9 @@ from source import (
     CacheStats,
     InvalidInput,
     RedisCache,
-    make_redis_client,
     run_db_setup_and_create_user,
 )
-from source.cache import UserData, run_traffic, unreachable_redis
+from source.cache import UserData, cache_client, run_traffic, unreachable_redis
 from source.redis_setup import RedisTarget
 
 COOLDOWN = 0.2  # seconds a failed Redis is skipped in these tests (the app uses 1 s)
@@ -34,8 +33,8 @@ def redis_kind(backend) -> str:
 
 @pytest.fixture
 async def cache(redis_client, redis_target, fake_server, key_prefix):
-    """A cache on the app's own client settings (50 ms timeouts, no retries)."""
-    client = make_redis_client(redis_target, fake_server=fake_server)
+    """A cache on the app's own client settings (50 ms timeouts, no retries, bounded pool)."""
+    client = cache_client(redis_target, fake_server=fake_server)
     yield RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN)
     await client.aclose()
 
@@ -182,6 +181,7 @@ async def test_a_hundred_concurrent_misses_load_from_the_database_once(db, cache
         lookups = await asyncio.gather(*(repo.get_by_id_cached(jane.id) for _ in range(100)))
     assert sql.count == 1
     assert sum(lookup.loaded for lookup in lookups) == 1
+    # "error" would be a GET that missed its 50 ms on a busy machine: it joins the same load.
     assert all(lookup.outcome != "hit" and lookup.value == lookups[0].value for lookup in lookups)
     assert cache.stats.snapshot().db_loads == 1
 
@@ -273,7 +273,7 @@ async def outage(redis_kind, redis_target, redis_client, fake_server, key_prefix
     """A cache whose Redis the test can take down and bring back: the fake server
     disconnected, or the real one behind a proxy that drops its connections."""
     if redis_kind == "fakeredis":
-        client = make_redis_client(redis_target, fake_server=fake_server)
+        client = cache_client(redis_target, fake_server=fake_server)
 
         def cut() -> None:
             fake_server.connected = False
@@ -285,7 +285,7 @@ async def outage(redis_kind, redis_target, redis_client, fake_server, key_prefix
     else:
         proxy = RedisProxy(redis_target._real_url)
         url = await proxy.start()
-        client = make_redis_client(RedisTarget("server", "proxy", "test", url))
+        client = cache_client(RedisTarget("server", "proxy", "test", url))
         yield Outage(RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN), proxy.cut, proxy.restore)
         proxy.close()
     await client.aclose()
@@ -319,7 +319,7 @@ async def test_a_write_while_redis_is_down_is_not_undone_when_redis_returns(db, 
 @pytest.mark.parametrize("kind", ["refused", "hung"])
 async def test_an_unreachable_redis_costs_at_most_one_client_timeout_per_cooldown(db, jane, key_prefix, kind):
     unreachable = await unreachable_redis(kind)
-    client = make_redis_client(unreachable.target)
+    client = cache_client(unreachable.target)
     repo = repository(db, RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN))
     try:
         first, second = [await repo.get_by_id_cached(jane.id) for _ in range(2)]
