@@ -44,6 +44,13 @@ class StatementLog:
         return [s.sql for s in self.statements]
 
 
+# For a transaction that reads, then writes: SQLite takes its write lock at BEGIN, so the write
+# cannot fail with "database is locked" because another connection committed after the read
+# (a stale WAL snapshot is never upgraded). Other backends ignore it. Pass it as the first call:
+# `await session.connection(execution_options=WRITE_TRANSACTION)`.
+WRITE_TRANSACTION = {"sqlite_begin": "BEGIN IMMEDIATE"}
+
+
 # The log of the block being recorded. A context variable, so that concurrent learners on
 # one engine each see only their own statements (SQLAlchemy's async bridge carries the
 # context into the greenlet that runs the driver calls).
@@ -204,7 +211,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 
 
 def _before_execute(conn, cursor, statement, parameters, context, executemany) -> None:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, MetaData, String
+from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, MetaData, String, text
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -115,7 +115,41 @@ class DomainEvent(Base, TimestampMixin):
     aggregate_type: Mapped[str] = mapped_column(String(100))
     aggregate_id: Mapped[str] = mapped_column(String(36), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, published, failed
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The relay's bookkeeping (revision 0002): a broker error schedules a retry with back-off;
+    # after too many attempts the event is parked as "failed" until someone retries it.
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(500))
 
-    __table_args__ = (Index("ix_events_status_created", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_events_status_created", "status", "created_at"),
+        CheckConstraint("status IN ('pending', 'published', 'failed')", name="status"),
+    )
+
+
+class InboxEntry(Base):
+    """The consumer's inbox: one row per event it applied. Inserting the row in the same
+    transaction as the effect is what makes a second delivery of the event a no-op."""
+
+    __tablename__ = "consumer_inbox"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    stream_id: Mapped[str] = mapped_column(String(40))  # the entry of the first delivery
+    deliveries: Mapped[int] = mapped_column(default=1)
+    applied_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScoreSummary(Base):
+    """The consumer's read model: per user, the scores it has applied and the latest one.
+    No foreign key to users: it belongs to the consuming service, not to the user table's owner."""
+
+    __tablename__ = "score_summaries"
+
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    scores_applied: Mapped[int] = mapped_column(default=0)
+    latest_score_id: Mapped[str] = mapped_column(String(36))
+    latest_air_score: Mapped[float] = mapped_column(Float)
+    latest_event_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
