@@ -140,10 +140,33 @@ def redis_cache_target(fault: str) -> source.RedisTarget:
     return held.target if held else redis_target()
 
 
+_publishers: list[source.Publisher] = []  # every publisher made in this process, so that reset stops them
+
+
+@st.cache_resource(show_spinner=False)
+def publisher() -> source.Publisher:
+    """The process's outbox publisher, shared by every session; made stopped. Its thread has its
+    own loop, engine and Redis clients, so nothing of the shared loop's is handed to it."""
+    made = source.Publisher(
+        database_url=source.database_url(), redis_target=redis_target(), stream=source.outbox.stream_key()
+    )
+    _publishers.append(made)
+    return made
+
+
+def outbox_overview() -> source.outbox.OutboxOverview:
+    """Section 5's figures and tables, read now from the database and the stream."""
+    return run(source.outbox.outbox_overview(db=database(), redis_client=redis_client(), stream=publisher().stream))
+
+
 def reset_resources() -> None:
     """Forget the shared resources so the next rerun builds them from the environment again
-    (tests switch backends this way). The event loop itself stays."""
-    for cached in (database, redis_target, _redis_client, backend_status, cache_stats, _redis_cache):
+    (tests switch backends this way); stops the publisher thread. The event loop itself stays."""
+    while _publishers:
+        _publishers.pop().stop()
+    # Close the old engine's connections on the loop they belong to, not later in a GC pass.
+    run(database().dispose(), timeout=10)
+    for cached in (database, redis_target, _redis_client, backend_status, cache_stats, _redis_cache, publisher):
         cached.clear()
 
 
@@ -221,7 +244,22 @@ def _sidebar(status: BackendStatus) -> None:
         )
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
+        _publisher_status()
         _progress()
+
+
+@st.fragment(run_every=2)
+def _publisher_status() -> None:
+    """Its own fragment: the figures move while the learner reads, without rerunning the page."""
+    figures = publisher().snapshot()
+    st.markdown("**Outbox publisher**")
+    if not figures.running:
+        st.caption(":gray[● stopped]" + (f" · {figures.published} published before" if figures.published else ""))
+        return
+    last = f" · last batch {figures.last_batch_at:%H:%M:%S} UTC" if figures.last_batch_at else ""
+    st.caption(f":green[● running] · {figures.published} published · {figures.failed} failed{last}")
+    if figures.last_error and figures.last_error_at:
+        st.caption(f"Last error at {figures.last_error_at:%H:%M:%S} UTC: {escape_markdown(figures.last_error)}")
 
 
 def _navigation() -> None:
@@ -277,7 +315,13 @@ def errors_shown(where: Any = st, *, fields: dict[str, Any] | None = None) -> It
         if not isinstance(exc, source.LabError):
             log.exception("page action failed")
         field = getattr(exc, "field", None)
-        (fields or {}).get(field, where).error(error_message(exc))
+        # Messages may quote what the learner typed: keep markdown in it inert.
+        (fields or {}).get(field, where).error(_inert_markdown(error_message(exc)))
+
+
+def _inert_markdown(text: str) -> str:
+    """Escape the characters that make inline markdown (emphasis, links, images, code, math)."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>$~" else ch for ch in text)
 
 
 def run_recorded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> tuple[T, source.StatementLog]:

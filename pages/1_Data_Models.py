@@ -73,8 +73,8 @@ else:
         occupation = st.text_input("Occupation code (optional)", key="new_user_occupation", placeholder="15-1252")
         occupation_slot = st.empty()
         education = st.selectbox(
-            "Education level (optional)", ["", "High school", "Bachelors", "Masters", "PhD"],
-            key="new_user_education",
+            "Education level (optional)", ["High school", "Bachelors", "Masters", "PhD"],
+            index=None, placeholder="Not given", key="new_user_education",
         )
         years = st.number_input(
             "Years of experience (optional)", min_value=0.0, max_value=80.0, value=None, step=0.5,

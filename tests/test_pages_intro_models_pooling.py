@@ -104,6 +104,7 @@ def test_creating_a_user_stores_it_keeps_its_id_and_shows_the_name_as_plain_text
 BAD_INPUTS = [
     ({"new_user_email": ""}, "Enter an email address."),
     ({"new_user_email": "not-an-email"}, "is not a valid email address"),
+    ({"new_user_email": "![x](http://e/i.png)"}, r"'!\[x\](http://e/i.png)' is not a valid"),  # inert
     ({"new_user_name": "   "}, "Enter a name."),
     ({"new_user_name": "x" * 256}, "at most 255 fit"),
     ({"new_user_occupation": "X" * 21}, "at most 20 fit"),
