@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, MetaData, String, text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, MetaData, String, text
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -119,14 +119,11 @@ class DomainEvent(Base, TimestampMixin):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The relay's bookkeeping (revision 0002): a broker error schedules a retry with back-off;
     # after too many attempts the event is parked as "failed" until someone retries it.
-    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))  # failed attempts so far
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # empty: due at once
     last_error: Mapped[str | None] = mapped_column(String(500))
 
-    __table_args__ = (
-        Index("ix_events_status_created", "status", "created_at"),
-        CheckConstraint("status IN ('pending', 'published', 'failed')", name="status"),
-    )
+    __table_args__ = (Index("ix_events_status_created", "status", "created_at"),)
 
 
 class InboxEntry(Base):

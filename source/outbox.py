@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 
 from . import config, redis_setup
@@ -182,7 +183,11 @@ def due_events(*, now: datetime, limit: int):
     )
     return (
         select(DomainEvent)
-        .where(DomainEvent.status == "pending", DomainEvent.next_attempt_at <= now, ~waits_behind_a_retry)
+        .where(
+            DomainEvent.status == "pending",
+            or_(DomainEvent.next_attempt_at.is_(None), DomainEvent.next_attempt_at <= now),
+            ~waits_behind_a_retry,
+        )
         .order_by(DomainEvent.created_at, DomainEvent.id)
         .limit(limit)
         # Rows another relay has claimed are skipped, not waited for: concurrent relays never
@@ -271,7 +276,7 @@ async def retry_failed_events(*, db: Database) -> int:
         result = await session.execute(
             update(DomainEvent)
             .where(DomainEvent.status == "failed")
-            .values(status="pending", attempts=0, next_attempt_at=datetime.now(UTC), last_error=None)
+            .values(status="pending", attempts=0, next_attempt_at=None, last_error=None)
         )
     return result.rowcount
 
@@ -315,8 +320,8 @@ class _Listener:
                 connection.terminate()
 
 
-def wake_mode(db: Database, settings: RelaySettings) -> str:
-    if db.backend == "postgresql" and settings.use_notify:
+def wake_mode(backend: str, settings: RelaySettings) -> str:
+    if backend == "postgresql" and settings.use_notify:
         return f"LISTEN/NOTIFY at commit, and a poll every {settings.notify_fallback_poll:g} s as a fallback"
     return f"a poll every {settings.poll_interval:g} s"
 
@@ -350,7 +355,7 @@ async def event_publisher(
     rng = random.Random()
     wake = asyncio.Event()
     listener = _Listener(db, wake) if db.backend == "postgresql" and settings.use_notify else None
-    stats.set(wake_mode=wake_mode(db, settings))
+    stats.set(wake_mode=wake_mode(db.backend, settings))
     try:
         while not stop.is_set():
             if listener is not None:
@@ -423,8 +428,12 @@ class Publisher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def wake_mode(self) -> str:
+        return wake_mode(make_url(self.database_url).get_backend_name(), self.settings)
+
     def snapshot(self) -> PublisherSnapshot:
-        return replace(self.stats.snapshot(), running=self.running)
+        return replace(self.stats.snapshot(), running=self.running, wake_mode=self.wake_mode)
 
     def start(self) -> bool:
         """Start the thread unless it runs; True if this call started it."""
@@ -467,7 +476,7 @@ class Publisher:
         consume_client = redis_setup.make_redis_client(
             self.redis_target, timeout=self.settings.consumer_block + 2.0, fake_server=fake_server
         )
-        self.stats.set(started_at=datetime.now(UTC), wake_mode=wake_mode(db, self.settings))
+        self.stats.set(started_at=datetime.now(UTC), wake_mode=self.wake_mode)
         common = {"db": db, "stream": self.stream, "stop": self._stop, "settings": self.settings, "stats": self.stats}
         tasks = [
             asyncio.create_task(event_publisher(redis_client=publish_client, faults=self.faults, **common)),

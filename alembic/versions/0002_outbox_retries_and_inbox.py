@@ -5,8 +5,9 @@ Revises: 0001
 Create Date: 2026-11-27 12:12:27.527018
 
 What a real outbox needs beyond 0001: per-event attempts, the time of the next attempt and the
-last error, a "failed" status for events that ran out of attempts; the consumer's inbox and its
-read model; and on PostgreSQL a trigger that NOTIFYs the relay when an event becomes pending.
+last error (status gains a third value, "failed", for events that ran out of attempts); the
+consumer's inbox and its read model; and on PostgreSQL a trigger that NOTIFYs the relay when an
+event becomes pending.
 """
 from collections.abc import Sequence
 
@@ -25,15 +26,11 @@ NOTIFY_CHANNEL = "domain_events_pending"
 
 def upgrade() -> None:
     """Upgrade schema."""
-    with op.batch_alter_table('domain_events', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('attempts', sa.Integer(), server_default=sa.text('0'), nullable=False))
-        batch_op.add_column(sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('last_error', sa.String(length=500), nullable=True))
-    # Existing events are due at once: backfill, then make the column required.
-    op.execute("UPDATE domain_events SET next_attempt_at = created_at")
-    with op.batch_alter_table('domain_events', schema=None) as batch_op:
-        batch_op.alter_column('next_attempt_at', existing_type=sa.DateTime(timezone=True), nullable=False)
-        batch_op.create_check_constraint('status', "status IN ('pending', 'published', 'failed')")
+    # Plain ADD COLUMN, no batch table copy on SQLite: the SQL can be rendered offline too.
+    # next_attempt_at stays empty until an attempt fails: empty means due at once.
+    op.add_column('domain_events', sa.Column('attempts', sa.Integer(), server_default=sa.text('0'), nullable=False))
+    op.add_column('domain_events', sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('domain_events', sa.Column('last_error', sa.String(length=500), nullable=True))
 
     op.create_table('consumer_inbox',
     sa.Column('event_id', sa.String(length=36), nullable=False),
@@ -77,8 +74,6 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS domain_events_notify()")
     op.drop_table('score_summaries')
     op.drop_table('consumer_inbox')
-    with op.batch_alter_table('domain_events', schema=None) as batch_op:
-        batch_op.drop_constraint(op.f('ck_domain_events_status'), type_='check')
-        batch_op.drop_column('last_error')
-        batch_op.drop_column('next_attempt_at')
-        batch_op.drop_column('attempts')
+    # Plain DROP COLUMN (SQLite 3.35+) rather than a batch table copy: renderable offline.
+    for column in ('last_error', 'next_attempt_at', 'attempts'):
+        op.drop_column('domain_events', column)

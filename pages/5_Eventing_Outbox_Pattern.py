@@ -1,0 +1,161 @@
+import inspect
+
+import pandas as pd
+import streamlit as st
+
+import checks
+import ui
+from source import calculate_and_store_airscore, migrations, retry_failed_events
+from source.outbox import relay_batch
+
+ui.page("5. Eventing (Outbox Pattern)")
+st.title("5. Building a Reliable Eventing System with the Outbox Pattern")
+st.markdown(
+    "When an AI-R score is stored, other InnovateAI services must hear about it. Writing the score "
+    "and then publishing to the broker is two writes with no common transaction: a crash or a "
+    "broker outage in between loses the event, or announces a score that was rolled back. Alex "
+    "uses the **transactional outbox**: the event is a row committed *in the same transaction* as "
+    "the score, and a separate **relay** later copies pending rows to a Redis stream. Services "
+    "converge (eventual consistency) without a two-phase commit."
+)
+ui.require_initialized()
+state = st.session_state
+users = {"Alex Smith": state.user_alex_id, "Jane Doe": state.user_jane_id}
+if None in users.values():
+    st.info("The sample users are missing: initialise them in section 2.")
+    st.stop()
+db, publisher = ui.database(), ui.publisher()
+
+st.subheader("1. The score and its event, one commit")
+name = st.selectbox("User", list(users), key="outbox_user")
+if st.button("Calculate & Store AIRScore (Creates Pending Event)", key="outbox_create"):
+    with ui.errors_shown():
+        score, event = ui.run(calculate_and_store_airscore(
+            sessions=db.sessions, user_id=users[name], occupation_code="AI_ASSESSOR"
+        ))
+        ui.mark_done("outbox")
+        st.success(
+            f"Stored score `{score.id[:8]}` (AI-R {score.air_score}) and event `{event.id[:8]}` "
+            f"({event.event_type}, status **{event.status}**) in one transaction."
+        )
+with st.expander("The code: `calculate_and_store_airscore`"):
+    st.code(inspect.getsource(calculate_and_store_airscore), language="python")
+    st.markdown(
+        "The transaction locks the user first: two writes for one user then commit one after "
+        "the other, so the events' `created_at` order is their commit order, the order the relay "
+        "publishes. (`created_at` is taken at insert, not at commit; without the lock a later "
+        "insert could commit first.)"
+    )
+
+st.subheader("2. The publisher: a relay and a consumer on their own thread")
+figures = publisher.snapshot()
+st.markdown(
+    "One publisher per server process, shared by every learner: a thread with its own event loop, "
+    "database engine and Redis clients. It runs two tasks. The **relay** claims due pending events "
+    "in batches of 100 (`FOR UPDATE SKIP LOCKED` on PostgreSQL), appends them to the stream "
+    f"`{publisher.stream}` with one pipeline, and marks them published before its transaction "
+    f"commits. It wakes on {figures.wake_mode}. The **consumer** stands in "
+    "for the service that reads the stream (in production, another process; here it shares the "
+    "publisher's thread so that one button starts the whole pipeline): a consumer group `XREADGROUP`, an *inbox* row per event "
+    "ID written in the same transaction as the effect (a per-user read model), `XACK` after commit, "
+    "and `XAUTOCLAIM` for entries a dead consumer never acknowledged."
+)
+start_col, stop_col = st.columns(2)
+if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):
+    publisher.start()
+    st.rerun()
+with stop_col:
+    if ui.instructor_key_ok("Stopping the publisher", key="outbox_stop_key") and st.button(
+        "Stop publisher", disabled=not figures.running, key="outbox_stop"
+    ):
+        publisher.stop()
+        st.rerun()
+
+
+@st.fragment(run_every=1.5)
+def live() -> None:
+    with ui.errors_shown():
+        view, now = ui.outbox_overview(), publisher.snapshot()
+        status = "running" if now.running else "stopped"
+        st.markdown(f"**Publisher {status}** · batches {now.batches} · relay crashes {now.crashes} · "
+                    f"retries scheduled {now.retries_scheduled} · consumer `{now.consumer_name or '-'}`, "
+                    f"claimed from dead consumers {now.claimed}")
+        row = st.columns(4)
+        row[0].metric("Created (outbox rows)", view.created)
+        row[1].metric("Pending", view.pending)
+        row[2].metric("Published", view.published)
+        row[3].metric("Failed", view.failed)
+        row = st.columns(4)
+        row[0].metric("Appended to the stream", "-" if view.appended is None else view.appended)
+        row[1].metric("Delivered to the consumer", view.delivered)
+        row[2].metric("Applied (inbox rows)", view.applied)
+        row[3].metric("Duplicates dropped", view.duplicates)
+        st.caption(
+            "Outbox figures: the outbox table. Appended: entries the stream has received (`XINFO "
+            "STREAM`; the embedded Redis starts empty with each server process). Delivered, applied, "
+            "duplicates: the consumer's inbox table."
+        )
+        if view.appended is None:
+            st.warning("Redis did not answer: the stream's figures are missing.")
+        left, right = st.columns([3, 2])
+        left.markdown("**Latest events** (the outbox table)")
+        left.dataframe(pd.DataFrame(view.events), hide_index=True, width="stretch")
+        right.markdown("**Read model** (what the consumer applied)")
+        right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
+
+
+live()
+
+st.subheader("3. Break it")
+st.markdown(
+    "**Broker down**: the relay's own publish path refuses (the cache and everyone's other Redis "
+    "traffic keep working). Events stay pending; each failed attempt is recorded with its error and "
+    f"a retry time that doubles, with jitter; after {publisher.settings.max_attempts} attempts an "
+    "event is parked as *failed*. Bring the broker back and pending events drain on the next cycles."
+)
+faults = publisher.faults
+st.markdown(f"The broker is **{'down' if faults.broker_down else 'up'}** for the relay.")
+if ui.instructor_key_ok("Switching the broker fault", key="outbox_fault_key"):
+    down_col, up_col = st.columns(2)
+    if down_col.button("Take the broker down", disabled=faults.broker_down, key="outbox_broker_down"):
+        faults.broker_down = True
+        st.rerun()
+    if up_col.button("Bring the broker back", disabled=not faults.broker_down, key="outbox_broker_up"):
+        faults.broker_down = False
+        st.rerun()
+if st.button("Retry failed events", key="outbox_retry"):
+    with ui.errors_shown():
+        st.success(f"{ui.run(retry_failed_events(db=db))} failed event(s) are pending again.")
+st.markdown(
+    "**The relay dies after appending, before marking published**: the batch's transaction rolls "
+    "back, so its events are still pending and the next cycle appends them again. Watch "
+    "*Appended* and *Duplicates dropped* rise together while *Applied* counts each event once."
+)
+if st.button("Crash the relay after its next append", key="outbox_crash"):
+    faults.arm_crash()
+if faults.crash_armed:
+    st.info("Armed: the next batch the relay appends will not be marked published.")
+
+st.subheader("4. What is guaranteed")
+st.markdown(
+    "- **No loss**: an event exists if and only if its score committed, and stays pending until a "
+    "relay has appended it *and* committed the mark.\n"
+    "- **At-least-once delivery, effect exactly once**: a crash between append and mark repeats "
+    "the event; the inbox (primary key = event ID, inserted with the effect) drops the repeat.\n"
+    "- **Order per user, with one relay**: claims go oldest first, and an event waits while an "
+    "earlier event of its user waits for a retry. One process has one relay. On SQLite, relays "
+    "in several processes take turns on the write lock, so order holds there too.\n"
+    "- **Several processes on PostgreSQL**: relays run concurrently, and `SKIP LOCKED` keeps them "
+    "from ever claiming the same event, so a fault-free run publishes nothing twice. They do *not* "
+    "keep one user's order: two relays can hold two events of one user at once. Per-aggregate "
+    "order then needs one relay per aggregate (e.g. a PostgreSQL advisory lock per user, which "
+    "this lab does not take); the read model instead keeps the newest score by the event's time, "
+    "whatever order events arrive in."
+)
+with st.expander("The relay's cycle: `relay_batch`"):
+    st.code(inspect.getsource(relay_batch), language="python")
+with st.expander("The migration that added attempts, retries, the failed status and the inbox (0002)"):
+    with ui.errors_shown():
+        st.code(migrations.migration_source("0002"), language="python")
+
+ui.knowledge_check("outbox", checks.OUTBOX)

@@ -1,0 +1,102 @@
+"""Section 5 through AppTest on both backend pairs: the publisher is started and stopped from the
+page, and the page's numbers follow what really happened, faults included."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import ui
+from source import run_db_setup_and_create_user
+
+PAGE = "../pages/5_Eventing_Outbox_Pattern.py"
+
+
+@pytest.fixture
+def initialised(app_env):
+    ui.run(run_db_setup_and_create_user(ui.database()))
+    yield app_env
+    assert ui.publisher().stop()  # app_env's reset stops it too; this checks it stops in time
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    return at
+
+
+def click(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click().run()
+    assert not at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def texts(elements) -> str:
+    return " ".join(e.value for e in elements)
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
+
+
+def test_a_score_and_its_pending_event_are_stored_together(initialised):
+    at = click(open_page(), "outbox_create")
+    assert "in one transaction" in texts(at.success) and "pending" in texts(at.success)
+    assert metrics(at)["Created (outbox rows)"] == "1" and metrics(at)["Pending"] == "1"
+    assert at.session_state["done_outbox"] is True
+
+
+def test_the_publisher_started_from_the_page_publishes_and_the_consumer_applies(initialised):
+    at = click(open_page(), "outbox_create")
+    at = click(at, "outbox_start")
+    assert ui.publisher().running
+    wait_for(lambda: ui.outbox_overview().applied == 1)
+    at.run()
+    shown = metrics(at)
+    assert (shown["Pending"], shown["Published"], shown["Appended to the stream"]) == ("0", "1", "1")
+    assert (shown["Delivered to the consumer"], shown["Applied (inbox rows)"], shown["Duplicates dropped"]) == ("1", "1", "0")
+    assert "running" in texts(at.sidebar.caption)
+
+    at = click(at, "outbox_stop")
+    assert not ui.publisher().running
+    assert "stopped" in texts(at.sidebar.caption) and "Publisher stopped" in texts(at.markdown)
+
+
+def test_a_relay_crash_after_append_delivers_again_and_the_duplicate_is_dropped(initialised):
+    at = click(open_page(), "outbox_crash")
+    assert "Armed" in texts(at.info)
+    at = click(click(at, "outbox_create"), "outbox_start")
+    wait_for(lambda: ui.outbox_overview().duplicates == 1 and ui.outbox_overview().pending == 0)
+    at.run()
+    shown = metrics(at)
+    assert (shown["Appended to the stream"], shown["Applied (inbox rows)"], shown["Duplicates dropped"]) == ("2", "1", "1")
+    assert ui.publisher().snapshot().crashes == 1
+
+
+def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instructor_key(initialised, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")
+    at = open_page()
+    assert not [b for b in at.button if b.key in ("outbox_broker_down", "outbox_stop")]
+    at.text_input(key="outbox_fault_key").set_value("letmein").run()
+    at = click(at, "outbox_broker_down")
+    assert "The broker is **down**" in texts(at.markdown)
+    at = click(click(at, "outbox_create"), "outbox_start")
+    wait_for(lambda: ui.publisher().snapshot().retries_scheduled >= 2)
+    at.run()
+    assert metrics(at)["Pending"] == "1" and metrics(at)["Published"] == "0"
+    assert "broker unreachable" in texts(at.sidebar.caption)
+    assert ui.run(ui.redis_client().ping())  # everyone else's Redis traffic is unaffected
+
+    at = click(at, "outbox_broker_up")
+    wait_for(lambda: ui.outbox_overview().applied == 1, timeout=15)
+    at.run()
+    assert metrics(at)["Published"] == "1" and metrics(at)["Pending"] == "0"
