@@ -80,6 +80,7 @@ with st.form("pool_experiment_form"):
     per_client = c1.number_input("Requests per client", 1, pooling.MAX_REQUESTS_PER_CLIENT, 5, key="exp_per_client")
     pool_size = c2.number_input("pool_size", 1, pooling.MAX_POOL_SIZE, 5, key="exp_pool_size")
     max_overflow = c2.number_input("max_overflow", 0, pooling.MAX_OVERFLOW, 10, key="exp_max_overflow")
+    overflow_slot = c2.empty()
     pool_timeout = c3.number_input("pool_timeout (s)", 0.05, pooling.MAX_POOL_TIMEOUT_S, 2.0, step=0.05, key="exp_timeout")
     hold_ms = c3.number_input("Hold time (ms)", 0, pooling.MAX_HOLD_MS, 10, key="exp_hold")
     run_experiment = st.form_submit_button("Run the experiment")
@@ -88,7 +89,7 @@ if run_experiment:
         concurrency=int(clients), requests_per_client=int(per_client), pool_size=int(pool_size),
         max_overflow=int(max_overflow), pool_timeout=float(pool_timeout), hold_ms=float(hold_ms),
     )
-    with ui.errors_shown(), st.spinner("Running both engines..."):
+    with ui.errors_shown(fields={"max_overflow": overflow_slot}), st.spinner("Running both engines..."):
         st.session_state.pool_experiment = ui.run(pooling.run_pool_experiment(db=db, settings=settings), timeout=180)
         ui.mark_done("pooling")
 

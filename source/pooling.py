@@ -123,9 +123,16 @@ async def run_pool_experiment(*, db: Database, settings: PoolSettings) -> Experi
             "Try again in a few seconds."
         )
     try:
-        url = db.url
+        headroom = await _server_headroom(db)
+        capacity = settings.pool_size + settings.max_overflow
+        if capacity > headroom:
+            raise InvalidInput(
+                f"The database server has {headroom} connections to spare now (keeping {SERVER_RESERVE} "
+                f"for everyone else); pool_size + max_overflow = {capacity} would not fit.",
+                field="max_overflow",
+            )
         pooled_db = Database(
-            url, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
+            db.url, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout,
         )
         pooled = await _measure(
@@ -133,9 +140,10 @@ async def run_pool_experiment(*, db: Database, settings: PoolSettings) -> Experi
             f"pooled (pool_size={settings.pool_size}, max_overflow={settings.max_overflow})",
             settings, settings.concurrency,
         )
-        null_db = Database(url, null_pool=True)
-        limit = min(settings.concurrency, await _server_headroom(null_db))
-        null_pool = await _measure(null_db, "NullPool (a new connection per request)", settings, limit)
+        null_pool = await _measure(
+            Database(db.url, null_pool=True), "NullPool (a new connection per request)", settings,
+            min(settings.concurrency, headroom),
+        )
         return ExperimentResult(settings, pooled_db.backend, pooled, null_pool)
     finally:
         _EXPERIMENT_LOCK.release()
@@ -145,15 +153,12 @@ async def _server_headroom(db: Database) -> int:
     """How many more connections the server accepts, less a reserve for everyone else."""
     if db.backend != "postgresql":
         return MAX_CONCURRENCY  # a SQLite file has no connection limit
-    try:
-        async with db.engine.connect() as conn:
-            free = (await conn.execute(text(
-                "SELECT current_setting('max_connections')::int"
-                " - current_setting('superuser_reserved_connections')::int"
-                " - (SELECT count(*) FROM pg_stat_activity)"
-            ))).scalar_one()
-    finally:
-        await db.dispose()
+    async with db.engine.connect() as conn:
+        free = await conn.scalar(text(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+            " - (SELECT count(*) FROM pg_stat_activity)"
+        ))
     return max(1, int(free) - SERVER_RESERVE)
 
 

@@ -86,6 +86,15 @@ async def test_the_throwaway_engines_leave_no_connection_open_on_the_server(pg_d
     assert await connections() == before
 
 
+async def test_a_pool_bigger_than_the_servers_spare_connections_is_refused(pg_db, monkeypatch):
+    monkeypatch.setattr("source.pooling.SERVER_RESERVE", 10_000)  # as if the room used them all
+    with pytest.raises(InvalidInput, match="connections to spare") as refused:
+        await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=5))
+    assert refused.value.field == "max_overflow"
+    await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1,
+                                                               pool_size=1, max_overflow=0))
+
+
 async def test_on_postgresql_the_pool_outserves_a_new_connection_per_request(pg_db):
     settings = PoolSettings(concurrency=50, requests_per_client=5, pool_size=5, max_overflow=10, hold_ms=5)
     result = await run_pool_experiment(db=pg_db, settings=settings)
