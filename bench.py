@@ -30,6 +30,8 @@ import fakeredis
 import redis.asyncio as aioredis
 
 from source import Database, User, loading, pooling, run_db_setup_and_create_user
+from source.cache import CachedUserRepository, RedisCache, cache_client, unreachable_redis
+from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 from tests.scratch import scratch_postgres
 
@@ -159,10 +161,140 @@ async def bench_pooling(bench: Bench) -> list[Figure]:
     return figures
 
 
+async def timed_alternately(
+    first: Callable[[], Awaitable[object]], second: Callable[[], Awaitable[object]], n: int
+) -> tuple[list[float], list[float]]:
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(n):
+        for fn, into in zip((first, second), samples, strict=True):
+            start = time.perf_counter()
+            await fn()
+            into.append(time.perf_counter() - start)
+    return samples
+
+
+async def bench_cache(bench: Bench) -> list[Figure]:
+    """Section 4 on the app's cache client (50 ms timeouts, no retries, bounded pool): a hit
+    against the raw GET anchor, the database read a miss pays, a whole miss, single flight, and
+    what a read costs while Redis is down."""
+    figures = []
+    targets = {"fakeredis": RedisTarget("embedded", "fakeredis", "bench")}
+    if "redis" in bench.urls:
+        targets["redis"] = RedisTarget("server", "bench", "bench", bench.urls["redis"])
+    db_name = "postgresql" if "postgresql" in bench.databases else "sqlite"
+    for redis_name, target in targets.items():
+        client = cache_client(target, fake_server=bench.fake_server)
+        cache = RedisCache(client, prefix=bench.key_prefix)
+        for name, db in bench.databases.items():
+            alex, _ = await run_db_setup_and_create_user(db)
+            repo = CachedUserRepository(sessions=db.sessions, cache=cache)
+            pair = f"{name}+{redis_name}"
+            await repo.get_by_id_cached(alex.id)
+            # Alternate the two so that noise on this shared machine hits both alike.
+            key = repo.user_key(alex.id)
+            anchor, hits = await timed_alternately(
+                lambda client=client, key=key: client.get(key),
+                lambda repo=repo, alex=alex: repo.get_by_id_cached(alex.id),
+                2000,
+            )
+            figures += latency_figures("cache", pair, "raw redis GET of the cached key (anchor)", anchor)
+            figures += latency_figures("cache", pair, "cache hit", hits)
+            figures.append(Figure("cache", pair, "hit / raw GET (p50)", statistics.median(hits) / statistics.median(anchor), "x"))
+            misses = []
+            for _ in range(300):
+                await repo.invalidate_user_cache(alex.id)
+                start = time.perf_counter()
+                await repo.get_by_id_cached(alex.id)
+                misses.append(time.perf_counter() - start)
+            figures += latency_figures("cache", pair, "cache miss (GET, load, SET)", misses)
+            figures.append(Figure("cache", pair, "miss / hit (p50)", statistics.median(misses) / statistics.median(hits), "x"))
+            await repo.invalidate_user_cache(alex.id)
+            with db.record() as log:
+                await asyncio.gather(*(repo.get_by_id_cached(alex.id) for _ in range(100)))
+            figures.append(Figure("cache", pair, "database statements for 100 concurrent misses", log.count, "statements"))
+        await client.aclose()
+    for name, db in bench.databases.items():
+        alex, _ = await run_db_setup_and_create_user(db)
+
+        async def db_read(db=db, alex=alex) -> None:
+            async with db.sessions() as session:
+                await UserRepository(session).get_by_id(alex.id)
+
+        figures += latency_figures("cache", name, "database read (new session + get_by_id)", await timed(db_read, 1000))
+    # Redis down, on the lab's database pair. cooldown 0: every read tries Redis (the worst case);
+    # cooldown 1 s (the app's): after one failure the reads skip Redis.
+    db = bench.databases[db_name]
+    alex, _ = await run_db_setup_and_create_user(db)
+    for kind in ("refused", "hung"):
+        unreachable = await unreachable_redis(kind)
+        client = cache_client(unreachable.target)
+        for cooldown in (0.0, 1.0):
+            repo = CachedUserRepository(
+                sessions=db.sessions, cache=RedisCache(client, prefix=bench.key_prefix, cooldown_seconds=cooldown)
+            )
+            samples = await timed(lambda repo=repo: repo.get_by_id_cached(alex.id), 40, warmup=1)
+            figures += latency_figures("cache", f"{db_name}+{kind}", f"read with Redis down, cooldown {cooldown:g} s", samples)
+        await client.aclose()
+        unreachable.close()
+    return figures
+
+
+async def bench_outbox(bench: Bench) -> list[Figure]:
+    """Section 5: relay throughput (batches of 100) on each backend pair; commit-to-stream latency
+    on PostgreSQL with the relay woken by NOTIFY, and by a 0.2 s poll only."""
+    import random
+
+    from source import DomainEvent, RelaySettings, calculate_and_store_airscore, event_publisher
+    from source.models import new_id
+    from source.outbox import relay_batch
+
+    figures = []
+    pairs = [("sqlite", "fakeredis"), ("postgresql", "redis" if "redis" in bench.redis else "fakeredis")]
+    for db_name, redis_name in [(d, r) for d, r in pairs if d in bench.databases]:
+        db, client, stream = bench.databases[db_name], bench.redis[redis_name], f"{bench.key_prefix}outbox-{db_name}"
+        for _ in range(4):  # 2,000 pending events
+            async with db.sessions.begin() as session:
+                session.add_all(
+                    DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=new_id(),
+                                payload={"score_id": new_id(), "air_score": 70.0})
+                    for _ in range(500)
+                )
+        published, started = 0, time.perf_counter()
+        while (result := await relay_batch(db=db, redis_client=client, stream=stream, settings=RelaySettings())).claimed:
+            published += result.published
+        seconds = time.perf_counter() - started
+        figures.append(Figure("outbox", f"{db_name}+{redis_name}", "relay throughput, batch 100", published / seconds, "events/s"))
+
+    if "postgresql" in bench.databases:
+        db, client = bench.databases["postgresql"], bench.redis["redis" if "redis" in bench.redis else "fakeredis"]
+        alex, _ = await run_db_setup_and_create_user(db)
+        modes = {
+            "NOTIFY": (RelaySettings(use_notify=True, notify_fallback_poll=1.0), 200),
+            "poll 0.2 s only": (RelaySettings(use_notify=False, poll_interval=0.2), 60),
+        }
+        for mode, (settings, n) in modes.items():
+            stream, stop, last_id, samples = f"{bench.key_prefix}latency-{len(figures)}", asyncio.Event(), "0-0", []
+            relay = asyncio.create_task(event_publisher(db=db, redis_client=client, stream=stream, stop=stop, settings=settings))
+            await asyncio.sleep(0.5)
+            for _ in range(n):
+                await asyncio.sleep(random.uniform(0, settings.poll_interval))  # commit at any phase of the poll
+                await calculate_and_store_airscore(sessions=db.sessions, user_id=alex.id, occupation_code="BENCH")
+                committed = time.perf_counter()
+                reply = await client.xread({stream: last_id}, count=1, block=5000)
+                samples.append(time.perf_counter() - committed)
+                last_id = reply[0][1][-1][0]
+            stop.set()
+            await relay
+            figures += latency_figures("outbox", f"postgresql+{'redis' if 'redis' in bench.redis else 'fakeredis'}", f"commit-to-stream, {mode} (n={n})", samples)
+    return figures
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
     "n_plus_one": bench_n_plus_one,
     "pooling": bench_pooling,
+    "cache": bench_cache,
+    "outbox": bench_outbox,
 }
 
 

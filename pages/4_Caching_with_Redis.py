@@ -80,7 +80,7 @@ def show_counts(where, counts: CacheCounts) -> None:
 
 def show_formula(where, counts: CacheCounts) -> None:
     if not counts.hits + counts.misses or not counts.db_loads:
-        where.caption("The formula needs at least one miss and one answered GET.")
+        where.caption("The formula needs a measured miss: invalidate, then fetch.")
         return
     h, tc, td = counts.hit_ratio, counts.t_cache * 1000, counts.t_database * 1000
     where.latex(
@@ -140,18 +140,7 @@ with ui.errors_shown():
             st.caption("Not in Redis: the next read of it is a miss.")
         else:
             st.caption(f"Expires in {key_state.ttl_seconds} s (a 300 s TTL with ±10% jitter). Stored as:")
-            st.code(key_state.raw, language="json")
-
-st.subheader("Hit ratio and average access time")
-mine, everyone = state.cache_my_stats.snapshot(), ui.cache_stats().snapshot()
-st.markdown("**Your reads** (this browser session):")
-show_counts(st, mine)
-show_formula(st, mine)
-if st.button("Reset my counters", key="cache_reset_mine"):
-    state.cache_my_stats.reset()
-    st.rerun()
-st.markdown("**All reads in this server process** (every learner on this server, and your traffic experiments):")
-show_counts(st, everyone)
+            st.code(key_state.raw, language="json", wrap_lines=True)
 
 st.subheader("Traffic experiment")
 st.markdown(
@@ -223,6 +212,16 @@ if (traffic := state.get("cache_traffic")) is not None:
         "The traffic users are shared by everyone on this server; concurrent experiments warm each "
         "other's cache. Single flight, the cooldown and the counters are per server process."
     )
+
+st.subheader("Counters: yours and the server's")
+if st.button("Reset my counters", key="cache_reset_mine"):
+    state.cache_my_stats.reset()
+mine, everyone = state.cache_my_stats.snapshot(), ui.cache_stats().snapshot()
+st.markdown("**Your reads** (the fetch buttons above, this browser session):")
+show_counts(st, mine)
+show_formula(st, mine)
+st.markdown("**All reads in this server process** (every learner on this server, traffic experiments included):")
+show_counts(st, everyone)
 
 st.markdown(
     "Alex's `CachedUserRepository` now takes the hot reads off the database, reports every hit "

@@ -16,7 +16,9 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Generic, Literal, TypeVar
 
@@ -184,6 +186,7 @@ class CacheStats:
 class _Flight:
     task: asyncio.Task
     stale: bool = False  # a write invalidated the key while this load ran: do not store it
+    landed_at: float | None = None  # when the loading caller finished storing its value
 
 
 class SingleFlight:
@@ -192,24 +195,38 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._flights: dict[str, _Flight] = {}
+        self._readers: Counter[str] = Counter()
 
-    async def join(self, key: str, load: Callable[[], Awaitable[T]]) -> tuple[T, _Flight | None]:
-        """The loaded value, and the flight if this caller started it (it then stores the value
-        and calls `land`); callers that only waited get None."""
+    @contextmanager
+    def reading(self, key: str) -> Iterator[None]:
+        """Wraps a whole read of key: a load is kept until the last read that overlapped it ends."""
+        self._readers[key] += 1
+        try:
+            yield
+        finally:
+            self._readers[key] -= 1
+            if not self._readers[key]:
+                del self._readers[key]
+                self._flights.pop(key, None)
+
+    async def join(self, key: str, load: Callable[[], Awaitable[T]], *, asked_at: float) -> tuple[T, _Flight | None]:
+        """The loaded value, and the flight if this caller started it (it stores the value, then
+        calls `land`). A reader that asked Redis before a load landed may still join it: its GET
+        may have run just before that load's SET, and loading again is what single flight is for."""
         flight = self._flights.get(key)
-        if flight is not None:
+        if flight is not None and (flight.landed_at is None or asked_at < flight.landed_at):
             return await asyncio.shield(flight.task), None
         flight = self._flights[key] = _Flight(asyncio.ensure_future(load()))
         try:
             # shield: if this caller is cancelled, the load still completes for the others.
             return await asyncio.shield(flight.task), flight
         except BaseException:
-            self.land(key, flight)
+            if self._flights.get(key) is flight:
+                del self._flights[key]  # nobody joins a failed load
             raise
 
-    def land(self, key: str, flight: _Flight) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+    def land(self, flight: _Flight) -> None:
+        flight.landed_at = time.perf_counter()
 
     def forget(self, key: str) -> None:
         """A write changed the data behind key: later readers must not join a load that may
@@ -293,42 +310,42 @@ class RedisCache:
         kind: type[T],
         stats: CacheStats | None = None,
     ) -> Lookup[T]:
-        started = time.perf_counter()
-        error = raw = None
-        # 1. Ask Redis.
-        try:
-            raw = await self._call(lambda: self.client.get(key))
-        except CacheUnavailable as exc:
-            error = str(exc)
-        cache_seconds = time.perf_counter() - started
-        if raw is not None:
+        with self.flights.reading(key):
+            started = time.perf_counter()
+            error = raw = None
+            # 1. Ask Redis.
             try:
-                value = decode(raw, kind)
-            except (ValueError, TypeError):  # unreadable entry: treat as a miss and overwrite it
-                log.warning("ignoring an unreadable cache entry at %s", key)
-            else:
-                return self._count(
-                    Lookup(key, value, "hit", time.perf_counter() - started, cache_seconds, 0.0, False), stats
-                )
-        # 2. Miss, or Redis failed: read the database, once for all concurrent callers.
-        load_started = time.perf_counter()
-        value, flight = await self.flights.join(key, load)
-        db_seconds = time.perf_counter() - load_started
-        # 3. The caller that loaded stores the value, unless Redis just failed or a write
-        #    invalidated the key meanwhile (storing the old row would undo the invalidation).
-        try:
-            if flight is not None and not flight.stale and error is None:
-                await self._call(lambda: self.client.set(key, encode(value), ex=self.ttl_for(value)))
-        except CacheUnavailable as exc:
-            error = str(exc)
-        finally:
-            if flight is not None:
-                self.flights.land(key, flight)
-        lookup = Lookup(
-            key, value, "error" if error else "miss", time.perf_counter() - started,
-            cache_seconds, db_seconds, flight is not None, error,
-        )
-        return self._count(lookup, stats)
+                raw = await self._call(lambda: self.client.get(key))
+            except CacheUnavailable as exc:
+                error = str(exc)
+            cache_seconds = time.perf_counter() - started
+            if raw is not None:
+                try:
+                    value = decode(raw, kind)
+                except (ValueError, TypeError):  # unreadable entry: treat as a miss and overwrite it
+                    log.warning("ignoring an unreadable cache entry at %s", key)
+                else:
+                    seconds = time.perf_counter() - started
+                    return self._count(Lookup(key, value, "hit", seconds, cache_seconds, 0.0, False), stats)
+            # 2. Miss, or Redis failed: read the database, once for all concurrent callers.
+            load_started = time.perf_counter()
+            value, flight = await self.flights.join(key, load, asked_at=started)
+            db_seconds = time.perf_counter() - load_started
+            # 3. The caller that loaded stores the value, unless Redis just failed or a write
+            #    invalidated the key meanwhile (storing the old row would undo the invalidation).
+            try:
+                if flight is not None and not flight.stale and error is None:
+                    await self._call(lambda: self.client.set(key, encode(value), ex=self.ttl_for(value)))
+            except CacheUnavailable as exc:
+                error = str(exc)
+            finally:
+                if flight is not None:
+                    self.flights.land(flight)
+            seconds = time.perf_counter() - started
+            outcome = "error" if error else "miss"
+            return self._count(
+                Lookup(key, value, outcome, seconds, cache_seconds, db_seconds, flight is not None, error), stats
+            )
 
     async def invalidate(self, *keys: str) -> Invalidation:
         for key in keys:
