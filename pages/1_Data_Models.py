@@ -58,7 +58,6 @@ st.markdown(
 st.subheader("Try it: create a user")
 if not st.session_state.db_initialized:
     st.info("Initialise the database in **2. DB Connectivity & Pooling** first; then come back.")
-    st.page_link(ui.SECTIONS[2][0], label="Go to 2. DB Connectivity & Pooling")
 else:
     st.markdown(
         "The repository validates what you type before anything reaches the database; a bad "
