@@ -123,7 +123,12 @@ class DomainEvent(Base, TimestampMixin):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # empty: due at once
     last_error: Mapped[str | None] = mapped_column(String(500))
 
-    __table_args__ = (Index("ix_events_status_created", "status", "created_at"),)
+    __table_args__ = (
+        # The relay's claim: pending events in (created_at, id) order ...
+        Index("ix_events_claim", "status", "created_at", "id"),
+        # ... except those behind an earlier event of their aggregate that waits for a retry.
+        Index("ix_events_aggregate_wait", "aggregate_type", "aggregate_id", "status", "next_attempt_at"),
+    )
 
 
 class InboxEntry(Base):

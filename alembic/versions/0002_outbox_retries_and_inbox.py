@@ -31,6 +31,14 @@ def upgrade() -> None:
     op.add_column('domain_events', sa.Column('attempts', sa.Integer(), server_default=sa.text('0'), nullable=False))
     op.add_column('domain_events', sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True))
     op.add_column('domain_events', sa.Column('last_error', sa.String(length=500), nullable=True))
+    # The claim orders by (created_at, id) and looks for earlier events of the same aggregate
+    # that wait for a retry: one index for each, so neither scans every pending row per event.
+    op.drop_index('ix_events_status_created', table_name='domain_events')
+    op.create_index('ix_events_claim', 'domain_events', ['status', 'created_at', 'id'], unique=False)
+    op.create_index(
+        'ix_events_aggregate_wait', 'domain_events',
+        ['aggregate_type', 'aggregate_id', 'status', 'next_attempt_at'], unique=False,
+    )
 
     op.create_table('consumer_inbox',
     sa.Column('event_id', sa.String(length=36), nullable=False),
@@ -74,6 +82,9 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS domain_events_notify()")
     op.drop_table('score_summaries')
     op.drop_table('consumer_inbox')
+    op.drop_index('ix_events_aggregate_wait', table_name='domain_events')
+    op.drop_index('ix_events_claim', table_name='domain_events')
+    op.create_index('ix_events_status_created', 'domain_events', ['status', 'created_at'], unique=False)
     # Plain DROP COLUMN (SQLite 3.35+) rather than a batch table copy: renderable offline.
     for column in ('last_error', 'next_attempt_at', 'attempts'):
         op.drop_column('domain_events', column)
