@@ -248,9 +248,20 @@ def _sidebar(status: BackendStatus) -> None:
         _progress()
 
 
-@st.fragment(run_every=2)
 def _publisher_status() -> None:
-    """Its own fragment: the figures move while the learner reads, without rerunning the page."""
+    """While the publisher runs, its figures refresh on their own (a fragment), not the page."""
+    if publisher().running:
+        _publisher_figures_live()
+    else:
+        _publisher_figures()
+
+
+@st.fragment(run_every=2)
+def _publisher_figures_live() -> None:
+    _publisher_figures()
+
+
+def _publisher_figures() -> None:
     figures = publisher().snapshot()
     st.markdown("**Outbox publisher**")
     if not figures.running:

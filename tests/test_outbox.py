@@ -343,7 +343,7 @@ def _threads() -> list[threading.Thread]:
 async def test_starting_twice_runs_one_thread_and_stop_ends_it_within_a_second(
     db, db_url, redis_target, embedded_server, stream
 ):
-    publisher = _publisher(db_url, redis_target, stream, settings=FAST)
+    publisher = _publisher(db_url, redis_target, stream)  # the app's settings: 0.25 s blocking reads
     try:
         assert publisher.start() is True
         assert publisher.start() is False
