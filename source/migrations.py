@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from .database import Database, alembic_config, migration_lock
+from .database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
 from .models import Base
 
 
@@ -68,10 +68,13 @@ def offline_sql(db: Database, *, from_revision: str | None, to_revision: str) ->
     order = [r.revision for r in revision_history()]
     start = from_revision or "base"
     upgrading = to_revision != "base" and (from_revision is None or order.index(to_revision) > order.index(from_revision))
-    if upgrading:
-        command.upgrade(cfg, f"{start}:{to_revision}", sql=True)
-    else:
-        command.downgrade(cfg, f"{start}:{to_revision}", sql=True)
+    # Alembic's `context` and `op` are module globals: two sessions rendering at once (or one
+    # rendering while another migrates) would tear down each other's environment.
+    with _MIGRATION_LOCK:
+        if upgrading:
+            command.upgrade(cfg, f"{start}:{to_revision}", sql=True)
+        else:
+            command.downgrade(cfg, f"{start}:{to_revision}", sql=True)
     return buffer.getvalue()
 
 
