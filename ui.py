@@ -159,6 +159,22 @@ def outbox_overview() -> source.outbox.OutboxOverview:
     return run(source.outbox.outbox_overview(db=database(), redis_client=redis_client(), stream=publisher().stream))
 
 
+def reset_lab_data() -> source.ResetReport:
+    """Every learner's data back to the start (section 2's reset): the lab's rows, its Redis
+    keys, and the process's cache counters."""
+    report = run(source.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
+    cache_stats().reset()
+    backend_status.clear()
+    return report
+
+
+def forget_cached_latest_score(user_id: str) -> None:
+    """After a score is written outside section 4's repository, delete the cached latest score
+    (commit first, then invalidate, as the cached repository's own writes do)."""
+    users = source.CachedUserRepository(sessions=database().sessions, cache=redis_cache())
+    run(users.cache.invalidate(users.latest_score_key(user_id)))
+
+
 def reset_resources() -> None:
     """Forget the shared resources so the next rerun builds them from the environment again
     (tests switch backends this way); stops the publisher thread. The event loop itself stays."""

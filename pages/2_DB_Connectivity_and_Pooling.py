@@ -181,4 +181,21 @@ if st.button("Run a transaction that fails part-way", key="atomicity", disabled=
 if not st.session_state.db_initialized:
     st.caption("Initialise the database first.")
 
+st.subheader("Start over")
+st.markdown(
+    "Resetting deletes every row of the lab's own tables and every Redis key under the lab's "
+    "prefix, then restores Alex and Jane as they were (same IDs). Nothing else in the database "
+    "or in Redis is touched."
+)
+if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab data", key="reset_key"):
+    confirmed = st.checkbox("Yes, delete all lab data, every learner's included", key="reset_confirm")
+    if st.button("Reset lab data", key="reset_lab", disabled=not confirmed):
+        with ui.errors_shown():
+            report = ui.reset_lab_data()
+            deleted = ", ".join(f"{n} {table}" for table, n in report.rows_deleted.items() if n)
+            st.success(
+                f"Lab data reset: deleted {deleted or 'no rows'} and {report.keys_deleted} Redis "
+                "key(s); Alex and Jane are back to their sample values."
+            )
+
 ui.knowledge_check("pooling", checks.POOLING)

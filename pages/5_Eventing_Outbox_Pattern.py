@@ -33,6 +33,7 @@ if st.button("Calculate & Store AIRScore (Creates Pending Event)", key="outbox_c
         score, event = ui.run(calculate_and_store_airscore(
             sessions=db.sessions, user_id=users[name], occupation_code="AI_ASSESSOR"
         ))
+        ui.forget_cached_latest_score(score.user_id)  # section 4's cache must not serve the old one
         ui.mark_done("outbox")
         st.success(
             f"Stored score `{score.id[:8]}` (AI-R {score.air_score}) and event `{event.id[:8]}` "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -149,13 +149,19 @@ class ResetReport:
 
 
 async def reset_lab_data(db: Database, redis_client, *, prefix: str) -> ResetReport:
-    """Back to the initial state: every row of the lab's own tables (and nothing else in the
-    database), every Redis key under the lab's prefix (and no other key), then the sample users."""
+    """Back to the initial state: the rows of the lab's own tables (and nothing else in the
+    database), the Redis keys under the lab's prefix (and no other key). Alex and Jane keep their
+    rows, restored to their sample values, so every open session's IDs stay valid."""
+    sample_emails = [row["email"] for row in SAMPLE_USERS]
     rows: dict[str, int] = {}
     async with db.sessions.begin() as session:
         for table in reversed(Base.metadata.sorted_tables):  # children before parents
-            result = await session.execute(delete(table))
-            rows[table.name] = result.rowcount
+            statement = delete(table)
+            if table is User.__table__:
+                statement = statement.where(User.email.not_in(sample_emails))
+            rows[table.name] = (await session.execute(statement)).rowcount
+        for row in SAMPLE_USERS:
+            await session.execute(update(User).where(User.email == row["email"]).values(**row))
     keys = [key async for key in redis_client.scan_iter(match=f"{prefix}*", count=500)]
     for start in range(0, len(keys), 500):
         await redis_client.delete(*keys[start : start + 500])
