@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import logging
 import os
 import threading
@@ -343,12 +342,7 @@ def errors_shown(where: Any = st, *, fields: dict[str, Any] | None = None) -> It
             log.exception("page action failed")
         field = getattr(exc, "field", None)
         # Messages may quote what the learner typed: keep markdown in it inert.
-        (fields or {}).get(field, where).error(_inert_markdown(error_message(exc)))
-
-
-def _inert_markdown(text: str) -> str:
-    """Escape the characters that make inline markdown (emphasis, links, images, code, math)."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>$~" else ch for ch in text)
+        (fields or {}).get(field, where).error(escape_markdown(error_message(exc)))
 
 
 def run_recorded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> tuple[T, source.StatementLog]:
@@ -372,63 +366,6 @@ def show_statements(log: source.StatementLog, *, label: str = "SQL statements se
             for number, statement in enumerate(log.statements, start=1):
                 st.caption(f"{number}. {statement.seconds * 1000:.2f} ms")
                 st.code(statement.sql.strip(), language="sql")
-
-
-def schema_diagram(base: Any) -> str:
-    """Graphviz DOT of the mapped tables, their columns and foreign keys, each foreign key
-    labelled with the ORM relationships that use it: generated from the live metadata."""
-    edge_labels: dict[Any, str] = {}
-    for mapper in base.registry.mappers:
-        for rel in mapper.relationships:
-            if rel.direction.name == "MANYTOONE":
-                for column in rel.local_columns:
-                    edge_labels[column] = f"{mapper.class_.__name__}.{rel.key} (N:1)  /  " \
-                        f"{rel.mapper.class_.__name__}.{rel.back_populates} (1:N)"
-    lines = [
-        "digraph schema {",
-        '  rankdir=LR; node [shape=plaintext, fontname="Helvetica", fontsize=11];',
-        '  edge [fontname="Helvetica", fontsize=10, arrowhead=crow, arrowtail=tee, dir=both];',
-    ]
-    for table in base.metadata.sorted_tables:
-        rows = "".join(
-            f'<tr><td align="left" port="{c.name}">{"<b>PK</b> " if c.primary_key else ""}'
-            f'{"<i>FK</i> " if c.foreign_keys else ""}{c.name}</td>'
-            f'<td align="left"><font color="#555555">{html.escape(str(c.type))}'
-            f'{"" if c.nullable is False or c.primary_key else " NULL"}</font></td></tr>'
-            for c in table.columns
-        )
-        lines.append(
-            f'  {table.name} [label=<<table border="0" cellborder="1" cellspacing="0" cellpadding="4">'
-            f'<tr><td colspan="2" bgcolor="#dce8f5"><b>{table.name}</b></td></tr>{rows}</table>>];'
-        )
-    for table in base.metadata.sorted_tables:
-        for fk in table.foreign_keys:
-            label = html.escape(edge_labels.get(fk.parent, fk.parent.name), quote=True)
-            lines.append(
-                f'  {fk.column.table.name}:{fk.column.name} -> {table.name}:{fk.parent.name} '
-                f'[label="{label}"];'
-            )
-    lines.append("}")
-    return "\n".join(lines)
-
-
-def relationships(base: Any) -> list[dict[str, str]]:
-    """One row per ORM relationship of the mapped classes, read from the mappers."""
-    rows = []
-    for mapper in sorted(base.registry.mappers, key=lambda m: m.class_.__name__):
-        for rel in mapper.relationships:
-            rows.append({
-                "attribute": f"{mapper.class_.__name__}.{rel.key}",
-                "kind": {"ONETOMANY": "one-to-many", "MANYTOONE": "many-to-one"}.get(
-                    rel.direction.name, rel.direction.name.lower()),
-                "target": rel.mapper.class_.__name__,
-                "back_populates": rel.back_populates or "",
-                "foreign key": ", ".join(f"{c.table.name}.{c.name}" for c in rel.remote_side | rel.local_columns
-                                         if c.foreign_keys),
-                "cascade": ", ".join(sorted(rel.cascade)),
-                "loading": str(rel.lazy),
-            })
-    return rows
 
 
 def escape_markdown(text: str) -> str:

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 import checks
 import ui
-from source import Assessment, Base, TimestampMixin
+from source import Assessment, Base, TimestampMixin, diagram
 from source.services import create_user
 
 ui.page("1. Data Models")
@@ -45,8 +45,8 @@ tabs[-1].code(inspect.getsource(Base) + "\n\n" + inspect.getsource(TimestampMixi
 
 st.subheader("Tables and relationships")
 st.caption("Drawn from `Base.metadata` and the mappers: add a column to a model and it appears here.")
-st.graphviz_chart(ui.schema_diagram(Base))
-st.dataframe(pd.DataFrame(ui.relationships(Base)), hide_index=True, width="stretch")
+st.graphviz_chart(diagram.schema_diagram(Base))
+st.dataframe(pd.DataFrame(diagram.relationships(Base)), hide_index=True, width="stretch")
 st.markdown(
     "Every foreign key points at `users.id`: one user, many assessments and many scores. "
     "`cascade=\"all, delete-orphan\"` on the `User` side means deleting a user deletes their "
