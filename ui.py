@@ -369,9 +369,9 @@ def show_statements(log: source.StatementLog, *, label: str = "SQL statements se
 
 
 def escape_markdown(text: str) -> str:
-    """User text inside st.markdown: no markdown, no HTML, no LaTeX."""
-    specials = "\\`*_{}[]()<>#+-.!|$~"
-    return "".join("\\" + ch if ch in specials else ch for ch in str(text))
+    """User text inline in st.markdown: emphasis, links, images, code, math, colour directives,
+    headings, tables and HTML stay inert, and it stays on one line."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in " ".join(str(text).splitlines()))
 
 
 # --- knowledge checks and progress ---------------------------------------------------------
