@@ -216,7 +216,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 def _before_execute(conn, cursor, statement, parameters, context, executemany) -> None:
     log = _current_log.get()
-    if log is None or statement.strip().upper() == "BEGIN":  # transaction control, not a query
+    if log is None or statement.strip().upper() in ("BEGIN", "BEGIN IMMEDIATE"):  # transaction control, not a query
         return
     recorded = RecordedStatement(statement, 0.0)
     log.statements.append(recorded)  # counted when sent, even if it then fails

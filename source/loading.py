@@ -18,7 +18,7 @@ from sqlalchemy.exc import InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
-from .database import Database, StatementLog
+from .database import WRITE_TRANSACTION, Database, StatementLog
 from .errors import InvalidInput, clean_id
 from .models import AIRScore, User, utcnow
 from .repositories import UserRepository
@@ -230,6 +230,7 @@ async def add_sample_scores(db: Database, *, user_id: str, count: int = 3) -> li
     user_id = clean_id(user_id, label="user ID")
     count = _check_size(count, label="scores", maximum=MAX_SCORES_PER_USER)
     async with db.sessions.begin() as session:
+        await session.connection(execution_options=WRITE_TRANSACTION)  # reads the user, then writes
         return [
             await create_sample_airscore(session=session, user_id=user_id, occupation_code=f"DEV_ENG_{k + 1}")
             for k in range(count)

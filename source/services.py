@@ -110,6 +110,9 @@ async def create_user(
     """Register one user in a transaction of its own. Bad input raises InvalidInput before
     anything is sent; a taken email raises DuplicateEmail and nothing is written."""
     async with sessions.begin() as session:
+        # It reads (is the email taken?), then writes: WRITE_TRANSACTION, or on SQLite a learner
+        # registering while another commits gets "database is locked".
+        await session.connection(execution_options=WRITE_TRANSACTION)
         return await UserRepository(session).create(
             email=email, name=name, occupation_code=occupation_code,
             education_level=education_level, years_experience=years_experience,
