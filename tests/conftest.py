@@ -108,6 +108,17 @@ def app_env(request, tmp_path, monkeypatch, key_prefix):
             client.close()
 
 
+@pytest.fixture
+def initialised(app_env):
+    """app_env with the schema at head and the sample users, as section 2's button leaves it."""
+    import ui
+    from source import run_db_setup_and_create_user
+
+    ui.run(run_db_setup_and_create_user(ui.database()))
+    ui.backend_status.clear()
+    return app_env
+
+
 # --- Redis -----------------------------------------------------------------------------
 
 

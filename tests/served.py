@@ -1,9 +1,12 @@
-"""The app served by `streamlit run` on a free loopback port, and the few Playwright moves a
-learner makes in it. Used by the browser tests and by `bench.py load`."""
+"""The app served by `streamlit run` on a free loopback port, and the moves a learner makes in
+it with Playwright (async API; Debian's chromium). Used by tests/test_browser.py and by
+`bench.py --only load` through tests/load.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -11,17 +14,24 @@ import sys
 import time
 import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+DEBUG = []
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+ARTIFACTS_DIR = PROJECT_DIR / "test-artifacts"  # git-ignored: screenshots and server logs of failures
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage",
 ]
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
-RUNNING = "[data-testid=stApp][data-test-script-state=running]"
+TRACEBACK = "Traceback (most recent call last)"
+# A run of the whole page that ended; a fragment's periodic run (the sidebar's publisher status,
+# section 5's figures) ends with FINISHED_FRAGMENT_RUN_SUCCESSFULLY and does not count.
+PAGE_RUN_ENDED = {ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_WITH_COMPILE_ERROR}
 
 
 def free_port() -> int:
@@ -34,8 +44,9 @@ def free_port() -> int:
 class ServedApp:
     url: str
     process: subprocess.Popen
-    startup_seconds: float
+    startup_seconds: float  # `streamlit run` to the health check answering
     log_path: Path
+    started: float  # time.perf_counter() at launch, for "launch to first page rendered"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -67,8 +78,8 @@ def served_app(env: dict[str, str], log_dir: Path, timeout: float = 60.0):
                 pass
             if time.perf_counter() - started > timeout:
                 raise TimeoutError(f"streamlit did not answer within {timeout} s")
-            time.sleep(0.1)
-        yield ServedApp(url, process, time.perf_counter() - started, log_path)
+            time.sleep(0.05)
+        yield ServedApp(url, process, time.perf_counter() - started, log_path, started)
     finally:
         process.terminate()
         try:
@@ -79,9 +90,11 @@ def served_app(env: dict[str, str], log_dir: Path, timeout: float = 60.0):
 
 def app_subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The test process's environment for the served app; embedded Redis is asked for by URL,
-    since the in-process monkeypatches of the app_env fixture do not reach a subprocess."""
+    since the in-process monkeypatches of the app_env fixture do not reach a subprocess. No
+    instructor key: the served app is one learner's (or one test's) own."""
     env = dict(os.environ)
     env.setdefault("REDIS_URL", "fakeredis://")
+    env.pop("LAB_INSTRUCTOR_KEY", None)
     env.update(extra or {})
     return env
 
@@ -90,29 +103,138 @@ def launch_browser(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
-def wait_idle(page, timeout: float = 60.0) -> None:
-    """Wait for the rerun that the last action started to end."""
-    try:
-        page.wait_for_selector(RUNNING, timeout=1500)
-    except Exception:
-        pass  # the rerun may have ended already
-    page.wait_for_selector(IDLE, timeout=timeout * 1000)
+def save_server_log(app: ServedApp, name: str) -> Path:
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    path = ARTIFACTS_DIR / f"{name}.log"
+    shutil.copyfile(app.log_path, path)
+    return path
 
 
-def open_page(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector(IDLE, timeout=60_000)
+@dataclass
+class Click:
+    action: str
+    seconds: float  # from the click to the server's report that the page's run ended
 
 
-def click_button(page, label: str, timeout: float = 60.0) -> float:
-    """Click the button with this label; returns seconds from click to the end of the rerun."""
-    button = page.get_by_role("button", name=label, exact=True)
-    button.first.wait_for(timeout=timeout * 1000)
-    started = time.perf_counter()
-    button.first.click()
-    wait_idle(page, timeout)
-    return time.perf_counter() - started
+class PageError(AssertionError):
+    """What a learner would see go wrong: an exception box, a traceback, an unexpected error."""
 
 
-def exceptions_on(page) -> list[str]:
-    return page.locator("[data-testid=stException]").all_inner_texts()
+@dataclass
+class Learner:
+    """One learner: a browser context of their own, hence a Streamlit session of their own.
+
+    A rerun's end is taken from the app's websocket (the ForwardMsg `script_finished` of a
+    whole-page run), not from the page's running/notRunning attribute: fragments flip that
+    attribute every couple of seconds, so it cannot tell whose run ended."""
+
+    page: object  # playwright.async_api.Page
+    number: int
+    timeout: float = 60.0
+    clicks: list[Click] = field(default_factory=list)
+    runs_ended: int = 0
+    last_run_ended_at: float = 0.0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            return
+        message = ForwardMsg()
+        message.ParseFromString(payload)
+        kind = message.WhichOneof("type")
+        if kind in ("new_session", "script_finished"):
+            DEBUG.append((self.number, round(time.perf_counter(), 3), kind, message.script_finished if kind == "script_finished" else "", message.metadata.run.script_run_id[:6], [f[:6] for f in message.metadata.run.fragment_ids]))
+        if message.WhichOneof("type") == "script_finished" and message.script_finished in PAGE_RUN_ENDED:
+            self.runs_ended += 1
+            self.last_run_ended_at = time.perf_counter()
+            self._changed.set()
+
+    async def _run_ended_after(self, before: int, what: str) -> None:
+        deadline = time.perf_counter() + self.timeout
+        while self.runs_ended <= before:
+            self._changed.clear()
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise PageError(f"{what}: the page's run did not end within {self.timeout:g} s")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        await self.page.wait_for_selector(IDLE, timeout=self.timeout * 1000)
+
+    async def _rerun(self, what: str, action, *, allowed_errors: tuple[str, ...] = ()) -> float:
+        """Do what starts a rerun; wait for its end; check the page; return the seconds."""
+        before, started = self.runs_ended, time.perf_counter()
+        DEBUG.append((self.number, round(started, 3), "ACTION", what))
+        await action()
+        await self._run_ended_after(before, what)
+        seconds = self.last_run_ended_at - started
+        self.clicks.append(Click(what, seconds))
+        await self.check_page(what, allowed_errors=allowed_errors)
+        return seconds
+
+    async def open(self, url: str) -> float:
+        """The first visit: from the request to the first page fully run and drawn."""
+        started = time.perf_counter()
+        before = self.runs_ended
+        await self.page.goto(url)
+        await self._run_ended_after(before, "opening the app")
+        await self.check_page("opening the app")
+        return time.perf_counter() - started
+
+    async def go(self, label: str) -> float:
+        """Follow a sidebar link, as a learner does (session state survives)."""
+        link = self.page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True)
+        await link.wait_for(timeout=self.timeout * 1000)
+        return await self._rerun(f"open {label}", link.click)
+
+    async def click(self, label: str | re.Pattern, *, allowed_errors: tuple[str, ...] = ()) -> float:
+        button = self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first
+        await button.wait_for(timeout=self.timeout * 1000)
+        return await self._rerun(f"click {getattr(label, 'pattern', label)}", button.click, allowed_errors=allowed_errors)
+
+    async def enabled(self, label: str) -> bool:
+        return await self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first.is_enabled()
+
+    async def fill(self, label: str, value: str) -> None:
+        """Type into a field inside a form (sent with the form's submit: no rerun yet)."""
+        await self.page.get_by_test_id("stMain").get_by_label(label, exact=True).fill(value)
+
+    async def enter(self, label: str, value: str) -> float:
+        """Type into a field and press Enter, which applies it (a rerun)."""
+        box = self.page.get_by_test_id("stMain").get_by_label(label, exact=True)
+        await box.fill(value)
+        return await self._rerun(f"enter {label}", lambda: box.press("Enter"))
+
+    async def text(self) -> str:
+        return await self.page.get_by_test_id("stMain").inner_text()
+
+    async def sidebar(self) -> str:
+        return await self.page.get_by_test_id("stSidebar").inner_text()
+
+    async def metrics(self) -> dict[str, str]:
+        return await self.page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('[data-testid=stMetric]')].map(m => [
+                m.querySelector('[data-testid=stMetricLabel]').innerText.trim(),
+                m.querySelector('[data-testid=stMetricValue]').innerText.trim()]))"""
+        )
+
+    async def check_page(self, what: str, *, allowed_errors: tuple[str, ...] = ()) -> None:
+        exceptions = await self.page.locator("[data-testid=stException]").all_inner_texts()
+        if exceptions:
+            raise PageError(f"{what}: the page shows an exception: {exceptions[0][:300]}")
+        body = await self.page.locator("body").inner_text()
+        if TRACEBACK in body:
+            raise PageError(f"{what}: the page shows a traceback")
+        for error in await self.page.locator("[data-testid=stAlertContentError]").all_inner_texts():
+            if not any(allowed in error for allowed in allowed_errors):
+                raise PageError(f"{what}: the page shows an error: {error[:300]}")
+
+    async def screenshot(self, name: str) -> Path:
+        ARTIFACTS_DIR.mkdir(exist_ok=True)
+        path = ARTIFACTS_DIR / f"{name}.png"
+        await self.page.screenshot(path=path, full_page=True)
+        return path

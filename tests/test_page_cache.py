@@ -3,43 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import ui
-from source import run_db_setup_and_create_user
+from tests.pagekit import click, open_page, texts
 
 PAGE = "../pages/4_Caching_with_Redis.py"
 
 
-@pytest.fixture
-def initialised(app_env):
-    ui.run(run_db_setup_and_create_user(ui.database()))
-    return app_env
-
-
-def open_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
-    assert not at.exception
-    return at
-
-
-def click(at: AppTest, key: str) -> AppTest:
-    at.button(key=key).click().run()
-    assert not at.exception
-    return at
-
-
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
-
-
 def test_without_initialised_data_it_points_to_section_2(app_env):
-    at = open_page()
+    at = open_page(PAGE)
     assert "Initialise the database" in texts(at.info)
 
 
 def test_fetches_miss_then_hit_and_show_the_stored_json_and_ttl(initialised):
-    at = click(open_page(), "cache_fetch_user")
+    at = click(open_page(PAGE), "cache_fetch_user")
     assert "MISS" in texts(at.info) and "Jane Doe" in texts(at.json)
     at = click(at, "cache_fetch_user")
     assert "HIT" in texts(at.success)
@@ -49,7 +26,7 @@ def test_fetches_miss_then_hit_and_show_the_stored_json_and_ttl(initialised):
 
 
 def test_the_latest_score_exists_and_a_new_score_makes_the_next_fetch_miss(initialised):
-    at = click(open_page(), "cache_fetch_score")
+    at = click(open_page(PAGE), "cache_fetch_score")
     at = click(at, "cache_fetch_score")
     assert "HIT" in texts(at.success)
     at = click(at, "cache_add_score")
@@ -59,13 +36,13 @@ def test_the_latest_score_exists_and_a_new_score_makes_the_next_fetch_miss(initi
 
 
 def test_invalidating_deletes_the_keys(initialised):
-    at = click(click(open_page(), "cache_fetch_user"), "cache_invalidate")
+    at = click(click(open_page(PAGE), "cache_fetch_user"), "cache_invalidate")
     assert "Deleted 1 of 2 keys" in texts(at.success)
     assert "Not in Redis" in texts(at.caption)
 
 
 def test_traffic_experiment_reports_the_hit_ratio_and_the_update(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     at.slider(key="cache_reads").set_value(200)
     at.slider(key="cache_users").set_value(20)
     at = click(at.run(), "cache_run_traffic")
@@ -79,7 +56,7 @@ def test_traffic_experiment_reports_the_hit_ratio_and_the_update(initialised):
 
 @pytest.mark.parametrize("fault", ["refused", "hung"])
 def test_an_unreachable_redis_for_my_reads_is_served_from_the_database(initialised, fault):
-    at = open_page()
+    at = open_page(PAGE)
     at.radio(key="cache_fault").set_value(fault).run()
     at = click(at, "cache_fetch_user")
     assert "served from the database" in texts(at.warning)
@@ -94,7 +71,7 @@ def test_with_the_labs_redis_down_reads_are_served_from_the_database(initialised
     else:
         monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")  # nothing listens there
         ui.reset_resources()
-    at = click(open_page(), "cache_fetch_user")
+    at = click(open_page(PAGE), "cache_fetch_user")
     assert "Redis is not answering" in texts(at.warning)
     assert "ERROR → served from the database" in texts(at.warning) and "Jane Doe" in texts(at.json)
     assert "did not answer" in texts(at.error)  # the key inspection names Redis

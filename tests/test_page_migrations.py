@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 import checks
 import ui
-from source import run_db_setup_and_create_user
 from source.migrations import revision_history
+from tests.pagekit import open_page, texts
 
 PAGE = "../pages/6_Schema_Migrations.py"
 
 
-@pytest.fixture
-def initialised(app_env):
-    ui.run(run_db_setup_and_create_user(ui.database()))
-    return app_env
-
-
-def open_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
-    assert not at.exception
-    return at
-
-
-def texts(elements) -> str:
-    return " ".join(e.value for e in elements)
-
-
 def test_shows_history_and_the_database_revision(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     head = revision_history()[-1].revision
     assert f"The database is at **{head}**" in texts(at.markdown)
     assert list(at.dataframe[0].value["revision"]) == [r.revision for r in revision_history()]
 
 
 def test_previews_the_sql_of_a_downgrade_without_running_it(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     at.selectbox(key="sql_target").set_value("base").run()
     assert not at.exception
     assert "DROP TABLE users" in texts(at.code)
@@ -45,7 +28,7 @@ def test_previews_the_sql_of_a_downgrade_without_running_it(initialised):
 
 
 def test_steps_down_and_up_with_an_account_of_what_changed(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     head = revision_history()[-1].revision
     at.button(key="downgrade_step").click().run()
     assert not at.exception
@@ -57,7 +40,7 @@ def test_steps_down_and_up_with_an_account_of_what_changed(initialised):
 
 
 def test_drift_check_reports_no_drift_at_head(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     at.button(key="drift_check").click().run()
     assert "No drift" in texts(at.success)
     assert at.session_state["done_migrations"] is True
@@ -65,7 +48,7 @@ def test_drift_check_reports_no_drift_at_head(initialised):
 
 def test_schema_steps_need_the_instructor_key_when_one_is_set(initialised, monkeypatch):
     monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")
-    at = open_page()
+    at = open_page(PAGE)
     assert not [b for b in at.button if b.key == "downgrade_step"]
     at.text_input(key="migrate_key").set_value("wrong").run()
     assert "not the instructor key" in texts(at.error)
@@ -81,7 +64,7 @@ def answer(at: AppTest, section: str, choices: list[int]) -> AppTest:
 
 
 def test_right_answers_pass_the_check_and_explain_why(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     at = answer(at, "migrations", [q.answer for q in checks.MIGRATIONS])
     assert not at.exception
     assert texts(at.success).count("right.") == len(checks.MIGRATIONS)
@@ -89,7 +72,7 @@ def test_right_answers_pass_the_check_and_explain_why(initialised):
 
 
 def test_a_wrong_answer_fails_the_check_with_the_reason_and_keeps_the_answers(initialised):
-    at = open_page()
+    at = open_page(PAGE)
     wrong = [(q.answer + 1) % len(q.options) for q in checks.MIGRATIONS]
     at = answer(at, "migrations", wrong)
     assert "not quite" in texts(at.error) and checks.MIGRATIONS[0].why in texts(at.error)

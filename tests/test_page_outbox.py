@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 import ui
 from source import run_db_setup_and_create_user
+from tests.pagekit import click, open_page, texts
 
 PAGE = "../pages/5_Eventing_Outbox_Pattern.py"
 
@@ -21,24 +22,8 @@ def initialised(app_env):
     assert ui.publisher().stop()  # app_env's reset stops it too; this checks it stops in time
 
 
-def open_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
-    assert not at.exception
-    return at
-
-
-def click(at: AppTest, key: str) -> AppTest:
-    at.button(key=key).click().run()
-    assert not at.exception
-    return at
-
-
 def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
-
-
-def texts(elements) -> str:
-    return " ".join(e.value for e in elements)
 
 
 def wait_for(condition, timeout: float = 30.0) -> None:
@@ -49,14 +34,14 @@ def wait_for(condition, timeout: float = 30.0) -> None:
 
 
 def test_a_score_and_its_pending_event_are_stored_together(initialised):
-    at = click(open_page(), "outbox_create")
+    at = click(open_page(PAGE), "outbox_create")
     assert "in one transaction" in texts(at.success) and "pending" in texts(at.success)
     assert metrics(at)["Created (outbox rows)"] == "1" and metrics(at)["Pending"] == "1"
     assert at.session_state["done_outbox"] is True
 
 
 def test_the_publisher_started_from_the_page_publishes_and_the_consumer_applies(initialised):
-    at = click(open_page(), "outbox_create")
+    at = click(open_page(PAGE), "outbox_create")
     at = click(at, "outbox_start")
     assert ui.publisher().running
     wait_for(lambda: ui.outbox_overview().applied == 1)
@@ -72,7 +57,7 @@ def test_the_publisher_started_from_the_page_publishes_and_the_consumer_applies(
 
 
 def test_a_relay_crash_after_append_delivers_again_and_the_duplicate_is_dropped(initialised):
-    at = click(open_page(), "outbox_crash")
+    at = click(open_page(PAGE), "outbox_crash")
     assert "Armed" in texts(at.info)
     at = click(click(at, "outbox_create"), "outbox_start")
     wait_for(lambda: ui.outbox_overview().duplicates == 1 and ui.outbox_overview().pending == 0)
@@ -84,7 +69,7 @@ def test_a_relay_crash_after_append_delivers_again_and_the_duplicate_is_dropped(
 
 def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instructor_key(initialised, monkeypatch):
     monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")
-    at = open_page()
+    at = open_page(PAGE)
     assert not [b for b in at.button if b.key in ("outbox_broker_down", "outbox_stop")]
     at.text_input(key="outbox_fault_key").set_value("letmein").run()
     at = click(at, "outbox_broker_down")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 import ui
 from source import AIRScore, User, run_db_setup_and_create_user
+from tests.pagekit import count, open_page, texts
 
 PAGE = "../pages/3_Repository_Pattern_and_N+1.py"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
@@ -22,31 +22,13 @@ def alex_id(app_env) -> str:
     return alex.id
 
 
-def open_page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
-    assert not at.exception
-    return at
-
-
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
-
-
-def count(model) -> int:
-    async def scalar() -> int:
-        async with ui.database().sessions() as session:
-            return await session.scalar(select(func.count()).select_from(model))
-
-    return ui.run(scalar())
-
-
 def statement_counts(at: AppTest) -> list[int]:
     """The counts the page shows, left to right."""
     return [int(n) for n in re.findall(r"\*\*Statements sent: (\d+)\*\*", texts(at.markdown))]
 
 
 def test_adds_three_sample_scores_to_alex_by_default(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     assert at.text_input(key="n1_user_id_input").value == alex_id
     at.button(key="add_scores").click().run()
     assert not at.exception
@@ -58,7 +40,7 @@ def test_adds_three_sample_scores_to_alex_by_default(alex_id):
     ("typed", "message"), [("", "Enter a user ID"), ("42", "not a valid user ID"), (UNKNOWN_ID, "No user has the ID")]
 )
 def test_a_bad_or_unknown_user_id_gets_a_message_and_writes_nothing(alex_id, typed, message):
-    at = open_page()
+    at = open_page(PAGE)
     at.text_input(key="n1_user_id_input").set_value(typed)
     at.button(key="add_scores").click().run()
     assert not at.exception
@@ -67,7 +49,7 @@ def test_a_bad_or_unknown_user_id_gets_a_message_and_writes_nothing(alex_id, typ
 
 
 def test_one_user_takes_two_statements_lazily_and_eagerly_side_by_side(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     at.button(key="add_scores").click().run()
     at.button(key="fetch_lazy").click().run()
     at.button(key="fetch_eager").click().run()
@@ -78,7 +60,7 @@ def test_one_user_takes_two_statements_lazily_and_eagerly_side_by_side(alex_id):
 
 
 def test_fetching_an_unknown_user_says_so(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     at.text_input(key="fetch_user_id_n1").set_value(UNKNOWN_ID)
     at.button(key="fetch_eager").click().run()
     assert f"No user has the ID {UNKNOWN_ID}" in texts(at.error)
@@ -86,7 +68,7 @@ def test_fetching_an_unknown_user_says_so(alex_id):
 
 
 def test_compares_the_strategies_on_the_learners_cohort_with_measured_counts(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     at.number_input(key="n1_users").set_value(6)
     at.number_input(key="n1_scores").set_value(2)
     at.button(key="n1_setup").click().run()
@@ -102,7 +84,7 @@ def test_compares_the_strategies_on_the_learners_cohort_with_measured_counts(ale
 
 
 def test_setting_up_the_cohort_twice_does_not_pile_up_users(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     at.number_input(key="n1_users").set_value(4)
     at.button(key="n1_setup").click().run()
     at.button(key="n1_setup").click().run()
@@ -112,7 +94,7 @@ def test_setting_up_the_cohort_twice_does_not_pile_up_users(alex_id):
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_shows_the_real_error_of_a_plain_lazy_load(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     at.button(key="n1_plain_lazy_load").click().run()
     assert not at.exception
     shown = texts(at.code)
@@ -120,7 +102,7 @@ def test_shows_the_real_error_of_a_plain_lazy_load(alex_id):
 
 
 def test_shows_raiseload_turning_the_lazy_load_into_an_invalid_request_error(alex_id):
-    at = open_page()
+    at = open_page(PAGE)
     at.button(key="n1_raiseload_access").click().run()
     assert not at.exception
     shown = texts(at.code)

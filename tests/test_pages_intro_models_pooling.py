@@ -9,12 +9,12 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 import ui
 from source import AIRScore, Database, User, run_db_setup_and_create_user
 from source.services import create_user
+from tests.pagekit import count, texts
 
 MODELS = "pages/1_Data_Models.py"
 POOLING = "pages/2_DB_Connectivity_and_Pooling.py"
@@ -29,24 +29,6 @@ def open_page(path: str | None = None) -> AppTest:
     at.run()
     assert not at.exception
     return at
-
-
-def texts(elements) -> str:
-    return " ".join(str(e.value) for e in elements)
-
-
-def count(model) -> int:
-    async def scalar() -> int:
-        async with ui.database().sessions() as session:
-            return await session.scalar(select(func.count()).select_from(model))
-
-    return ui.run(scalar())
-
-
-@pytest.fixture
-def initialised(app_env) -> None:
-    ui.run(run_db_setup_and_create_user(ui.database()))
-    ui.backend_status.clear()
 
 
 # --- Introduction ----------------------------------------------------------------------

@@ -1,0 +1,296 @@
+"""A learner's whole path through the lab in a real browser, and many learners at once on one
+served app: what each does and sees, section by section in the spec's order, and what the
+database must hold afterwards.
+
+tests/test_browser.py walks it with one learner on each backend pair (the visible results
+exactly) and with a few learners at once (isolation and the database's contents);
+`bench.py --only load` walks it with 30 and prints the times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from playwright.async_api import async_playwright
+from sqlalchemy import func, select
+
+from source import AIRScore, Database, DomainEvent, User
+from source.models import InboxEntry, ScoreSummary
+from source.services import SAMPLE_USERS
+from tests.served import Click, Learner, PageError, ServedApp, launch_browser
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+COHORT_USERS, COHORT_SCORES = 20, 3  # section 3's defaults
+EVENT_TIMEOUT = 120.0  # published and applied: seconds a learner waits on section 5
+
+
+@dataclass
+class Walked:
+    """What one learner did and saw."""
+
+    number: int
+    email: str
+    name: str
+    user_id: str = ""  # what it made, as far as it got: the database must hold exactly this
+    scores_added: bool = False
+    cohort_tag: str = ""
+    scored_alex: bool = False
+    outcomes: list[str] = field(default_factory=list)  # section 4's cache lookups, in order
+    statements: dict[str, int] = field(default_factory=dict)  # section 3: strategy -> statements
+    clicks: list[Click] = field(default_factory=list)
+    first_page_seconds: float = 0.0
+    error: str | None = None
+
+
+def expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise PageError(what)
+
+
+def after(text: str, heading: str) -> str:
+    """The page text from a heading on."""
+    expect(heading in text, f"the page has no '{heading}'")
+    return text.split(heading, 1)[1]
+
+
+async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
+    """Every section in the spec's order. `alone`: nobody else uses this server, so shared
+    things (the cache, the outbox) show exactly this learner's doing."""
+    me.first_page_seconds = await learner.open(url)
+    expect("Lab 2: Data Architecture & Persistence" in await learner.text(), "the Introduction has no title")
+
+    if alone:  # before section 2, section 1 points there
+        await learner.go("1. Data Models")
+        expect("Initialise the database in" in await learner.text(), "section 1 does not point to section 2")
+
+    await learner.go("2. DB Connectivity & Pooling")
+    await learner.click(re.compile(r"Initialize .* & create sample users"))
+    text = await learner.text()
+    expect("sample users ready" in text and "Alex Smith's user ID" in text, "initialising did not report the sample users")
+    await learner.click("Run a transaction that fails part-way", allowed_errors=("The database refused the third write",))
+    expect("Rows left behind by the failed transaction: 0" in await learner.text(), "the failed transaction left rows")
+
+    await learner.go("1. Data Models")
+    await learner.fill("Email", me.email)
+    await learner.fill("Name", me.name)
+    await learner.click("Create User")
+    text = await learner.text()
+    created = re.search(rf"Created (.+) with ID ({UUID})\.", text)
+    expect(created is not None and created[1] == me.name, f"no 'Created {me.name} with ID ...' on section 1")
+    me.user_id = created[2]
+    expect(f"Last created user ID: {me.user_id}" in text, "section 1 does not show my last created user")
+    duplicate = f"A user with the email {me.email} already exists."
+    await learner.click("Create User", allowed_errors=(duplicate,))
+    text = await learner.text()
+    expect(duplicate in text, "the same email again was not refused")
+    expect(f"Last created user ID: {me.user_id}" in text, "a refused user replaced my last created user")
+
+    await learner.go("3. Repository Pattern & N+1")
+    await learner.enter("User ID to add scores for", me.user_id)
+    await learner.click("Add 3 Sample Scores for User")
+    expect("Added 3 scores" in await learner.text(), "no 'Added 3 scores'")
+    me.scores_added = True
+    await learner.enter("User ID to fetch", me.user_id)
+    await learner.click("Fetch User & Scores (Eager Loading)")
+    one = after(await learner.text(), "One user: lazy versus eager")
+    expect(f"{me.name} · {me.email}" in one, "the eager fetch does not show my user")
+    expect("Statements sent: 2" in one, "the eager fetch of one user did not take 2 statements")
+    await learner.click("Set up my cohort")
+    tag = re.search(rf"Your cohort: {COHORT_USERS} users, emails n1-(\w+)-", await learner.text())
+    expect(tag is not None, "no cohort after 'Set up my cohort'")
+    me.cohort_tag = tag[1]
+    await learner.click("Compare the three strategies")
+    many = after(await learner.text(), "Many users: the N+1 at scale")
+    counts = [int(n) for n in re.findall(r"Statements sent: (\d+)", many)]
+    expect(len(counts) == 3, f"expected three strategies' statement counts, found {counts}")
+    me.statements = dict(zip(("lazy", "selectin", "joined"), counts, strict=True))
+    expect(me.statements == {"lazy": COHORT_USERS + 1, "selectin": 2, "joined": 1},
+           f"statements per strategy {me.statements}, expected lazy {COHORT_USERS + 1}, selectin 2, joined 1")
+    expect(f"All three returned the same {COHORT_USERS} users and {COHORT_USERS * COHORT_SCORES} scores" in many,
+           "the strategies did not return the same data")
+
+    await learner.go("4. Caching with Redis")
+    expect("Demo user: Jane Doe" in await learner.text(), "section 4 has no demo user")
+    for step in ("fetch", "fetch", "invalidate", "fetch"):
+        if step == "invalidate":
+            await learner.click("Invalidate Cache for this User")
+            deleted = re.search(r"Deleted (\d+) of (\d+) keys", await learner.text())
+            expect(deleted is not None, "invalidating did not say what it deleted")
+            expect(not alone or int(deleted[1]) >= 1, "invalidating deleted nothing after a cached fetch")
+            continue
+        await learner.click("Fetch User (Cached)")
+        lookup = after(await learner.text(), "Fetch through the cache").split("Keep the cache true")[0]
+        outcome = re.search(r"\b(HIT|MISS|ERROR) [·→]", lookup)  # the prose says "a MISS, then a HIT"
+        expect(outcome is not None and "Jane Doe" in lookup, "a cached fetch showed no outcome or no Jane Doe")
+        me.outcomes.append(outcome[1])
+    expect("ERROR" not in me.outcomes, f"a cached read failed: {me.outcomes}")
+    if alone:  # with others on the server, their reads warm and empty the same cache
+        expect(me.outcomes == ["MISS", "HIT", "MISS"], f"cache outcomes {me.outcomes}, expected MISS, HIT, MISS")
+
+    await learner.go("5. Eventing (Outbox Pattern)")
+    await learner.click("Calculate & Store AIRScore (Creates Pending Event)")
+    expect(re.search(r"and event `?\w{8}`? \(AIRScoreCalculated, status pending\) in one transaction",
+                     await learner.text()) is not None, "no pending event stored with the score")
+    me.scored_alex = True
+    if await learner.enabled("Start publisher"):  # another learner may have started it
+        await learner.click("Start publisher")
+    await published_and_applied(learner)
+    await until(lambda: learner.sidebar(), lambda text: "running" in text, 10, "the sidebar shows the publisher running")
+
+    await learner.go("6. Schema Migrations (Alembic)")
+    text = await learner.text()
+    revisions = re.search(r"The database is at (\w+); the newest revision is (\w+)\.", text)
+    expect(revisions is not None and revisions[1] == revisions[2], "section 6 does not show the database at head")
+    expect("DROP TABLE" in after(text, "See the SQL before it runs"), "no SQL preview (downgrade to base)")
+    await learner.click("Run drift check")
+    expect("No drift: the schema matches the models." in await learner.text(), "the drift check found drift")
+
+    await learner.go("1. Data Models")  # session state survived the whole walk
+    expect(f"Last created user ID: {me.user_id}" in await learner.text(), "section 1 forgot my last created user")
+
+
+async def until(read, condition, timeout: float, what: str):
+    """Poll what a self-refreshing part of the page shows (an st.fragment with run_every)."""
+    deadline = time.perf_counter() + timeout
+    while not condition(seen := await read()):
+        if time.perf_counter() > deadline:
+            raise PageError(f"not seen within {timeout:g} s: {what} (last seen: {str(seen)[:300]})")
+        await asyncio.sleep(0.5)
+    return seen
+
+
+async def published_and_applied(learner: Learner) -> None:
+    """Every event in the outbox published and applied: this learner's event was in the outbox
+    when the figures were read, so it is among them."""
+
+    def all_done(seen: dict[str, str]) -> bool:
+        created = seen.get("Created (outbox rows)")
+        return (created not in (None, "0") and created == seen.get("Published") == seen.get("Applied (inbox rows)")
+                and seen.get("Pending") == seen.get("Failed") == "0")
+
+    await until(learner.metrics, all_done, EVENT_TIMEOUT, "every event published and applied")
+
+
+# --- many learners on one server ---------------------------------------------------------
+
+
+@dataclass
+class LoadRun:
+    sessions: int
+    walked: list[Walked]
+    seconds: float  # from the first session's start to the last one's end
+
+    @property
+    def clicks(self) -> list[Click]:
+        return [click for me in self.walked for click in me.clicks]
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"learner {me.number}: {me.error}" for me in self.walked if me.error]
+
+    def isolation_violations(self) -> list[str]:
+        """Different learners must have made different users and cohorts (each saw its own)."""
+        problems = []
+        done = [me for me in self.walked if not me.error]
+        for name, values in (("user", [me.user_id for me in done]), ("cohort", [me.cohort_tag for me in done])):
+            if len(set(values)) != len(values):
+                problems.append(f"two learners saw the same {name}: {values}")
+        return problems
+
+
+async def walk_together(app: ServedApp, *, sessions: int, alone: bool, name: str, timeout: float = 60.0) -> LoadRun:
+    """`sessions` learners at once, each in a browser context of its own on one browser."""
+    run_tag = uuid.uuid4().hex[:6]
+    walked = [Walked(n, f"learner-{run_tag}-{n}@example.com", f"Learner {n} ({run_tag})") for n in range(1, sessions + 1)]
+    async with async_playwright() as playwright:
+        browser = await launch_browser(playwright)
+
+        async def one(me: Walked) -> None:
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(timeout * 1000)
+            learner = Learner(await context.new_page(), me.number, timeout=timeout)
+            try:
+                await walk(learner, me, app.url, alone=alone)
+            except Exception as exc:  # the run goes on; the failure is reported with a screenshot
+                try:
+                    shot = await learner.screenshot(f"{name}-learner{me.number}")
+                except Exception:
+                    shot = "no screenshot"
+                me.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]} (screenshot: {shot})"
+            finally:
+                me.clicks = learner.clicks
+                await context.close()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(me) for me in walked))
+        seconds = time.perf_counter() - started
+        await browser.close()
+    return LoadRun(sessions, walked, seconds)
+
+
+def percentile(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if len(samples) > 1 else samples[0]
+
+
+# --- what the database must hold -----------------------------------------------------------
+
+
+@dataclass
+class Contents:
+    mismatches: list[str]
+    jane_demo_scores: int  # section 4 gives Jane a score on a first visit when she has none
+
+
+async def check_database(database_url: str, walked: list[Walked]) -> Contents:
+    """Exactly what the learners made: the two sample users; per learner one user with 3 scores,
+    a cohort of 20 users with 3 scores each, one score and event for Alex (section 5); Jane's
+    demo score(s) with their events; every event published and applied once; nothing else."""
+    n, problems = sum(me.scored_alex for me in walked), []
+
+    def same(what: str, found: object, expected: object) -> None:
+        if found != expected:
+            problems.append(f"{what}: found {found}, expected {expected}")
+
+    db = Database(database_url)
+    try:
+        async with db.sessions() as session:
+            async def count(model, *where) -> int:
+                return await session.scalar(select(func.count()).select_from(model).where(*where))
+
+            alex, jane = [await session.scalar(select(User.id).where(User.email == row["email"])) for row in SAMPLE_USERS]
+            for me in walked:
+                same(f"users with {me.email}", await count(User, User.email == me.email), 1 if me.user_id else 0)
+                if me.user_id:
+                    same(f"scores of {me.email}", await count(AIRScore, AIRScore.user_id == me.user_id), 3 * me.scores_added)
+            made = [me for me in walked if me.user_id]
+            cohorts = {me.cohort_tag for me in walked if me.cohort_tag}
+            cohort = User.email.startswith("n1-")
+            same("cohort users", await count(User, cohort), len(cohorts) * COHORT_USERS)
+            tags = set((await session.scalars(select(func.substr(User.email, 4, 10)).where(cohort))).all())
+            same("cohorts", tags, cohorts)
+            cohort_ids = select(User.id).where(cohort)
+            same("cohort scores", await count(AIRScore, AIRScore.user_id.in_(cohort_ids)),
+                 len(cohorts) * COHORT_USERS * COHORT_SCORES)
+            same("Alex's scores (section 5)", await count(AIRScore, AIRScore.user_id == alex), n)
+            jane_scores = await count(AIRScore, AIRScore.user_id == jane)
+            if jane_scores < 1:
+                problems.append("Jane has no demo score")
+            same("all users", await count(User), 2 + len(made) + len(cohorts) * COHORT_USERS)
+            same("all scores", await count(AIRScore), 3 * sum(me.scores_added for me in walked)
+                 + len(cohorts) * COHORT_USERS * COHORT_SCORES + n + jane_scores)
+            same("Alex's events", await count(DomainEvent, DomainEvent.aggregate_id == alex), n)
+            same("Jane's events", await count(DomainEvent, DomainEvent.aggregate_id == jane), jane_scores)
+            events = n + jane_scores
+            same("all events", await count(DomainEvent), events)
+            same("published events", await count(DomainEvent, DomainEvent.status == "published"), events)
+            same("inbox rows (applied events)", await count(InboxEntry), events)
+            applied = dict((await session.execute(select(ScoreSummary.user_id, ScoreSummary.scores_applied))).all())
+            same("read model", applied, {user: k for user, k in ((alex, n), (jane, jane_scores)) if k})
+    finally:
+        await db.dispose()
+    return Contents(problems, jane_scores)
