@@ -32,7 +32,10 @@ def test_the_latest_score_exists_and_a_new_score_makes_the_next_fetch_miss(initi
     at = click(at, "cache_add_score")
     assert "deleted the cached latest score" in texts(at.success)
     at = click(at, "cache_fetch_score")
-    assert "MISS" in texts(at.info)
+    # Never the stale HIT. Normally a MISS; on a machine so loaded that Redis misses the 50 ms
+    # timeout, the read fails open to the database instead, which is just as fresh.
+    assert "HIT" not in texts(at.success)
+    assert "MISS" in texts(at.info) or "served from the database" in texts(at.warning)
 
 
 def test_invalidating_deletes_the_keys(initialised):
