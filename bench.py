@@ -3,6 +3,8 @@
     python bench.py                 # every section, as a table
     python bench.py --json          # the same figures as JSON
     python bench.py --only anchors  # some sections only
+    python bench.py --only load     # 30 learners in chromium on one served app: minutes, so
+                                    # never part of the default run (--sessions N to change)
 
 Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
 a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
@@ -54,6 +56,7 @@ class Bench:
     key_prefix: str = field(default_factory=lambda: f"bench:{uuid.uuid4().hex[:8]}:")
     fake_server: fakeredis.FakeServer = field(default_factory=fakeredis.FakeServer)
     urls: dict[str, str] = field(default_factory=dict)  # unmasked: never printed
+    load_sessions: int = 30
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -289,6 +292,54 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
     return figures
 
 
+async def bench_load(bench: Bench) -> list[Figure]:
+    """A workshop on one server: `streamlit run app.py` on each backend pair (a fresh database),
+    and bench.load_sessions learners at once, each in a chromium context of its own, walking
+    every section (tests/load.py). The browser runs on the same cores as the server, so the
+    times include its rendering. Errors, isolation and the database's contents are checked."""
+    from tests.load import check_database, percentile, serve_and_walk
+    from tests.served import app_subprocess_env
+
+    pairs = {"sqlite+fakeredis": (bench.urls["sqlite"].replace("bench.db", "load.db"), "fakeredis://")}
+    figures = []
+    async with AsyncExitStack() as stack:
+        if "postgresql" in bench.urls:
+            url = await stack.enter_async_context(scratch_postgres(bench.urls["postgresql"], "lab_load"))
+            pairs["postgresql+redis" if "redis" in bench.urls else "postgresql+fakeredis"] = (
+                url, bench.urls.get("redis", "fakeredis://"))
+        for pair, (db_url, redis_url) in pairs.items():
+            env = app_subprocess_env({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "LAB_REDIS_PREFIX": f"{bench.key_prefix}load:"})
+            with tempfile.TemporaryDirectory() as log_dir:
+                run = await serve_and_walk(env, Path(log_dir), sessions=bench.load_sessions, alone=False,
+                                           name=f"load-{pair}", timeout=180)
+            contents = await check_database(db_url, run.walked)
+            for problem in run.errors + run.isolation_violations() + contents.mismatches:
+                print(f"# load {pair}: {problem}", file=sys.stderr)
+            if run.server_log:
+                print(f"# load {pair}: server log {run.server_log}", file=sys.stderr)
+            every = [c.seconds for c in run.clicks]
+            links = [c.seconds for c in run.clicks if c.action.startswith("open ")]
+            buttons = [c.seconds for c in run.clicks if not c.action.startswith("open ")]
+            degraded = sum(len(me.degraded) for me in run.walked)
+            figures += [
+                Figure("load", pair, "sessions", run.sessions, "learners"),
+                Figure("load", pair, "clicks (buttons, links, Enter)", len(every), "clicks"),
+                Figure("load", pair, "learners with an error", len(run.errors), "learners"),
+                Figure("load", pair, "isolation violations", len(run.isolation_violations()), "violations"),
+                Figure("load", pair, "database rows not as the learners made them", len(contents.mismatches), "checks"),
+                Figure("load", pair, "cached reads failed open (Redis past the 50 ms deadline)", degraded, "reads"),
+                Figure("load", pair, "Jane's demo scores (1 expected)", contents.jane_demo_scores, "scores"),
+                Figure("load", pair, "start-up: streamlit run to health check", run.startup_seconds, "s"),
+                Figure("load", pair, "start-up: streamlit run to first page drawn", run.first_page_seconds, "s"),
+                Figure("load", pair, "all learners' walk, wall time", run.seconds, "s"),
+            ]
+            for name, samples in (("click to rerun end", every), ("sidebar link to page drawn", links),
+                                  ("button to rerun end", buttons)):
+                if samples:
+                    figures += [Figure("load", pair, f"{name} p{q}", percentile(samples, q) * 1000, "ms") for q in (50, 95)]
+    return figures
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
     "n_plus_one": bench_n_plus_one,
@@ -296,6 +347,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "cache": bench_cache,
     "outbox": bench_outbox,
 }
+ON_REQUEST = {"load": bench_load}  # named with --only; not part of the default run
 
 
 # --- running -----------------------------------------------------------------------------
@@ -329,11 +381,11 @@ async def open_backends(stack: AsyncExitStack, bench: Bench, pg_url: str | None,
 async def main(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     async with AsyncExitStack() as stack:
-        bench = Bench()
+        bench = Bench(load_sessions=args.sessions)
         await open_backends(stack, bench, args.pg, args.redis)
         for name in args.only or SECTIONS:
             print(f"# {name} ...", file=sys.stderr, flush=True)
-            figures += await SECTIONS[name](bench)
+            figures += await (SECTIONS | ON_REQUEST)[name](bench)
     return figures
 
 
@@ -348,7 +400,8 @@ def print_table(figures: list[Figure]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS | ON_REQUEST), help="run these sections only")
+    parser.add_argument("--sessions", type=int, default=30, help="load: learners at once (default 30)")
     parser.add_argument("--pg", default=os.environ.get("LAB_TEST_DATABASE_URL"), help="PostgreSQL admin URL")
     parser.add_argument("--redis", default=os.environ.get("LAB_TEST_REDIS_URL"), help="Redis server URL")
     arguments = parser.parse_args()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-DEBUG = []
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIR = PROJECT_DIR / "test-artifacts"  # git-ignored: screenshots and server logs of failures
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -132,8 +131,11 @@ class Learner:
     number: int
     timeout: float = 60.0
     clicks: list[Click] = field(default_factory=list)
+    tolerated: list[str] = field(default_factory=list)  # error messages the walk expected or allowed
     runs_ended: int = 0
+    runs_dropped: int = 0
     last_run_ended_at: float = 0.0
+    _open_run: str | None = None  # the whole-page run that started and has not ended yet
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -144,17 +146,29 @@ class Learner:
             return
         message = ForwardMsg()
         message.ParseFromString(payload)
-        kind = message.WhichOneof("type")
-        if kind in ("new_session", "script_finished"):
-            DEBUG.append((self.number, round(time.perf_counter(), 3), kind, message.script_finished if kind == "script_finished" else "", message.metadata.run.script_run_id[:6], [f[:6] for f in message.metadata.run.fragment_ids]))
-        if message.WhichOneof("type") == "script_finished" and message.script_finished in PAGE_RUN_ENDED:
+        kind, run = message.WhichOneof("type"), message.metadata.run
+        if kind == "new_session" and not run.fragment_ids:
+            self._open_run = run.script_run_id
+        elif kind == "new_session" and self._open_run is not None:
+            # A fragment's run never starts while a page run is going on in the same session:
+            # the server dropped the rest of that page run's messages (Streamlit replaced the
+            # session's ScriptRunner when a run_every fragment's request reached it between
+            # the run's end and the delivery of its output).
+            self._open_run = None
+            self.runs_dropped += 1
+            self._changed.set()
+        elif kind == "script_finished" and message.script_finished in PAGE_RUN_ENDED:
+            self._open_run = None
             self.runs_ended += 1
             self.last_run_ended_at = time.perf_counter()
             self._changed.set()
 
-    async def _run_ended_after(self, before: int, what: str) -> None:
+    async def _run_ended_after(self, before: int, dropped_before: int, what: str) -> None:
         deadline = time.perf_counter() + self.timeout
         while self.runs_ended <= before:
+            if self.runs_dropped > dropped_before:
+                raise PageError(f"{what}: the server dropped the output of the page's run (it ran, but the "
+                                "browser never got its result: Streamlit started a fragment's run in its place)")
             self._changed.clear()
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -167,10 +181,9 @@ class Learner:
 
     async def _rerun(self, what: str, action, *, allowed_errors: tuple[str, ...] = ()) -> float:
         """Do what starts a rerun; wait for its end; check the page; return the seconds."""
-        before, started = self.runs_ended, time.perf_counter()
-        DEBUG.append((self.number, round(started, 3), "ACTION", what))
+        before, dropped, started = self.runs_ended, self.runs_dropped, time.perf_counter()
         await action()
-        await self._run_ended_after(before, what)
+        await self._run_ended_after(before, dropped, what)
         seconds = self.last_run_ended_at - started
         self.clicks.append(Click(what, seconds))
         await self.check_page(what, allowed_errors=allowed_errors)
@@ -179,17 +192,17 @@ class Learner:
     async def open(self, url: str) -> float:
         """The first visit: from the request to the first page fully run and drawn."""
         started = time.perf_counter()
-        before = self.runs_ended
+        before, dropped = self.runs_ended, self.runs_dropped
         await self.page.goto(url)
-        await self._run_ended_after(before, "opening the app")
+        await self._run_ended_after(before, dropped, "opening the app")
         await self.check_page("opening the app")
         return time.perf_counter() - started
 
-    async def go(self, label: str) -> float:
+    async def go(self, label: str, *, allowed_errors: tuple[str, ...] = ()) -> float:
         """Follow a sidebar link, as a learner does (session state survives)."""
         link = self.page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True)
         await link.wait_for(timeout=self.timeout * 1000)
-        return await self._rerun(f"open {label}", link.click)
+        return await self._rerun(f"open {label}", link.click, allowed_errors=allowed_errors)
 
     async def click(self, label: str | re.Pattern, *, allowed_errors: tuple[str, ...] = ()) -> float:
         button = self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first
@@ -232,6 +245,7 @@ class Learner:
         for error in await self.page.locator("[data-testid=stAlertContentError]").all_inner_texts():
             if not any(allowed in error for allowed in allowed_errors):
                 raise PageError(f"{what}: the page shows an error: {error[:300]}")
+            self.tolerated.append(error)
 
     async def screenshot(self, name: str) -> Path:
         ARTIFACTS_DIR.mkdir(exist_ok=True)
