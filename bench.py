@@ -294,9 +294,10 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
 
 async def bench_load(bench: Bench) -> list[Figure]:
     """A workshop on one server: `streamlit run app.py` on each backend pair (a fresh database),
-    and bench.load_sessions learners at once, each in a chromium context of its own, walking
-    every section (tests/load.py). The browser runs on the same cores as the server, so the
-    times include its rendering. Errors, isolation and the database's contents are checked."""
+    and bench.load_sessions learners, arriving a second apart and then all walking every section
+    at once, each in a chromium context of its own (tests/load.py). The browser runs on the same
+    cores as the server, so the times include its rendering. Errors, isolation and the
+    database's contents are checked."""
     from tests.load import check_database, percentile, serve_and_walk
     from tests.served import app_subprocess_env
 
@@ -311,7 +312,7 @@ async def bench_load(bench: Bench) -> list[Figure]:
             env = app_subprocess_env({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "LAB_REDIS_PREFIX": f"{bench.key_prefix}load:"})
             with tempfile.TemporaryDirectory() as log_dir:
                 run = await serve_and_walk(env, Path(log_dir), sessions=bench.load_sessions, alone=False,
-                                           name=f"load-{pair}", timeout=180)
+                                           name=f"load-{pair}", timeout=180, arrivals=1.0)
             contents = await check_database(db_url, run.walked)
             for problem in run.errors + run.isolation_violations() + contents.mismatches:
                 print(f"# load {pair}: {problem}", file=sys.stderr)
@@ -325,6 +326,7 @@ async def bench_load(bench: Bench) -> list[Figure]:
                 Figure("load", pair, "sessions", run.sessions, "learners"),
                 Figure("load", pair, "clicks (buttons, links, Enter)", len(every), "clicks"),
                 Figure("load", pair, "learners with an error", len(run.errors), "learners"),
+                *(Figure("load", pair, f"  of which: {kind}", n, "learners") for kind, n in run.error_kinds().items() if n),
                 Figure("load", pair, "isolation violations", len(run.isolation_violations()), "violations"),
                 Figure("load", pair, "database rows not as the learners made them", len(contents.mismatches), "checks"),
                 Figure("load", pair, "cached reads failed open (Redis past the 50 ms deadline)", degraded, "reads"),

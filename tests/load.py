@@ -60,53 +60,74 @@ def after(text: str, heading: str) -> str:
     return text.split(heading, 1)[1]
 
 
+TITLES = {
+    "1. Data Models": "1. Defining the core data schema",
+    "2. DB Connectivity & Pooling": "2. Async database connectivity",
+    "3. Repository Pattern & N+1": "3. The Repository Pattern",
+    "4. Caching with Redis": "4. Optimizing Data Access",
+    "5. Eventing (Outbox Pattern)": "5. Building a Reliable Eventing System",
+    "6. Schema Migrations (Alembic)": "6. Schema Migrations with Alembic",
+}
+
+
+def has(*parts: str):
+    return lambda text: all(part in text for part in parts)
+
+
+def matches(pattern: str):
+    return lambda text: re.search(pattern, text)
+
+
 async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     """Every section in the spec's order. `alone`: nobody else uses this server, so shared
     things (the cache, the outbox) show exactly this learner's doing."""
+
+    async def go(section: str, **kw) -> str:
+        await learner.go(section, TITLES[section], **kw)
+        return await learner.text()
+
     me.first_page_seconds = await learner.open(url)
-    expect("Lab 2: Data Architecture & Persistence" in await learner.text(), "the Introduction has no title")
 
     if alone:  # before section 2, section 1 points there
-        await learner.go("1. Data Models")
-        expect("Initialise the database in" in await learner.text(), "section 1 does not point to section 2")
+        await go("1. Data Models")
+        await learner.wait_for("section 1 points to section 2", has("Initialise the database in"))
 
-    await learner.go("2. DB Connectivity & Pooling")
+    await go("2. DB Connectivity & Pooling")
     await learner.click(re.compile(r"Initialize .* & create sample users"))
-    text = await learner.text()
-    expect("sample users ready" in text and "Alex Smith's user ID" in text, "initialising did not report the sample users")
-    await learner.click("Run a transaction that fails part-way", allowed_errors=("The database refused the third write",))
-    expect("Rows left behind by the failed transaction: 0" in await learner.text(), "the failed transaction left rows")
+    await learner.wait_for("initialising reports the sample users", has("sample users ready", "Alex Smith's user ID"))
+    await learner.click("Run a transaction that fails part-way")
+    left = await learner.wait_for("the failed transaction's report", matches(r"Rows left behind by the failed transaction: (\d+)"),
+                                  allowed_errors=("The database refused the third write",))
+    expect(left[1] == "0", f"the failed transaction left {left[1]} rows")
 
-    await learner.go("1. Data Models")
+    await go("1. Data Models")
     await learner.fill("Email", me.email)
     await learner.fill("Name", me.name)
     await learner.click("Create User")
-    text = await learner.text()
-    created = re.search(rf"Created (.+) with ID ({UUID})\.", text)
-    expect(created is not None and created[1] == me.name, f"no 'Created {me.name} with ID ...' on section 1")
+    created = await learner.wait_for("the created user", matches(rf"Created (.+) with ID ({UUID})\."))
+    expect(created[1] == me.name, f"created '{created[1]}', not '{me.name}'")
     me.user_id = created[2]
-    expect(f"Last created user ID: {me.user_id}" in text, "section 1 does not show my last created user")
+    expect(f"Last created user ID: {me.user_id}" in await learner.text(), "section 1 does not show my last created user")
     duplicate = f"A user with the email {me.email} already exists."
-    await learner.click("Create User", allowed_errors=(duplicate,))
-    text = await learner.text()
-    expect(duplicate in text, "the same email again was not refused")
-    expect(f"Last created user ID: {me.user_id}" in text, "a refused user replaced my last created user")
+    await learner.click("Create User")
+    await learner.wait_for("the same email refused", has(duplicate), allowed_errors=(duplicate,))
+    expect(f"Last created user ID: {me.user_id}" in await learner.text(), "a refused user replaced my last created user")
 
-    await learner.go("3. Repository Pattern & N+1")
+    await go("3. Repository Pattern & N+1")
     await learner.enter("User ID to add scores for", me.user_id)
     await learner.click("Add 3 Sample Scores for User")
-    expect("Added 3 scores" in await learner.text(), "no 'Added 3 scores'")
+    await learner.wait_for("three scores added", has("Added 3 scores"))
     me.scores_added = True
     await learner.enter("User ID to fetch", me.user_id)
     await learner.click("Fetch User & Scores (Eager Loading)")
+    await learner.wait_for("my user fetched eagerly", has(f"{me.name} · {me.email}"))
     one = after(await learner.text(), "One user: lazy versus eager")
-    expect(f"{me.name} · {me.email}" in one, "the eager fetch does not show my user")
     expect("Statements sent: 2" in one, "the eager fetch of one user did not take 2 statements")
     await learner.click("Set up my cohort")
-    tag = re.search(rf"Your cohort: {COHORT_USERS} users, emails n1-(\w+)-", await learner.text())
-    expect(tag is not None, "no cohort after 'Set up my cohort'")
+    tag = await learner.wait_for("my cohort", matches(rf"Your cohort: {COHORT_USERS} users, emails n1-(\w+)-"))
     me.cohort_tag = tag[1]
     await learner.click("Compare the three strategies")
+    await learner.wait_for("the three strategies compared", has("All three returned the same"))
     many = after(await learner.text(), "Many users: the N+1 at scale")
     counts = [int(n) for n in re.findall(r"Statements sent: (\d+)", many)]
     expect(len(counts) == 3, f"expected three strategies' statement counts, found {counts}")
@@ -120,20 +141,24 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     # machine Redis can miss the cache client's 50 ms deadline as the app's event loop sees it:
     # the read then fails open (served from the database), which the page says.
     late = () if alone else ("did not answer",)
-    await learner.go("4. Caching with Redis", allowed_errors=late)
-    expect("Demo user: Jane Doe" in await learner.text(), "section 4 has no demo user")
+    await go("4. Caching with Redis", allowed_errors=late)
+    await learner.wait_for("the cache's demo user", has("Demo user: Jane Doe"), allowed_errors=late)
+    mine = r"Your reads.*?Hits\s+(\d+)\s+Misses\s+(\d+)\s+Errors\s+(\d+)"  # this session's counters
     for step in ("fetch", "fetch", "invalidate", "fetch"):
         if step == "invalidate":
-            await learner.click("Invalidate Cache for this User", allowed_errors=late)
-            text = await learner.text()
-            deleted = re.search(r"Deleted (\d+) of (\d+) keys", text)
-            if deleted is None and not alone and "the delete is queued" in text:
+            await learner.click("Invalidate Cache for this User")
+            said = r"Deleted \d+ of \d+ keys" if alone else r"Deleted \d+ of \d+ keys|the delete is queued"
+            text = (await learner.wait_for("the invalidation", matches(said), allowed_errors=late))[0]
+            if "the delete is queued" in text:
                 me.degraded.append("invalidation queued: Redis did not answer in time")
                 continue
-            expect(deleted is not None, "invalidating did not say what it deleted")
+            deleted = re.search(r"Deleted (\d+) of (\d+) keys", text)
             expect(not alone or int(deleted[1]) >= 1, "invalidating deleted nothing after a cached fetch")
             continue
-        await learner.click("Fetch User (Cached)", allowed_errors=late)
+        fetches = len(me.outcomes) + 1
+        await learner.click("Fetch User (Cached)")
+        await learner.wait_for(f"cached fetch {fetches} counted", lambda t, n=fetches: (m := re.search(mine, t, re.S))
+                               and sum(map(int, m.groups())) == n, allowed_errors=late)
         lookup = after(await learner.text(), "Fetch through the cache").split("Keep the cache true")[0]
         outcome = re.search(r"\b(HIT|MISS|ERROR) [·→]", lookup)  # the prose says "a MISS, then a HIT"
         expect(outcome is not None and "Jane Doe" in lookup, "a cached fetch showed no outcome or no Jane Doe")
@@ -143,28 +168,29 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     if alone:
         expect(me.outcomes == ["MISS", "HIT", "MISS"], f"cache outcomes {me.outcomes}, expected MISS, HIT, MISS")
 
-    await learner.go("5. Eventing (Outbox Pattern)")
+    await go("5. Eventing (Outbox Pattern)")
     await learner.click("Calculate & Store AIRScore (Creates Pending Event)")
-    expect(re.search(r"and event `?\w{8}`? \(AIRScoreCalculated, status pending\) in one transaction",
-                     await learner.text()) is not None, "no pending event stored with the score")
+    await learner.wait_for("a score stored with its pending event",
+                           matches(r"and event `?\w{8}`? \(AIRScoreCalculated, status pending\) in one transaction"))
     me.scored_alex = True
     if await learner.enabled("Start publisher"):  # another learner may have started it
         await learner.click("Start publisher")
+    await learner.wait_for("the publisher running", has("Publisher running"))
     await published_and_applied(learner)
-    expect("Publisher running" in await learner.text(), "section 5 does not show the publisher running")
     if alone:  # the sidebar's own refresh stalls on this page (see the report); a rerun updates it
         expect("running" in await learner.sidebar(), "the sidebar does not show the publisher running")
 
-    await learner.go("6. Schema Migrations (Alembic)")
-    text = await learner.text()
-    revisions = re.search(r"The database is at (\w+); the newest revision is (\w+)\.", text)
-    expect(revisions is not None and revisions[1] == revisions[2], "section 6 does not show the database at head")
-    expect("DROP TABLE" in after(text, "See the SQL before it runs"), "no SQL preview (downgrade to base)")
+    await go("6. Schema Migrations (Alembic)")
+    revisions = await learner.wait_for("the database's revision",
+                                       matches(r"The database is at (\w+); the newest revision is (\w+)\."))
+    expect(revisions[1] == revisions[2], "section 6 does not show the database at head")
+    await learner.wait_for("the SQL preview (downgrade to base)",
+                           lambda t: "See the SQL before it runs" in t and "DROP TABLE" in after(t, "See the SQL before it runs"))
     await learner.click("Run drift check")
-    expect("No drift: the schema matches the models." in await learner.text(), "the drift check found drift")
+    await learner.wait_for("no drift", has("No drift: the schema matches the models."))
 
-    await learner.go("1. Data Models")  # session state survived the whole walk
-    expect(f"Last created user ID: {me.user_id}" in await learner.text(), "section 1 forgot my last created user")
+    await go("1. Data Models")  # session state survived the whole walk
+    await learner.wait_for("my last created user, still", has(f"Last created user ID: {me.user_id}"))
 
 
 async def until(read, condition, timeout: float, what: str):
@@ -209,6 +235,21 @@ class LoadRun:
     def errors(self) -> list[str]:
         return [f"learner {me.number}: {me.error}" for me in self.walked if me.error]
 
+    def error_kinds(self) -> dict[str, int]:
+        """The learners' first errors by kind (a learner stops at its first error)."""
+        kinds = {
+            "a click's result never reached the browser (Streamlit dropped its run's output)": ("dropped the output",),
+            "a backend too slow for the app's deadline (database banner, SQLite busy, Redis late)": (
+                "unreachable", "not reachable", "did not answer", "timed out"),
+            "a page's run, or an element, did not come in time": ("did not end within", "Timeout "),
+            "an expected result missing from the page": ("PageError",),
+        }
+        counts = dict.fromkeys([*kinds, "other"], 0)
+        for error in self.errors:
+            kind = next((kind for kind, markers in kinds.items() if any(m in error for m in markers)), "other")
+            counts[kind] += 1
+        return counts
+
     def isolation_violations(self) -> list[str]:
         """Different learners must have made different users and cohorts (each saw its own)."""
         problems = []
@@ -220,10 +261,12 @@ class LoadRun:
 
 
 async def serve_and_walk(
-    env: dict[str, str], log_dir: Path, *, sessions: int, alone: bool, name: str, timeout: float = 60.0
+    env: dict[str, str], log_dir: Path, *, sessions: int, alone: bool, name: str, timeout: float = 60.0,
+    arrivals: float = 0.0,
 ) -> LoadRun:
     """Start `streamlit run` (the browser is up first, so that the start-up time is the
-    server's), open one page as the instructor would, then let `sessions` learners walk at once."""
+    server's), open one page as the instructor would, then let `sessions` learners walk at once,
+    arriving `arrivals` seconds apart."""
     async with async_playwright() as playwright:
         browser = await launch_browser(playwright)
         try:
@@ -232,7 +275,8 @@ async def serve_and_walk(
                 await Learner(await context.new_page(), 0, timeout=timeout).open(app.url)
                 first_page = time.perf_counter() - app.started
                 await context.close()
-                run = await walk_together(browser, app.url, sessions=sessions, alone=alone, name=name, timeout=timeout)
+                run = await walk_together(browser, app.url, sessions=sessions, alone=alone, name=name, timeout=timeout,
+                                          arrivals=arrivals)
                 run.startup_seconds, run.first_page_seconds = app.startup_seconds, first_page
                 if run.errors:
                     run.server_log = save_server_log(app, name)
@@ -241,12 +285,15 @@ async def serve_and_walk(
     return run
 
 
-async def walk_together(browser, url: str, *, sessions: int, alone: bool, name: str, timeout: float) -> LoadRun:
+async def walk_together(
+    browser, url: str, *, sessions: int, alone: bool, name: str, timeout: float, arrivals: float = 0.0
+) -> LoadRun:
     """`sessions` learners at once, each in a browser context of its own on one browser."""
     run_tag = uuid.uuid4().hex[:6]
     walked = [Walked(n, f"learner-{run_tag}-{n}@example.com", f"Learner {n} ({run_tag})") for n in range(1, sessions + 1)]
 
     async def one(me: Walked) -> None:
+        await asyncio.sleep((me.number - 1) * arrivals)
         context = await browser.new_context(viewport={"width": 1280, "height": 900})
         context.set_default_timeout(timeout * 1000)
         learner = Learner(await context.new_page(), me.number, timeout=timeout)

@@ -26,7 +26,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage",
 ]
-IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 TRACEBACK = "Traceback (most recent call last)"
 # A run of the whole page that ended; a fragment's periodic run (the sidebar's publisher status,
 # section 5's figures) ends with FINISHED_FRAGMENT_RUN_SUCCESSFULLY and does not count.
@@ -131,7 +130,7 @@ class Learner:
     number: int
     timeout: float = 60.0
     clicks: list[Click] = field(default_factory=list)
-    tolerated: list[str] = field(default_factory=list)  # error messages the walk expected or allowed
+    tolerated: set[str] = field(default_factory=set)  # error messages the walk expected or allowed
     runs_ended: int = 0
     runs_dropped: int = 0
     last_run_ended_at: float = 0.0
@@ -177,17 +176,29 @@ class Learner:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 pass
-        await self.page.wait_for_selector(IDLE, timeout=self.timeout * 1000)
 
-    async def _rerun(self, what: str, action, *, allowed_errors: tuple[str, ...] = ()) -> float:
-        """Do what starts a rerun; wait for its end; check the page; return the seconds."""
+    async def _rerun(self, what: str, action) -> float:
+        """Do what starts a rerun; wait until the server reports its end; return the seconds.
+        The browser draws the result a moment later: read it with wait_for."""
         before, dropped, started = self.runs_ended, self.runs_dropped, time.perf_counter()
         await action()
         await self._run_ended_after(before, dropped, what)
         seconds = self.last_run_ended_at - started
         self.clicks.append(Click(what, seconds))
-        await self.check_page(what, allowed_errors=allowed_errors)
         return seconds
+
+    async def wait_for(self, what: str, found, *, allowed_errors: tuple[str, ...] = ()):
+        """Poll the main area's text until found(text) is truthy, and return that; then check the
+        page (it shows this run's result by then). Use something the action itself shows: what
+        was there before the click may still be on the screen."""
+        deadline = time.perf_counter() + self.timeout
+        while not (result := found(await self.text())):
+            if time.perf_counter() > deadline:
+                await self.check_page(what, allowed_errors=allowed_errors)
+                raise PageError(f"{what}: not on the page within {self.timeout:g} s")
+            await asyncio.sleep(0.1)
+        await self.check_page(what, allowed_errors=allowed_errors)
+        return result
 
     async def open(self, url: str) -> float:
         """The first visit: from the request to the first page fully run and drawn."""
@@ -195,19 +206,21 @@ class Learner:
         before, dropped = self.runs_ended, self.runs_dropped
         await self.page.goto(url)
         await self._run_ended_after(before, dropped, "opening the app")
-        await self.check_page("opening the app")
+        await self.wait_for("opening the app", lambda text: "Lab 2: Data Architecture & Persistence" in text)
         return time.perf_counter() - started
 
-    async def go(self, label: str, *, allowed_errors: tuple[str, ...] = ()) -> float:
-        """Follow a sidebar link, as a learner does (session state survives)."""
+    async def go(self, label: str, title: str, *, allowed_errors: tuple[str, ...] = ()) -> None:
+        """Follow a sidebar link, as a learner does (session state survives), until the page
+        with this title is drawn."""
         link = self.page.get_by_test_id("stSidebar").get_by_role("link", name=label, exact=True)
         await link.wait_for(timeout=self.timeout * 1000)
-        return await self._rerun(f"open {label}", link.click, allowed_errors=allowed_errors)
+        await self._rerun(f"open {label}", link.click)
+        await self.wait_for(f"open {label}", lambda text: title in text, allowed_errors=allowed_errors)
 
-    async def click(self, label: str | re.Pattern, *, allowed_errors: tuple[str, ...] = ()) -> float:
+    async def click(self, label: str | re.Pattern) -> float:
         button = self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first
         await button.wait_for(timeout=self.timeout * 1000)
-        return await self._rerun(f"click {getattr(label, 'pattern', label)}", button.click, allowed_errors=allowed_errors)
+        return await self._rerun(f"click {getattr(label, 'pattern', label)}", button.click)
 
     async def enabled(self, label: str) -> bool:
         return await self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first.is_enabled()
@@ -245,7 +258,7 @@ class Learner:
         for error in await self.page.locator("[data-testid=stAlertContentError]").all_inner_texts():
             if not any(allowed in error for allowed in allowed_errors):
                 raise PageError(f"{what}: the page shows an error: {error[:300]}")
-            self.tolerated.append(error)
+            self.tolerated.add(error)
 
     async def screenshot(self, name: str) -> Path:
         ARTIFACTS_DIR.mkdir(exist_ok=True)
