@@ -16,6 +16,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -473,15 +474,21 @@ class CachedUserRepository:
         return ScoreData.from_model(score), await self.cache.invalidate(self.latest_score_key(score.user_id))
 
 
+_demo_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
     """Give the demo user a score if she has none, so the latest-score read has something to
-    cache. Reads the database directly: this set-up is not a cached read."""
-    async with repo.sessions() as session:
-        users = UserRepository(session)
-        user = await users.get_existing(user_id)
-        has_score = await users.get_latest_score(user.id) is not None
-    if not has_score:
-        await repo.add_score(user.id, occupation_code=user.occupation_code or "15-2051")
+    cache. Reads the database directly: this set-up is not a cached read. One check-and-add at a
+    time per process, or learners arriving together would each add one."""
+    lock = _demo_setup_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        async with repo.sessions() as session:
+            users = UserRepository(session)
+            user = await users.get_existing(user_id)
+            has_score = await users.get_latest_score(user.id) is not None
+        if not has_score:
+            await repo.add_score(user.id, occupation_code=user.occupation_code or "15-2051")
 
 
 # --- the traffic experiment ----------------------------------------------------------------

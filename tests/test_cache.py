@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from sqlalchemy import func, select
 
 from source import (
+    AIRScore,
     CachedUserRepository,
     CacheStats,
     InvalidInput,
     RedisCache,
     run_db_setup_and_create_user,
 )
-from source.cache import UserData, cache_client, run_traffic, unreachable_redis
+from source.cache import UserData, cache_client, ensure_latest_score, run_traffic, unreachable_redis
 from source.redis_setup import RedisTarget
 
 COOLDOWN = 0.2  # seconds a failed Redis is skipped in these tests (the app uses 1 s)
@@ -380,3 +382,11 @@ async def test_traffic_over_skewed_users_hits_mostly_and_the_update_is_seen(db, 
         assert hits >= counts.hits and misses >= counts.misses
     else:
         assert result.server is None  # fakeredis keeps no server statistics
+
+
+async def test_learners_arriving_together_give_the_demo_user_one_score(db, cache, jane):
+    repo = repository(db, cache)
+    await asyncio.gather(*(ensure_latest_score(repo, user_id=jane.id) for _ in range(10)))
+    async with db.sessions() as session:
+        scores = await session.scalar(select(func.count()).select_from(AIRScore).where(AIRScore.user_id == jane.id))
+    assert scores == 1
