@@ -190,7 +190,8 @@ def reset_resources() -> None:
 
 @dataclass(frozen=True)
 class BackendStatus:
-    database_ok: bool
+    database_ok: bool  # False only when the database refused or failed, not when it was slow
+    database_busy: bool  # no answer within the check's time: busy, so the schema was not read
     schema_revision: str | None
     redis_ok: bool
 
@@ -201,16 +202,18 @@ def backend_status() -> BackendStatus:
     db, client = database(), redis_client()
 
     async def check() -> BackendStatus:
+        revision, database_ok, busy = None, True, False
         try:
             revision = await asyncio.wait_for(db.current_revision(), 3)
-            database_ok = True
+        except TimeoutError:
+            busy = True  # a saturated pool or loop is not an unreachable server
         except Exception:
-            revision, database_ok = None, False
+            database_ok = False
         try:
             redis_ok = bool(await asyncio.wait_for(client.ping(), 1))
         except Exception:
             redis_ok = False
-        return BackendStatus(database_ok, revision, redis_ok)
+        return BackendStatus(database_ok, busy, revision, redis_ok)
 
     return run(check(), timeout=10)
 
@@ -253,10 +256,13 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Database**")
         st.caption(f"{_dot(status.database_ok)} {db.label}")
         st.code(db.masked_url, language=None)
-        st.caption(
-            f"Schema: revision {status.schema_revision}" if status.schema_revision
-            else "Schema: not initialised (see section 2)"
-        )
+        if status.database_busy:
+            st.caption("Schema: not checked (the database is busy)")
+        else:
+            st.caption(
+                f"Schema: revision {status.schema_revision}" if status.schema_revision
+                else "Schema: not initialised (see section 2)"
+            )
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
         _publisher_status()
@@ -264,19 +270,8 @@ def _sidebar(status: BackendStatus) -> None:
 
 
 def _publisher_status() -> None:
-    """While the publisher runs, its figures refresh on their own (a fragment), not the page."""
-    if publisher().running:
-        _publisher_figures_live()
-    else:
-        _publisher_figures()
-
-
-@st.fragment(run_every=2)
-def _publisher_figures_live() -> None:
-    _publisher_figures()
-
-
-def _publisher_figures() -> None:
+    # Read at each rerun, not refreshed on a timer: every timed fragment on every learner's page
+    # adds reruns that can drop a click's output under load (section 5 has the live view).
     figures = publisher().snapshot()
     st.markdown("**Outbox publisher**")
     if not figures.running:
@@ -302,6 +297,8 @@ def _dot(ok: bool) -> str:
 
 
 def _banners(status: BackendStatus) -> None:
+    if status.database_busy:
+        st.info(f"The database ({database().label}) is busy: its status check took over 3 s.")
     if not status.database_ok:
         st.error(
             f"**Database unreachable: {database().label}.** Pages that read or write data will "

@@ -49,7 +49,7 @@ elif not st.session_state.db_initialized:
     st.warning("The database is not initialised yet: click the button above.")
 
 
-@st.fragment(run_every="2s")
+@st.fragment(run_every="5s")
 def pool_figures() -> None:
     status = db.pool_status()
     cols = st.columns(4)
@@ -58,7 +58,7 @@ def pool_figures() -> None:
     cols[2].metric("Overflow in use", f"{status.overflow} of {status.max_overflow}")
     cols[3].metric("Available", f"{status.available} of {status.maximum}")
     st.caption(
-        f"Read from the app's own pool every 2 s: N_avail = N_max − checked out = {status.maximum} − "
+        f"Read from the app's own pool every 5 s: N_avail = N_max − checked out = {status.maximum} − "
         f"{status.checked_out} = {status.available}. Every learner on this server shares this pool."
     )
 

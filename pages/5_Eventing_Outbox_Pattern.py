@@ -73,7 +73,7 @@ with stop_col:
         st.rerun()
 
 
-@st.fragment(run_every=1.5)
+@st.fragment(run_every=2)
 def live() -> None:
     with ui.errors_shown():
         view, now = ui.outbox_overview(), publisher.snapshot()

@@ -11,3 +11,18 @@ def test_introduction_renders_and_names_its_backends(app_env):
         assert "SQLite file" in captions and "embedded (fakeredis)" in captions
     else:
         assert "PostgreSQL" in captions and "server redis://" in captions
+
+
+def test_a_database_that_is_down_gets_a_banner_naming_it_and_no_traceback(app_env, monkeypatch):
+    import ui
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://lab:secret@127.0.0.1:9/nowhere")
+    ui.reset_resources()
+    for page in ("../app.py", "../pages/3_Repository_Pattern_and_N+1.py", "../pages/6_Schema_Migrations.py"):
+        at = AppTest.from_file(page, default_timeout=30).run()
+        assert not at.exception
+        banner = " ".join(e.value for e in at.error)
+        assert "Database unreachable: PostgreSQL 127.0.0.1:9/nowhere" in banner
+        shown = (*at.error, *at.markdown, *at.caption, *at.code, *at.sidebar.caption, *at.sidebar.code)
+        everything = " ".join(str(e.value) for e in shown)
+        assert "secret" not in everything and "Traceback" not in everything
