@@ -3,7 +3,7 @@ error box. Pages import this module; this module imports `source`; `source` know
 Streamlit.
 
 Why one loop: asyncpg connections and redis.asyncio clients belong to the event loop that
-created them. Streamlit reruns each page on a thread with no loop, so `asyncio.run()` per
+created them. Streamlit reruns each page on a thread with no loop, so `asyncio.run` per
 click would make a new loop each time and break every pooled connection on the next click.
 """
 
