@@ -11,8 +11,6 @@ from sqlalchemy import text
 
 from source import Database, InvalidInput
 from source.pooling import ExperimentBusy, PoolSettings, demonstrate_atomicity, run_pool_experiment
-from tests.conftest import need
-from tests.scratch import scratch_postgres
 
 
 async def test_every_request_is_served_and_counted_on_both_engines(db):
@@ -63,17 +61,15 @@ async def test_only_one_experiment_runs_at_a_time_in_a_process(db):
 
 
 @pytest.fixture
-async def pg_db():
-    """A migrated scratch PostgreSQL database: the claims below are about a server."""
-    async with scratch_postgres(need("LAB_TEST_DATABASE_URL")) as url:
-        db = Database(url)
-        await db.upgrade_to_head()
-        try:
-            yield db
-        finally:
-            await db.dispose()
+def pg_db(db):
+    """The shared fresh, migrated database, pinned to PostgreSQL below: these claims are about a server."""
+    return db
 
 
+on_postgresql = pytest.mark.parametrize("backend", ["postgresql"])
+
+
+@on_postgresql
 async def test_the_throwaway_engines_leave_no_connection_open_on_the_server(pg_db):
     async def connections() -> int:
         async with pg_db.engine.connect() as conn:
@@ -86,6 +82,7 @@ async def test_the_throwaway_engines_leave_no_connection_open_on_the_server(pg_d
     assert await connections() == before
 
 
+@on_postgresql
 async def test_a_pool_bigger_than_the_servers_spare_connections_is_refused(pg_db, monkeypatch):
     monkeypatch.setattr("source.pooling.SERVER_RESERVE", 10_000)  # as if the room used them all
     with pytest.raises(InvalidInput, match="connections to spare") as refused:
@@ -95,6 +92,7 @@ async def test_a_pool_bigger_than_the_servers_spare_connections_is_refused(pg_db
                                                                pool_size=1, max_overflow=0))
 
 
+@on_postgresql
 async def test_on_postgresql_the_pool_outserves_a_new_connection_per_request(pg_db):
     settings = PoolSettings(concurrency=50, requests_per_client=5, pool_size=5, max_overflow=10, hold_ms=5)
     result = await run_pool_experiment(db=pg_db, settings=settings)
