@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -363,6 +366,21 @@ def show_statements(log: source.StatementLog, *, label: str = "SQL statements se
             for number, statement in enumerate(log.statements, start=1):
                 st.caption(f"{number}. {statement.seconds * 1000:.2f} ms")
                 st.code(statement.sql.strip(), language="sql")
+
+
+def class_source(cls: type) -> tuple[int, str]:
+    """The line number and source of a class, as inspect.getsource gives it but without parsing.
+
+    For a class, Python 3.11 and 3.12's inspect parses the whole module with ast.parse, and
+    CPython before 3.11.8 builds those AST objects in state shared by all threads
+    (python/cpython#106905): learners' scripts run in threads of one process, and under a
+    workshop's load one of them failed with "AST constructor recursion depth mismatch".
+    """
+    lines, _ = inspect.findsource(sys.modules[cls.__module__])
+    start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
+    while start and lines[start - 1].startswith("@"):
+        start -= 1
+    return start + 1, "".join(inspect.getblock(lines[start:]))
 
 
 def escape_markdown(text: str) -> str:

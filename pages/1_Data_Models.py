@@ -1,5 +1,3 @@
-import inspect
-
 import pandas as pd
 import streamlit as st
 from sqlalchemy import select
@@ -36,12 +34,12 @@ st.markdown(
 st.code(str(select(Assessment).join(Assessment.user)), language="sql")
 
 st.subheader("The models, from the running code")
-st.caption("Read with `inspect.getsource` from `source/models.py` as it is loaded now.")
-models = sorted((m.class_ for m in Base.registry.mappers), key=lambda c: inspect.getsourcelines(c)[1])
+st.caption("Read with `inspect` from `source/models.py` as it is loaded now.")
+models = sorted((m.class_ for m in Base.registry.mappers), key=lambda c: ui.class_source(c)[0])
 tabs = st.tabs([c.__name__ for c in models] + ["Base & TimestampMixin"])
 for tab, cls in zip(tabs, models, strict=False):
-    tab.code(inspect.getsource(cls), language="python")
-tabs[-1].code(inspect.getsource(Base) + "\n\n" + inspect.getsource(TimestampMixin), language="python")
+    tab.code(ui.class_source(cls)[1], language="python")
+tabs[-1].code(ui.class_source(Base)[1] + "\n\n" + ui.class_source(TimestampMixin)[1], language="python")
 
 st.subheader("Tables and relationships")
 st.caption("Drawn from `Base.metadata` and the mappers: add a column to a model and it appears here.")
