@@ -324,6 +324,10 @@ def error_message(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, redis.RedisError):
         return f"Redis ({redis_target().label}) did not answer: {type(exc).__name__}."
+    if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):
+        waited = source.database.SQLITE_BUSY_TIMEOUT_MS / 1000
+        return (f"The database ({database().label}) is busy: SQLite lets one connection write at a "
+                f"time, and other writes held it for over {waited:g} s. Try again in a moment.")
     if isinstance(exc, (OperationalError, DBAPIError, ConnectionError, OSError)):
         return f"The database ({database().label}) is not reachable or refused the request."
     if isinstance(exc, BackendTimeout):

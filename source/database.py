@@ -20,7 +20,9 @@ from sqlalchemy.pool import NullPool
 from . import config
 
 ALEMBIC_INI = config.PROJECT_DIR / "alembic.ini"
-SQLITE_BUSY_TIMEOUT_MS = 5000
+# SQLite has one writer at a time; a write waits this long for the lock before "database is
+# locked". Python's default, 5 s, was exceeded once by 30 learners writing at once on 2 cores.
+SQLITE_BUSY_TIMEOUT_MS = 20_000
 # Alembic keeps its migration context in a module global: one migration at a time per process.
 _MIGRATION_LOCK = threading.Lock()
 

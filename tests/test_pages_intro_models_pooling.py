@@ -5,10 +5,13 @@ buttons clicked twice, and two sessions initialising at once."""
 from __future__ import annotations
 
 import inspect
+import os
+import sqlite3
 import threading
 import uuid
 
 import pytest
+from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 import ui
@@ -81,6 +84,27 @@ def test_creating_a_user_stores_it_keeps_its_id_and_shows_the_name_as_plain_text
     at.button[0].click().run()  # a second click works on the same loop
     assert not at.exception and at.session_state.created_user_id != created
     assert count(User) == 4
+
+
+@pytest.mark.parametrize("app_env", ["embedded"], indirect=True)
+def test_a_write_kept_waiting_by_sqlites_one_writer_says_the_database_is_busy(app_env, monkeypatch):
+    monkeypatch.setattr("source.database.SQLITE_BUSY_TIMEOUT_MS", 300)  # 20 s when served
+    ui.reset_resources()
+    ui.run(run_db_setup_and_create_user(ui.database()))
+    at = open_page(MODELS)
+    at.text_input(key="new_user_email").set_value("ada@example.com")
+    at.text_input(key="new_user_name").set_value("Ada")
+    writer = sqlite3.connect(make_url(os.environ["DATABASE_URL"]).database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another connection holds the one write lock throughout
+    try:
+        at.button[0].click().run()
+    finally:
+        writer.rollback()
+        writer.close()
+    assert not at.exception and not at.success
+    assert "is busy: SQLite lets one connection write at a time" in texts(at.error)
+    assert "over 0.3 s" in texts(at.error) and "not reachable" not in texts(at.error)
+    assert count(User) == 2
 
 
 BAD_INPUTS = [
