@@ -273,8 +273,8 @@ def _sidebar(status: BackendStatus) -> None:
 
 
 def _publisher_status() -> None:
-    # Read at each rerun, not refreshed on a timer: every timed fragment on every learner's page
-    # adds reruns that can drop a click's output under load (section 5 has the live view).
+    # Read at each rerun. The app sets no timers in the browser: a timed fragment rerun that lands
+    # as a click's run ends makes Streamlit (1.67) drop that run's output.
     figures = publisher().snapshot()
     st.markdown("**Outbox publisher**")
     if not figures.running:

@@ -49,7 +49,6 @@ elif not st.session_state.db_initialized:
     st.warning("The database is not initialised yet: click the button above.")
 
 
-@st.fragment(run_every="5s")
 def pool_figures() -> None:
     status = db.pool_status()
     cols = st.columns(4)
@@ -58,12 +57,13 @@ def pool_figures() -> None:
     cols[2].metric("Overflow in use", f"{status.overflow} of {status.max_overflow}")
     cols[3].metric("Available", f"{status.available} of {status.maximum}")
     st.caption(
-        f"Read from the app's own pool every 5 s: N_avail = N_max − checked out = {status.maximum} − "
+        f"Read from the app's own pool as this page ran: N_avail = N_max − checked out = {status.maximum} − "
         f"{status.checked_out} = {status.available}. Every learner on this server shares this pool."
     )
 
 
 st.subheader("The app's pool, now")
+st.button("Read the pool again", key="pool_refresh")
 pool_figures()
 
 st.subheader("Experiment: a pool against a new connection per request")
@@ -83,7 +83,7 @@ with st.form("pool_experiment_form"):
     overflow_slot = c2.empty()
     pool_timeout = c3.number_input("pool_timeout (s)", 0.05, pooling.MAX_POOL_TIMEOUT_S, 2.0, step=0.05, key="exp_timeout")
     hold_ms = c3.number_input("Hold time (ms)", 0, pooling.MAX_HOLD_MS, 10, key="exp_hold")
-    run_experiment = st.form_submit_button("Run the experiment")
+    run_experiment = st.form_submit_button("Run the experiment", key="exp_run")
 if run_experiment:
     settings = pooling.PoolSettings(
         concurrency=int(clients), requests_per_client=int(per_client), pool_size=int(pool_size),

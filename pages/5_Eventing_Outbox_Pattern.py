@@ -1,4 +1,5 @@
 import inspect
+import time
 
 import pandas as pd
 import streamlit as st
@@ -6,7 +7,7 @@ import streamlit as st
 import checks
 import ui
 from source import calculate_and_store_airscore, migrations, retry_failed_events
-from source.outbox import relay_batch
+from source.outbox import EventProgress, event_progress, relay_batch
 
 ui.page("5. Eventing (Outbox Pattern)")
 st.title("5. Building a Reliable Eventing System with the Outbox Pattern")
@@ -35,6 +36,7 @@ if st.button("Calculate & Store AIRScore (Creates Pending Event)", key="outbox_c
         ))
         ui.forget_cached_latest_score(score.user_id)  # section 4's cache must not serve the old one
         ui.mark_done("outbox")
+        state.outbox_event_id, state.outbox_watch = event.id, True
         st.success(
             f"Stored score `{score.id[:8]}` (AI-R {score.air_score}) and event `{event.id[:8]}` "
             f"({event.event_type}, status **{event.status}**) in one transaction."
@@ -64,6 +66,7 @@ st.markdown(
 start_col, stop_col = st.columns(2)
 if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):
     publisher.start()
+    state.outbox_watch = True
     st.rerun()
 with stop_col:
     if ui.instructor_key_ok("Stopping the publisher", key="outbox_stop_key") and st.button(
@@ -73,8 +76,38 @@ with stop_col:
         st.rerun()
 
 
-@st.fragment(run_every=2)
-def live() -> None:
+def progress_text(event_id: str, now: EventProgress) -> str:
+    def after(moment) -> str:
+        return f"{(moment - now.created_at).total_seconds():.2f} s after it was created"
+
+    steps = [f"Your event `{event_id[:8]}`: **{now.status}**"]
+    if now.published_at:
+        steps.append(f"appended to the stream {after(now.published_at)}")
+    if now.applied_at:
+        steps.append(f"applied by the consumer {after(now.applied_at)}")
+    elif now.status == "failed":
+        steps.append(f"parked after {now.attempts} failed attempts ({ui.escape_markdown(now.last_error)})")
+    elif now.attempts:
+        steps.append(f"attempt {now.attempts} failed ({ui.escape_markdown(now.last_error)}); the relay retries "
+                     "with back-off")
+    return " · ".join(steps)
+
+
+def follow(event_id: str, seconds: float) -> EventProgress | None:
+    """Watch one event for up to `seconds` in this run while the publisher's thread moves it. Not a
+    timer in the browser: a timed rerun that lands as a click's run ends makes Streamlit (1.67)
+    drop that run's output."""
+    box = st.empty()
+    deadline = time.monotonic() + seconds
+    while (now := ui.run(event_progress(db=db, event_id=event_id))) is not None:
+        box.markdown(progress_text(event_id, now))
+        if now.settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    return now
+
+
+def pipeline_figures() -> None:
     with ui.errors_shown():
         view, now = ui.outbox_overview(), publisher.snapshot()
         status = "running" if now.running else "stopped"
@@ -105,7 +138,18 @@ def live() -> None:
         right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
 
 
-live()
+if event_id := state.get("outbox_event_id"):
+    with ui.errors_shown():
+        watching = publisher.running and state.pop("outbox_watch", False)
+        now = follow(event_id, seconds=10.0 if watching else 0.0)
+        if now is None:  # the lab data was reset
+            del state.outbox_event_id
+        elif not publisher.running and now.status == "pending":
+            st.caption("Start the publisher to watch it go through.")
+        elif watching and not now.settled:
+            st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
+st.button("Refresh the figures", key="outbox_refresh")
+pipeline_figures()
 
 st.subheader("3. Break it")
 st.markdown(

@@ -30,7 +30,7 @@ from sqlalchemy.orm import aliased
 from . import config, redis_setup
 from .consumer import CONSUMER_GROUP, event_consumer, inbox_figures, read_model
 from .database import WRITE_TRANSACTION, Database
-from .models import DomainEvent
+from .models import DomainEvent, InboxEntry
 from .redis_setup import RedisTarget
 from .repositories import DomainEventRepository
 
@@ -534,6 +534,37 @@ def _event_row(event: DomainEvent) -> dict:
         "created": event.created_at,
         "published": event.published_at,
     }
+
+
+@dataclass(frozen=True)
+class EventProgress:
+    """Where one event is now: its outbox row, and the consumer's inbox row once applied."""
+
+    status: str  # pending, published or failed
+    created_at: datetime
+    published_at: datetime | None
+    applied_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen without a change: applied, parked as failed, or retrying."""
+        return self.applied_at is not None or self.status == "failed" or self.attempts > 0
+
+
+async def event_progress(*, db: Database, event_id: str) -> EventProgress | None:
+    """None if the event is gone (the lab data was reset)."""
+    async with db.sessions() as session:
+        event = await session.get(DomainEvent, event_id)
+        if event is None:
+            return None
+        applied = await session.get(InboxEntry, event_id)
+        return EventProgress(
+            status=event.status, created_at=event.created_at, published_at=event.published_at,
+            applied_at=applied.applied_at if applied else None, attempts=event.attempts,
+            last_error=event.last_error,
+        )
 
 
 async def outbox_overview(*, db: Database, redis_client: aioredis.Redis, stream: str, limit: int = 12) -> OutboxOverview:

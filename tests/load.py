@@ -170,14 +170,19 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
 
     await go("5. Eventing (Outbox Pattern)")
     await learner.click("Calculate & Store AIRScore (Creates Pending Event)")
-    await learner.wait_for("a score stored with its pending event",
-                           matches(r"and event `?\w{8}`? \(AIRScoreCalculated, status pending\) in one transaction"))
+    stored = await learner.wait_for("a score stored with its pending event",
+                                    matches(r"and event `?(\w{8})`? \(AIRScoreCalculated, status pending\) in one transaction"))
     me.scored_alex = True
     if await learner.enabled("Start publisher"):  # another learner may have started it
-        await learner.click("Start publisher")
+        await learner.click("Start publisher")  # its run watches the event go through
     await learner.wait_for("the publisher running", has("Publisher running"))
+    mine = rf"Your event {stored[1]}: published · appended to the stream [\d.]+ s after it was created · applied by the consumer"
+    if alone:  # the run that started the publisher watched the event to the end
+        await learner.wait_for("my event published and applied", matches(mine))
+    else:  # under load it may take longer than the run watches
+        await until(learner, learner.text, matches(mine), EVENT_TIMEOUT, "my event published and applied")
     await published_and_applied(learner)
-    if alone:  # the sidebar's own refresh stalls on this page (see the report); a rerun updates it
+    if alone:  # the sidebar reads the publisher at each rerun
         expect("running" in await learner.sidebar(), "the sidebar does not show the publisher running")
 
     await go("6. Schema Migrations (Alembic)")
@@ -193,13 +198,15 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     await learner.wait_for("my last created user, still", has(f"Last created user ID: {me.user_id}"))
 
 
-async def until(read, condition, timeout: float, what: str):
-    """Poll what a self-refreshing part of the page shows (an st.fragment with run_every)."""
+async def until(learner: Learner, read, condition, timeout: float, what: str):
+    """Read section 5's figures until condition holds, clicking "Refresh the figures" between
+    reads (the app sets no timers in the browser)."""
     deadline = time.perf_counter() + timeout
     while not condition(seen := await read()):
         if time.perf_counter() > deadline:
             raise PageError(f"not seen within {timeout:g} s: {what} (last seen: {str(seen)[:300]})")
         await asyncio.sleep(0.5)
+        await learner.click("Refresh the figures")
     return seen
 
 
@@ -212,7 +219,7 @@ async def published_and_applied(learner: Learner) -> None:
         return (created not in (None, "0") and created == seen.get("Published") == seen.get("Applied (inbox rows)")
                 and seen.get("Pending") == seen.get("Failed") == "0")
 
-    await until(learner.metrics, all_done, EVENT_TIMEOUT, "every event published and applied")
+    await until(learner, learner.metrics, all_done, EVENT_TIMEOUT, "every event published and applied")
 
 
 # --- many learners on one server ---------------------------------------------------------

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 import ui
 from source import AIRScore, Database, User, run_db_setup_and_create_user
 from source.services import create_user
-from tests.pagekit import count, texts
+from tests.pagekit import click, count, texts
 
 MODELS = "pages/1_Data_Models.py"
 POOLING = "pages/2_DB_Connectivity_and_Pooling.py"
@@ -204,6 +204,18 @@ def test_pool_figures_are_read_from_the_apps_pool(initialised):
     assert figures["Available"] == f"{status.available} of {status.maximum}"
     assert figures["pool_size (open, kept)"] == str(status.size)
 
+    async def check_out():
+        return await ui.database().engine.connect()
+
+    held = ui.run(check_out())  # a connection some other learner's request holds
+    try:
+        at = click(at, "pool_refresh")
+        figures = {m.label: m.value for m in at.metric}
+        assert figures["Checked out now"] == "1"
+        assert figures["Available"] == f"{status.maximum - 1} of {status.maximum}"
+    finally:
+        ui.run(held.close())
+
 
 def test_experiment_shows_measured_throughput_for_both_engines_and_runs_twice(app_env):
     at = open_page(POOLING)
@@ -213,7 +225,7 @@ def test_experiment_shows_measured_throughput_for_both_engines_and_runs_twice(ap
     at.number_input(key="exp_max_overflow").set_value(1)
     at.number_input(key="exp_hold").set_value(1)
     for _ in range(2):
-        at.button[1].click().run()
+        at.button(key="exp_run").click().run()
         assert not at.exception and not at.error
         formulas = [e.value for e in at.latex if "Theta =" in e.value and "requests/s" in e.value]
         assert len(formulas) == 2 and all(r"\frac{16}" in f for f in formulas)  # 8 clients x 2
