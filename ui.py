@@ -376,7 +376,7 @@ def class_source(cls: type) -> tuple[int, str]:
     """The line number and source of a class, as inspect.getsource gives it but without parsing.
 
     For a class, Python 3.11 and 3.12's inspect parses the whole module with ast.parse, and
-    CPython before 3.11.8 builds those AST objects in state shared by all threads
+    CPython before 3.11.8 and 3.12.2 builds those AST objects in state shared by all threads
     (python/cpython#106905): learners' scripts run in threads of one process, and under a
     workshop's load one of them failed with "AST constructor recursion depth mismatch".
     """

@@ -29,8 +29,8 @@ def test_a_database_that_is_down_gets_a_banner_naming_it_and_no_traceback(app_en
 
 
 def test_serving_the_pages_parses_no_python(initialised, monkeypatch):
-    """Each learner's script runs in its own thread of one process, and CPython before 3.11.8
-    builds ast.parse's objects in state all threads share (python/cpython#106905): under a
+    """Each learner's script runs in its own thread of one process, and CPython before 3.11.8 and
+    3.12.2 builds ast.parse's objects in state all threads share (python/cpython#106905): under a
     workshop's load, a page that parses fails now and then with "AST constructor recursion
     depth mismatch". So no page may parse while it serves, nor Streamlit's magic before it."""
     import ast
