@@ -35,10 +35,11 @@ st.code(str(select(Assessment).join(Assessment.user)), language="sql")
 
 st.subheader("The models, from the running code")
 st.caption("Read with `inspect` from `source/models.py` as it is loaded now.")
-models = sorted((m.class_ for m in Base.registry.mappers), key=lambda c: ui.class_source(c)[0])
+sources = {m.class_: ui.class_source(m.class_) for m in Base.registry.mappers}  # (line, source)
+models = sorted(sources, key=lambda cls: sources[cls][0])
 tabs = st.tabs([c.__name__ for c in models] + ["Base & TimestampMixin"])
 for tab, cls in zip(tabs, models, strict=False):
-    tab.code(ui.class_source(cls)[1], language="python")
+    tab.code(sources[cls][1], language="python")
 tabs[-1].code(ui.class_source(Base)[1] + "\n\n" + ui.class_source(TimestampMixin)[1], language="python")
 
 st.subheader("Tables and relationships")
