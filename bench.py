@@ -31,11 +31,14 @@ from pathlib import Path
 import fakeredis
 import redis.asyncio as aioredis
 
-from source import Database, User, loading, pooling, run_db_setup_and_create_user
-from source.cache import CachedUserRepository, RedisCache, cache_client, unreachable_redis
+from labbench import loading, pooling
+from labbench.recorder import record
+from labbench.scratch import scratch_postgres
+from labbench.unreachable_redis import unreachable_redis
+from source import Database, User, run_db_setup_and_create_user
+from source.cache import CachedUserRepository, RedisCache, cache_client
 from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
-from tests.scratch import scratch_postgres
 
 
 @dataclass
@@ -119,7 +122,7 @@ async def bench_n_plus_one(bench: Bench) -> list[Figure]:
                 async with db.sessions() as session:
                     await load(UserRepository(session), ids)
 
-            with db.record() as log:
+            with record(db) as log:
                 await call()
             figures.append(Figure("n_plus_one", name, f"{strategy} statements (100 users)", log.count, "statements"))
             samples = await timed(call, 30, warmup=5)
@@ -212,7 +215,7 @@ async def bench_cache(bench: Bench) -> list[Figure]:
             figures += latency_figures("cache", pair, "cache miss (GET, load, SET)", misses)
             figures.append(Figure("cache", pair, "miss / hit (p50)", statistics.median(misses) / statistics.median(hits), "x"))
             await repo.invalidate_user_cache(alex.id)
-            with db.record() as log:
+            with record(db) as log:
                 await asyncio.gather(*(repo.get_by_id_cached(alex.id) for _ in range(100)))
             figures.append(Figure("cache", pair, "database statements for 100 concurrent misses", log.count, "statements"))
         await client.aclose()
@@ -298,8 +301,8 @@ async def bench_load(bench: Bench) -> list[Figure]:
     at once, each in a chromium context of its own (tests/load.py). The browser runs on the same
     cores as the server, so the times include its rendering. Errors, isolation and the
     database's contents are checked."""
-    from tests.load import check_database, percentile, serve_and_walk
-    from tests.served import app_subprocess_env
+    from harness.browser_walk import check_database, percentile, serve_and_walk
+    from harness.served import app_subprocess_env
 
     pairs = {"sqlite+fakeredis": (bench.urls["sqlite"].replace("bench.db", "load.db"), "fakeredis://")}
     figures = []

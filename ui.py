@@ -1,6 +1,6 @@
-"""Streamlit glue: the one background event loop, the shared resources, the sidebar and the
-error box. Pages import this module; this module imports `source`; `source` knows nothing of
-Streamlit.
+"""Streamlit glue: the one background event loop, the shared resources, the sidebar, the error
+box and the instructor gate. Pages import this module (and widgets.py, the display pieces); this
+module imports the lab bench and `source`; neither knows anything of Streamlit.
 
 Why one loop: asyncpg connections and redis.asyncio clients belong to the event loop that
 created them. Streamlit reruns each page on a thread with no loop, so `asyncio.run` per
@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import logging
 import os
-import re
-import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -28,6 +25,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
 
 import source
+import widgets
+from labbench import lab_data, outbox_view, recorder
+from labbench.faults import LabPublisher
+from labbench.unreachable_redis import unreachable_redis
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
@@ -123,7 +124,7 @@ def _redis_cache(fault: str) -> _Held:
     async def make():
         unreachable = None
         if fault != "none":  # the hung server runs on this loop, so it is made here
-            unreachable = await source.cache.unreachable_redis(fault)
+            unreachable = await unreachable_redis(fault)
         client = source.cache.cache_client(unreachable.target if unreachable else target)
         return source.RedisCache(client, stats=stats), unreachable
 
@@ -142,29 +143,29 @@ def redis_cache_target(fault: str) -> source.RedisTarget:
     return held.target if held else redis_target()
 
 
-_publishers: list[source.Publisher] = []  # every publisher made in this process, so that reset stops them
+_publishers: list[LabPublisher] = []  # every publisher made in this process, so that reset stops them
 
 
 @st.cache_resource(show_spinner=False)
-def publisher() -> source.Publisher:
+def publisher() -> LabPublisher:
     """The process's outbox publisher, shared by every session; made stopped. Its thread has its
     own loop, engine and Redis clients, so nothing of the shared loop's is handed to it."""
-    made = source.Publisher(
+    made = LabPublisher(
         database_url=source.database_url(), redis_target=redis_target(), stream=source.outbox.stream_key()
     )
     _publishers.append(made)
     return made
 
 
-def outbox_overview() -> source.outbox.OutboxOverview:
+def outbox_overview() -> outbox_view.OutboxOverview:
     """Section 5's figures and tables, read now from the database and the stream."""
-    return run(source.outbox.outbox_overview(db=database(), redis_client=redis_client(), stream=publisher().stream))
+    return run(outbox_view.outbox_overview(db=database(), redis_client=redis_client(), stream=publisher().stream))
 
 
-def reset_lab_data() -> source.ResetReport:
+def reset_lab_data() -> lab_data.ResetReport:
     """Every learner's data back to the start (section 2's reset): the lab's rows, its Redis
     keys, and the process's cache counters."""
-    report = run(source.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
+    report = run(lab_data.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
     cache_stats().reset()
     backend_status.clear()
     return report
@@ -246,7 +247,7 @@ def require_initialized() -> None:
         st.stop()
     if st.session_state.user_alex_id is None:
         with errors_shown():
-            alex, jane = run(source.find_sample_users(database()))
+            alex, jane = run(lab_data.find_sample_users(database()))
             if alex is not None and jane is not None:
                 st.session_state.user_alex_id, st.session_state.user_jane_id = alex.id, jane.id
 
@@ -269,7 +270,7 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
         _publisher_status()
-        _progress()
+        widgets.progress()
 
 
 def _publisher_status() -> None:
@@ -283,7 +284,7 @@ def _publisher_status() -> None:
     last = f" · last batch {figures.last_batch_at:%H:%M:%S} UTC" if figures.last_batch_at else ""
     st.caption(f":green[● running] · {figures.published} published · {figures.failed} failed{last}")
     if figures.last_error and figures.last_error_at:
-        st.caption(f"Last error at {figures.last_error_at:%H:%M:%S} UTC: {escape_markdown(figures.last_error)}")
+        st.caption(f"Last error at {figures.last_error_at:%H:%M:%S} UTC: {widgets.escape_markdown(figures.last_error)}")
 
 
 def _navigation() -> None:
@@ -314,7 +315,7 @@ def _banners(status: BackendStatus) -> None:
         )
 
 
-# --- errors and user text ------------------------------------------------------------------
+# --- errors ------------------------------------------------------------------
 
 
 def error_message(exc: BaseException) -> str:
@@ -346,120 +347,18 @@ def errors_shown(where: Any = st, *, fields: dict[str, Any] | None = None) -> It
             log.exception("page action failed")
         field = getattr(exc, "field", None)
         # Messages may quote what the learner typed: keep markdown in it inert.
-        (fields or {}).get(field, where).error(escape_markdown(error_message(exc)))
+        (fields or {}).get(field, where).error(widgets.escape_markdown(error_message(exc)))
 
 
-def run_recorded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> tuple[T, source.StatementLog]:
+def run_recorded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> tuple[T, recorder.StatementLog]:
     """`run(coro)`, also returning the SQL statements it sent to the app's database."""
     db = database()
 
-    async def recorded() -> tuple[T, source.StatementLog]:
-        with db.record() as statements:
+    async def recorded() -> tuple[T, recorder.StatementLog]:
+        with recorder.record(db) as statements:
             return await coro, statements
 
     return run(recorded(), timeout)
-
-
-def show_statements(log: source.StatementLog, *, label: str = "SQL statements sent") -> None:
-    """The statements a block sent, as recorded by `Database.record()`: the count, then each
-    statement with its time in an expander."""
-    total_ms = sum(s.seconds for s in log.statements) * 1000
-    st.markdown(f"**{label}: {log.count}** ({total_ms:.1f} ms in the database driver)")
-    if log.count:
-        with st.expander(f"Show the {log.count} statement{'s' if log.count != 1 else ''}"):
-            for number, statement in enumerate(log.statements, start=1):
-                st.caption(f"{number}. {statement.seconds * 1000:.2f} ms")
-                st.code(statement.sql.strip(), language="sql")
-
-
-def class_source(cls: type) -> tuple[int, str]:
-    """The line number and source of a class, as inspect.getsource gives it but without parsing.
-
-    For a class, Python 3.11 and 3.12's inspect parses the whole module with ast.parse, and
-    CPython before 3.11.8 and 3.12.2 builds those AST objects in state shared by all threads
-    (python/cpython#106905): learners' scripts run in threads of one process, and under a
-    workshop's load one of them failed with "AST constructor recursion depth mismatch".
-    """
-    lines, _ = inspect.findsource(sys.modules[cls.__module__])
-    start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
-    while start and lines[start - 1].startswith("@"):
-        start -= 1
-    return start + 1, "".join(inspect.getblock(lines[start:]))
-
-
-def escape_markdown(text: str) -> str:
-    """User text inline in st.markdown: emphasis, links, images, code, math, colour directives,
-    headings, tables and HTML stay inert, and it stays on one line."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in " ".join(str(text).splitlines()))
-
-
-# --- knowledge checks and progress ---------------------------------------------------------
-
-# The key action of each section, named as the sidebar shows it.
-PROGRESS = {
-    "models": "1. Data Models",
-    "pooling": "2. DB Connectivity & Pooling",
-    "repository": "3. Repository Pattern & N+1",
-    "cache": "4. Caching with Redis",
-    "outbox": "5. Eventing (Outbox Pattern)",
-    "migrations": "6. Schema Migrations",
-}
-
-
-def mark_done(section: str) -> None:
-    """Record that the learner did the section's key action (kept in session state)."""
-    st.session_state[f"done_{section}"] = True
-
-
-def section_complete(section: str) -> bool:
-    return bool(st.session_state.get(f"done_{section}") and st.session_state.get(f"passed_{section}"))
-
-
-def knowledge_check(section: str, questions) -> None:
-    """A short quiz with feedback that explains why. Answers live in session state, so leaving
-    the page and coming back keeps them."""
-    st.subheader("Check your understanding")
-    answers_key = f"answers_{section}"
-    saved: dict[int, int] = st.session_state.setdefault(answers_key, {})
-    with st.form(f"check_form_{section}"):
-        choices = {}
-        for number, question in enumerate(questions):
-            previous = saved.get(number)
-            choices[number] = st.radio(
-                f"**{question.objective}.** {question.prompt}",
-                range(len(question.options)),
-                format_func=lambda i, q=question: q.options[i],
-                index=previous,
-                key=f"check_{section}_{number}",
-            )
-        submitted = st.form_submit_button("Check answers")
-    if submitted:
-        st.session_state[answers_key] = saved = {n: c for n, c in choices.items() if c is not None}
-    if not saved:
-        return
-    correct = 0
-    for number, question in enumerate(questions):
-        chosen = saved.get(number)
-        if chosen is None:
-            st.info(f"Question {number + 1}: not answered yet.")
-        elif chosen == question.answer:
-            correct += 1
-            st.success(f"Question {number + 1}: right. {question.why}")
-        else:
-            st.error(f"Question {number + 1}: not quite. {question.why}")
-    st.session_state[f"passed_{section}"] = correct == len(questions)
-    st.caption(f"{correct} of {len(questions)} right.")
-
-
-def _progress() -> None:
-    st.markdown("**Your progress**")
-    lines = []
-    for section, label in PROGRESS.items():
-        done, passed = st.session_state.get(f"done_{section}"), st.session_state.get(f"passed_{section}")
-        mark = "✓" if done and passed else ("◐" if done or passed else "○")
-        lines.append(f"{mark} {label}")
-    st.caption("  \n".join(lines))
-    st.caption("✓ key action done and check passed · ◐ one of the two")
 
 
 # --- actions that change what everyone sees -----------------------------------------------

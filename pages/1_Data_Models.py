@@ -4,7 +4,9 @@ from sqlalchemy import select
 
 import checks
 import ui
-from source import Assessment, Base, TimestampMixin, diagram
+import widgets
+from labbench import diagram
+from source import Assessment, Base, TimestampMixin
 from source.services import create_user
 
 ui.page("1. Data Models")
@@ -35,12 +37,12 @@ st.code(str(select(Assessment).join(Assessment.user)), language="sql")
 
 st.subheader("The models, from the running code")
 st.caption("Read with `inspect` from `source/models.py` as it is loaded now.")
-sources = {m.class_: ui.class_source(m.class_) for m in Base.registry.mappers}  # (line, source)
+sources = {m.class_: widgets.class_source(m.class_) for m in Base.registry.mappers}  # (line, source)
 models = sorted(sources, key=lambda cls: sources[cls][0])
 tabs = st.tabs([c.__name__ for c in models] + ["Base & TimestampMixin"])
 for tab, cls in zip(tabs, models, strict=False):
     tab.code(sources[cls][1], language="python")
-tabs[-1].code(ui.class_source(Base)[1] + "\n\n" + ui.class_source(TimestampMixin)[1], language="python")
+tabs[-1].code(widgets.class_source(Base)[1] + "\n\n" + widgets.class_source(TimestampMixin)[1], language="python")
 
 st.subheader("Tables and relationships")
 st.caption("Drawn from `Base.metadata` and the mappers: add a column to a model and it appears here.")
@@ -87,16 +89,16 @@ else:
                 education_level=education, years_experience=years,
             ))
             st.session_state.created_user_id = user.id
-            ui.mark_done("models")
-            st.success(f"Created **{ui.escape_markdown(user.name)}** with ID `{user.id}`.")
+            widgets.mark_done("models")
+            st.success(f"Created **{widgets.escape_markdown(user.name)}** with ID `{user.id}`.")
             st.dataframe(
                 pd.DataFrame([{c: getattr(user, c) for c in (
                     "id", "email", "name", "occupation_code", "education_level", "years_experience", "created_at",
                 )}]),
                 hide_index=True,
             )
-            ui.show_statements(statements)
+            widgets.show_statements(statements)
     if st.session_state.created_user_id:
         st.markdown(f"**Last created user ID:** `{st.session_state.created_user_id}` (kept for later sections)")
 
-ui.knowledge_check("models", checks.MODELS)
+widgets.knowledge_check("models", checks.MODELS)

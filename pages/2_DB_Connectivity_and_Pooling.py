@@ -1,10 +1,11 @@
-import altair as alt
-import pandas as pd
 import streamlit as st
 
 import checks
 import ui
-from source import pooling, run_db_setup_and_create_user
+import widgets
+from labbench import pooling
+from source import run_db_setup_and_create_user
+from views import pooling_views
 
 ui.page("2. DB Connectivity & Pooling")
 db = ui.database()
@@ -49,22 +50,9 @@ elif not st.session_state.db_initialized:
     st.warning("The database is not initialised yet: click the button above.")
 
 
-def pool_figures() -> None:
-    status = db.pool_status()
-    cols = st.columns(4)
-    cols[0].metric("pool_size (open, kept)", status.size)
-    cols[1].metric("Checked out now", status.checked_out)
-    cols[2].metric("Overflow in use", f"{status.overflow} of {status.max_overflow}")
-    cols[3].metric("Available", f"{status.available} of {status.maximum}")
-    st.caption(
-        f"Read from the app's own pool as this page ran: N_avail = N_max − checked out = {status.maximum} − "
-        f"{status.checked_out} = {status.available}. Every learner on this server shares this pool."
-    )
-
-
 st.subheader("The app's pool, now")
 st.button("Read the pool again", key="pool_refresh")
-pool_figures()
+pooling_views.app_pool(db)
 
 st.subheader("Experiment: a pool against a new connection per request")
 st.markdown(
@@ -91,72 +79,10 @@ if run_experiment:
     )
     with ui.errors_shown(fields={"max_overflow": overflow_slot}), st.spinner("Running both engines..."):
         st.session_state.pool_experiment = ui.run(pooling.run_pool_experiment(db=db, settings=settings), timeout=180)
-        ui.mark_done("pooling")
+        widgets.mark_done("pooling")
 
 if result := st.session_state.get("pool_experiment"):
-    runs = (result.pooled, result.null_pool)
-    for column, run in zip(st.columns(2), runs, strict=True):
-        with column:
-            st.markdown(f"**{run.engine}**")
-            st.latex(
-                rf"\Theta = \frac{{{run.completed}}}{{{run.total_seconds:.3f}\,\text{{s}}}}"
-                rf" = {run.throughput:,.0f}\ \text{{requests/s}}"
-            )
-            a, b, c = st.columns(3)
-            a.metric("Median wait", f"{run.wait_p50_ms:.1f} ms", help="Time to acquire a connection")
-            b.metric("Worst wait", f"{run.wait_max_ms:.1f} ms", help="Time to acquire a connection")
-            c.metric("Peak checked out", run.peak_checked_out)
-            a.metric("Connections opened", run.connections_opened)
-            b.metric("Timeouts", run.timeouts)
-            c.metric("Other failures", run.failures)
-            if run.parallel_limit < result.settings.concurrency:
-                st.caption(
-                    f"At most {run.parallel_limit} ran at once: the server had only that many "
-                    "connections to spare, and other learners need some too."
-                )
-    chart_data = pd.DataFrame(
-        [{"engine": r.engine.split(" (")[0], "wait (ms)": w * 1000} for r in runs for w in r.waits]
-    )
-    throughput = pd.DataFrame([{"engine": r.engine.split(" (")[0], "requests/s": r.throughput} for r in runs])
-    engine_axis = alt.X("engine:N", sort=["pooled", "NullPool"], axis=alt.Axis(labelAngle=0), title=None)
-    left, right = st.columns(2)
-    left.altair_chart(
-        alt.Chart(throughput, title="Throughput Θ").mark_bar().encode(x=engine_axis, y="requests/s:Q", color="engine:N"),
-        width="stretch",
-    )
-    right.altair_chart(
-        alt.Chart(chart_data, title="Time to acquire a connection, per request")
-        .mark_boxplot(extent="min-max").encode(x=engine_axis, y="wait (ms):Q", color="engine:N"),
-        width="stretch",
-    )
-    s = result.settings
-    capacity = s.pool_size + s.max_overflow
-    if result.pooled.connections_opened > capacity:
-        st.caption(
-            f"The pool opened {result.pooled.connections_opened} connections, more than its {capacity}: an "
-            "overflow connection is closed when it comes back to a full pool and opened again for the "
-            "next wave. `max_overflow` absorbs bursts; `pool_size` should cover the steady load."
-        )
-    if s.hold_ms:
-        st.markdown(
-            f"A pool of {capacity} connections, each held at least {s.hold_ms:g} ms, cannot serve more "
-            f"than {capacity} / {s.hold_ms / 1000:g} s = **{capacity / (s.hold_ms / 1000):,.0f} requests/s** "
-            "(Little's law). Raise the hold time or the clients and watch the pooled side queue."
-        )
-    if result.backend == "sqlite":
-        st.info(
-            "You are on a SQLite file. A connection here is the file opened inside this process: no "
-            "network, no login, no server process. NullPool pays only for aiosqlite's thread per "
-            "connection and the PRAGMAs run on connect, so the gap is small and one run can go "
-            "either way. On PostgreSQL every new connection is a TCP handshake, authentication and "
-            "a new server process, and the pool wins clearly: set `DATABASE_URL` to see it."
-        )
-    else:
-        st.info(
-            "On PostgreSQL every NullPool request pays for a new connection: a TCP handshake, "
-            "authentication and a new server process, which is CPU on both sides. The pool pays "
-            "that once per connection and then reuses it."
-        )
+    pooling_views.experiment_result(result)
 
 st.subheader("Atomicity: all or nothing")
 st.markdown(
@@ -166,18 +92,7 @@ st.markdown(
 )
 if st.button("Run a transaction that fails part-way", key="atomicity", disabled=not st.session_state.db_initialized):
     with ui.errors_shown():
-        demo = ui.run(pooling.demonstrate_atomicity(db))
-        st.error(f"The database refused the third write: {ui.escape_markdown(demo.error)}")
-        st.dataframe(
-            pd.DataFrame(
-                {"users": [demo.users_before, demo.users_during, demo.users_after],
-                 "air_scores": [demo.scores_before, demo.scores_during, demo.scores_after]},
-                index=["before", "inside the transaction", "after the rollback"],
-            )
-        )
-        st.success(f"Rows left behind by the failed transaction: **{demo.rows_left_behind}**.")
-        st.caption("Counts are for the whole database, so another learner's writes can show up in them.")
-        ui.show_statements(demo.log, label="Statements the failed transaction sent")
+        pooling_views.atomicity(ui.run(pooling.demonstrate_atomicity(db)))
 if not st.session_state.db_initialized:
     st.caption("Initialise the database first.")
 
@@ -198,4 +113,4 @@ if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab d
                 "key(s); Alex and Jane are back to their sample values."
             )
 
-ui.knowledge_check("pooling", checks.POOLING)
+widgets.knowledge_check("pooling", checks.POOLING)

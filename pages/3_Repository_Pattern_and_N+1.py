@@ -3,7 +3,8 @@ import streamlit as st
 
 import checks
 import ui
-from source import loading
+import widgets
+from labbench import loading
 
 ui.page("3. Repository Pattern & N+1")
 st.title("3. The Repository Pattern and the N+1 Problem")
@@ -22,7 +23,7 @@ state.setdefault("n1_cohort_tag", loading.new_cohort_tag())
 
 def show_run(run: loading.LoadRun) -> None:
     """One strategy's measured result: statements, time, data."""
-    ui.show_statements(run.log, label="Statements sent")
+    widgets.show_statements(run.log, label="Statements sent")
     runs = f"median of {run.runs} runs" if run.runs > 1 else "one run"
     loaded = f"{len(run.users)} user{'s' * (len(run.users) != 1)}, {run.score_count} scores loaded"
     st.caption(f"{run.seconds * 1000:.1f} ms, session open to data in hand ({runs}) · {loaded}")
@@ -53,7 +54,7 @@ for column, strategy, label in zip(
                 state[f"n1_one_{strategy}"] = ui.run(loading.load_one_user(db, user_id=fetch_id, strategy=strategy))
         if (run := state.get(f"n1_one_{strategy}")) is not None:
             user = run.users[0]
-            st.markdown(f"**{ui.escape_markdown(user.name)}** · {ui.escape_markdown(user.email)}")
+            st.markdown(f"**{widgets.escape_markdown(user.name)}** · {widgets.escape_markdown(user.email)}")
             show_run(run)
             if user.scores:
                 st.dataframe(pd.DataFrame(list(user.scores)), hide_index=True)
@@ -80,7 +81,7 @@ if ids := state.get("n1_cohort_ids"):
 if st.button("Compare the three strategies", key="n1_compare", disabled=not ids):
     with ui.errors_shown():
         state.n1_runs = ui.run(loading.compare_strategies(db, user_ids=ids), timeout=120)
-        ui.mark_done("repository")
+        widgets.mark_done("repository")
 if runs := state.get("n1_runs"):
     for column, run in zip(st.columns(len(runs)), runs, strict=True):
         with column:
@@ -131,4 +132,4 @@ for column, action, label in zip(
                 )
                 st.code(caught.sql, language="sql", wrap_lines=True)
 
-ui.knowledge_check("repository", checks.REPOSITORY)
+widgets.knowledge_check("repository", checks.REPOSITORY)

@@ -1,13 +1,11 @@
-from dataclasses import asdict
-
-import altair as alt
-import pandas as pd
 import streamlit as st
 
 import checks
 import ui
-from source import CachedUserRepository, CacheStats, Lookup
-from source.cache import CacheCounts, ensure_latest_score, run_traffic
+import widgets
+from labbench.cache_traffic import ensure_latest_score, run_traffic
+from source import CachedUserRepository, CacheStats
+from views import cache_views
 
 ui.page("4. Caching with Redis")
 st.title("4. Optimizing Data Access with Redis Caching")
@@ -51,62 +49,19 @@ if not state.get("cache_demo_ready"):
         state.cache_demo_ready = True
 
 
-def show_lookup(where, lookup: Lookup) -> None:
-    ms = lookup.seconds * 1000
-    if lookup.outcome == "hit":
-        where.success(f"**HIT** · {ms:.2f} ms, from Redis")
-    elif lookup.outcome == "miss":
-        shared = "" if lookup.loaded else " (shared another reader's load)"
-        where.info(
-            f"**MISS** · {ms:.2f} ms: Redis GET {lookup.cache_seconds * 1000:.2f} ms, database "
-            f"{lookup.db_seconds * 1000:.2f} ms{shared}, then stored in Redis"
-        )
-    else:
-        where.warning(f"**ERROR → served from the database** · {ms:.2f} ms (Redis: {lookup.error})")
-    if lookup.value is None:
-        where.caption("Not found in the database.")
-    else:
-        where.json(asdict(lookup.value))
-
-
-def show_counts(where, counts: CacheCounts) -> None:
-    cells = where.columns(5)
-    for cell, (label, value) in zip(cells, (
-        ("Hits", counts.hits), ("Misses", counts.misses), ("Errors", counts.errors),
-        ("Database loads", counts.db_loads), ("Hit ratio H", f"{counts.hit_ratio:.2f}"),
-    ), strict=True):
-        cell.metric(label, value)
-
-
-def show_formula(where, counts: CacheCounts) -> None:
-    if not counts.hits + counts.misses or not counts.db_loads:
-        where.caption("The formula needs a measured miss: invalidate, then fetch.")
-        return
-    h, tc, td = counts.hit_ratio, counts.t_cache * 1000, counts.t_database * 1000
-    where.latex(
-        rf"T_{{avg}} = {h:.2f} \times {tc:.3f} + {1 - h:.2f} \times ({tc:.3f} + {td:.3f}) "
-        rf"= {counts.t_avg_formula * 1000:.3f}\ \text{{ms}}"
-    )
-    where.caption(
-        f"T_cache = {tc:.3f} ms (mean Redis GET), T_database = {td:.3f} ms (mean database load), "
-        f"both measured. The measured mean read took **{counts.t_avg_measured * 1000:.3f} ms**: a miss "
-        "also pays the SET and the JSON work, and failed reads are not in the formula."
-    )
-
-
 st.subheader("Fetch through the cache")
 st.markdown(f"Demo user: **Jane Doe**, ID `{jane_id}`. Fetch twice: a MISS, then a HIT.")
 user_col, score_col = st.columns(2)
 if user_col.button("Fetch User (Cached)", key="cache_fetch_user"):
     with ui.errors_shown(user_col):
         state.cache_user_lookup = ui.run(repo.get_by_id_cached(jane_id))
-        ui.mark_done("cache")
+        widgets.mark_done("cache")
 if score_col.button("Fetch Latest AIRScore (Cached)", key="cache_fetch_score"):
     with ui.errors_shown(score_col):
         state.cache_score_lookup = ui.run(repo.get_latest_score_cached(jane_id))
 for column, name in ((user_col, "cache_user_lookup"), (score_col, "cache_score_lookup")):
     if (lookup := state.get(name)) is not None:
-        show_lookup(column, lookup)
+        cache_views.lookup(column, lookup)
 
 st.subheader("Keep the cache true")
 st.markdown(
@@ -134,13 +89,7 @@ st.subheader("What Redis holds")
 st.caption("Read from the lab's Redis, whichever Redis your reads use above.")
 with ui.errors_shown():
     inspect = CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache())
-    for key_state in ui.run(inspect.inspect_user_cache(jane_id)):
-        st.code(key_state.key, language=None)
-        if key_state.raw is None:
-            st.caption("Not in Redis: the next read of it is a miss.")
-        else:
-            st.caption(f"Expires in {key_state.ttl_seconds} s (a 300 s TTL with ±10% jitter). Stored as:")
-            st.code(key_state.raw, language="json", wrap_lines=True)
+    cache_views.key_states(ui.run(inspect.inspect_user_cache(jane_id)))
 
 st.subheader("Traffic experiment")
 st.markdown(
@@ -164,68 +113,23 @@ if st.button("Run the Traffic", key="cache_run_traffic"):
             ),
             timeout=120,
         )
-        ui.mark_done("cache")
+        widgets.mark_done("cache")
 if (traffic := state.get("cache_traffic")) is not None:
-    show_counts(st, traffic.counts)
-    show_formula(st, traffic.counts)
-    after = traffic.first_read_after_update
-    if traffic.updated_at_read is not None:
-        if after is None:
-            st.caption(f"Updated the hottest user after read {traffic.updated_at_read}; it was not read again.")
-        else:
-            st.markdown(
-                f"After read {traffic.updated_at_read} the hottest user's years of experience went from "
-                f"{traffic.old_years:g} to {traffic.new_years:g}. Their next read was a "
-                f"**{after.outcome.upper()}** returning **{after.value.years_experience:g}**."
-            )
-    if traffic.server is None:
-        st.caption(
-            "Redis's own counters are not available here: the embedded fakeredis keeps no server "
-            "statistics (or Redis did not answer)."
-        )
-    else:
-        st.dataframe(
-            pd.DataFrame({
-                "": ["hits", "misses"],
-                "cache layer (this experiment)": [traffic.counts.hits, traffic.counts.misses],
-                "Redis INFO keyspace_hits / keyspace_misses (change)": list(traffic.server),
-            }),
-            hide_index=True,
-        )
-        st.caption(
-            "Redis counts every client's reads. The two columns agree when this experiment is the only "
-            "thing reading that Redis; other learners' reads at the same time add to Redis's column."
-        )
-    frame = pd.DataFrame(asdict(read) for read in traffic.reads)
-    points = alt.Chart(frame).mark_circle(size=18).encode(
-        x=alt.X("number:Q", title="read"),
-        y=alt.Y("ms:Q", title="latency (ms, log scale)", scale=alt.Scale(type="log")),
-        color=alt.Color("outcome:N", scale=alt.Scale(domain=["hit", "miss", "error"], range=["#2ca02c", "#1f77b4", "#d62728"])),
-        tooltip=["number", "user_rank", "outcome", alt.Tooltip("ms:Q", format=".3f")],
-    )
-    layers = [points]
-    if traffic.updated_at_read is not None:
-        rule = pd.DataFrame({"number": [traffic.updated_at_read + 0.5]})
-        layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="number:Q"))
-    st.altair_chart(alt.layer(*layers), width="stretch")
-    st.caption(
-        "The traffic users are shared by everyone on this server; concurrent experiments warm each "
-        "other's cache. Single flight, the cooldown and the counters are per server process."
-    )
+    cache_views.traffic_result(traffic)
 
 st.subheader("Counters: yours and the server's")
 if st.button("Reset my counters", key="cache_reset_mine"):
     state.cache_my_stats.reset()
 mine, everyone = state.cache_my_stats.snapshot(), ui.cache_stats().snapshot()
 st.markdown("**Your reads** (the fetch buttons above, this browser session):")
-show_counts(st, mine)
-show_formula(st, mine)
+cache_views.counts(st, mine)
+cache_views.formula(st, mine)
 st.markdown("**All reads in this server process** (every learner on this server, traffic experiments included):")
-show_counts(st, everyone)
+cache_views.counts(st, everyone)
 
 st.markdown(
     "Alex's `CachedUserRepository` now takes the hot reads off the database, reports every hit "
     "and miss from the cache layer itself, keeps the cache true on writes, and keeps serving when "
     "Redis does not."
 )
-ui.knowledge_check("cache", checks.CACHE)
+widgets.knowledge_check("cache", checks.CACHE)

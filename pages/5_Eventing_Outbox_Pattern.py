@@ -1,13 +1,14 @@
 import inspect
-import time
 
-import pandas as pd
 import streamlit as st
 
 import checks
 import ui
-from source import calculate_and_store_airscore, migrations, retry_failed_events
-from source.outbox import EventProgress, event_progress, relay_batch
+import widgets
+from labbench import migrations
+from source import calculate_and_store_airscore, retry_failed_events
+from source.outbox import relay_batch
+from views import outbox_views
 
 ui.page("5. Eventing (Outbox Pattern)")
 st.title("5. Building a Reliable Eventing System with the Outbox Pattern")
@@ -35,7 +36,7 @@ if st.button("Calculate & Store AIRScore (Creates Pending Event)", key="outbox_c
             sessions=db.sessions, user_id=users[name], occupation_code="AI_ASSESSOR"
         ))
         ui.forget_cached_latest_score(score.user_id)  # section 4's cache must not serve the old one
-        ui.mark_done("outbox")
+        widgets.mark_done("outbox")
         state.outbox_event_id, state.outbox_watch = event.id, True
         st.success(
             f"Stored score `{score.id[:8]}` (AI-R {score.air_score}) and event `{event.id[:8]}` "
@@ -76,72 +77,10 @@ with stop_col:
         st.rerun()
 
 
-def progress_text(event_id: str, now: EventProgress) -> str:
-    def after(moment) -> str:
-        return f"{(moment - now.created_at).total_seconds():.2f} s after it was created"
-
-    steps = [f"Your event `{event_id[:8]}`: **{now.status}**"]
-    if now.published_at:
-        steps.append(f"appended to the stream {after(now.published_at)}")
-    if now.applied_at:
-        steps.append(f"applied by the consumer {after(now.applied_at)}")
-    elif now.status == "failed":
-        steps.append(f"parked after {now.attempts} failed attempts ({ui.escape_markdown(now.last_error)})")
-    elif now.attempts:
-        steps.append(f"attempt {now.attempts} failed ({ui.escape_markdown(now.last_error)}); the relay retries "
-                     "with back-off")
-    return " · ".join(steps)
-
-
-def follow(event_id: str, seconds: float) -> EventProgress | None:
-    """Watch one event for up to `seconds` in this run while the publisher's thread moves it. Not a
-    timer in the browser: a timed rerun that lands as a click's run ends makes Streamlit (1.67)
-    drop that run's output."""
-    box = st.empty()
-    deadline = time.monotonic() + seconds
-    while (now := ui.run(event_progress(db=db, event_id=event_id))) is not None:
-        box.markdown(progress_text(event_id, now))
-        if now.settled or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    return now
-
-
-def pipeline_figures() -> None:
-    with ui.errors_shown():
-        view, now = ui.outbox_overview(), publisher.snapshot()
-        status = "running" if now.running else "stopped"
-        st.markdown(f"**Publisher {status}** · batches {now.batches} · relay crashes {now.crashes} · "
-                    f"retries scheduled {now.retries_scheduled} · consumer `{now.consumer_name or '-'}`, "
-                    f"claimed from dead consumers {now.claimed}")
-        row = st.columns(4)
-        row[0].metric("Created (outbox rows)", view.created)
-        row[1].metric("Pending", view.pending)
-        row[2].metric("Published", view.published)
-        row[3].metric("Failed", view.failed)
-        row = st.columns(4)
-        row[0].metric("Appended to the stream", "-" if view.appended is None else view.appended)
-        row[1].metric("Delivered to the consumer", view.delivered)
-        row[2].metric("Applied (inbox rows)", view.applied)
-        row[3].metric("Duplicates dropped", view.duplicates)
-        st.caption(
-            "Outbox figures: the outbox table. Appended: entries the stream has received (`XINFO "
-            "STREAM`; the embedded Redis starts empty with each server process). Delivered, applied, "
-            "duplicates: the consumer's inbox table."
-        )
-        if view.appended is None:
-            st.warning("Redis did not answer: the stream's figures are missing.")
-        left, right = st.columns([3, 2])
-        left.markdown("**Latest events** (the outbox table)")
-        left.dataframe(pd.DataFrame(view.events), hide_index=True, width="stretch")
-        right.markdown("**Read model** (what the consumer applied)")
-        right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
-
-
 if event_id := state.get("outbox_event_id"):
     with ui.errors_shown():
         watching = publisher.running and state.pop("outbox_watch", False)
-        now = follow(event_id, seconds=10.0 if watching else 0.0)
+        now = outbox_views.follow(db, event_id, seconds=10.0 if watching else 0.0)
         if now is None:  # the lab data was reset
             del state.outbox_event_id
         elif not publisher.running and now.status == "pending":
@@ -149,7 +88,7 @@ if event_id := state.get("outbox_event_id"):
         elif watching and not now.settled:
             st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
 st.button("Refresh the figures", key="outbox_refresh")
-pipeline_figures()
+outbox_views.pipeline_figures(publisher, faults=publisher.faults)
 
 st.subheader("3. Break it")
 st.markdown(
@@ -203,4 +142,4 @@ with st.expander("The migration that added attempts, retries, the failed status 
     with ui.errors_shown():
         st.code(migrations.migration_source("0002"), language="python")
 
-ui.knowledge_check("outbox", checks.OUTBOX)
+widgets.knowledge_check("outbox", checks.OUTBOX)

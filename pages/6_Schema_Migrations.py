@@ -3,7 +3,8 @@ import streamlit as st
 
 import checks
 import ui
-from source import migrations
+import widgets
+from labbench import migrations
 
 ui.page("6. Schema Migrations")
 st.title("6. Schema Migrations with Alembic")
@@ -87,11 +88,11 @@ with ui.errors_shown():
     )
     if st.button("Run drift check", key="drift_check"):
         differences = ui.run(migrations.drift(db))
-        ui.mark_done("migrations")
+        widgets.mark_done("migrations")
         if differences:
             st.warning(f"{len(differences)} difference(s) between the models and the database:")
             st.code("\n".join(differences), language=None)
         else:
             st.success("No drift: the schema matches the models.")
 
-ui.knowledge_check("migrations", checks.MIGRATIONS)
+widgets.knowledge_check("migrations", checks.MIGRATIONS)

@@ -1,42 +1,48 @@
-"""The lab's code, in the order of its sections. Read the modules in this order:
+"""The answer key: how Alex implements each pattern, in the order of the lab's sections. Read the
+modules in this order:
 
-models.py        1. the data models
-database.py      2. engine, sessions, pooling, the statement recorder, migrations to head
-pooling.py       2. pooling measured (pooled engine against NullPool), and atomicity
-repositories.py  3. the repository pattern (and the N+1 strategies)
-loading.py       3. the N+1 measured: each strategy's statements, data and time
-cache.py         4. cache-aside on Redis (redis_setup.py: which Redis)
-outbox.py        5. the transactional outbox relay and its consumer
-services.py      use cases that own a transaction, and the sample data
+models.py          1. the data models
+database.py        2. the engine and its pool, the session factory, the schema to head
+repositories.py    3. the repository pattern (and the N+1 strategies)
+cache.py           4. cache-aside on Redis (redis_setup.py: which Redis)
+single_flight.py   4. one database load for concurrent misses of a key
+cache_stats.py     4. what each cached read reports, and the counters
+outbox.py          5. the transactional outbox relay
+consumer.py        5. the idempotent consumer (an inbox per event)
+publisher.py       5. the relay and the consumer on a thread of their own
+outbox_stats.py    5. the figures the relay and the consumer keep
+services.py        use cases that own a transaction, and the sample data
+errors.py, config.py   domain errors and input checks; where the data lives
 
-Nothing here imports streamlit, and nothing connects at import time.
+Nothing here imports streamlit or the lab bench (labbench/, the experiments and instruments),
+and nothing connects at import time.
 """
 
-from .cache import CachedUserRepository, CacheStats, Lookup, RedisCache
+from .cache import CachedUserRepository, RedisCache
+from .cache_stats import CacheStats, Lookup
 from .config import database_url, mask_url, redis_prefix, redis_url
-from .database import Database, PoolStatus, StatementLog
+from .consumer import ConsumerSettings, event_consumer
+from .database import Database
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
 from .models import AIRScore, Assessment, Base, DomainEvent, InboxEntry, ScoreSummary, TimestampMixin, User
-from .outbox import Faults, Publisher, PublisherSnapshot, RelaySettings, event_publisher, retry_failed_events
+from .outbox import RelaySettings, event_publisher, retry_failed_events
+from .outbox_stats import PublisherSnapshot
+from .publisher import Publisher
 from .redis_setup import FAKE_SERVER, RedisTarget, make_redis_client, resolve_redis
 from .repositories import DomainEventRepository, UserRepository
 from .services import (
     AIRScoreCalculated,
     calculate_and_store_airscore,
     create_sample_airscore,
-    find_sample_users,
-    reset_lab_data,
     run_db_setup_and_create_user,
 )
 
 __all__ = [
-    "AIRScore", "AIRScoreCalculated", "Assessment", "Base", "Database", "DomainEvent",
-    "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER", "InvalidInput", "LabError",
-    "NotFound", "PoolStatus", "RedisTarget", "StatementLog", "TimestampMixin", "User",
-    "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
-    "database_url", "find_sample_users", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "reset_lab_data", "resolve_redis",
-    "run_db_setup_and_create_user",
-    "CacheStats", "CachedUserRepository", "Lookup", "RedisCache",
-    "Faults", "InboxEntry", "Publisher", "PublisherSnapshot", "RelaySettings", "ScoreSummary",
-    "event_publisher", "retry_failed_events",
+    "AIRScore", "AIRScoreCalculated", "Assessment", "Base", "CacheStats", "CachedUserRepository",
+    "ConsumerSettings", "Database", "DomainEvent", "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER",
+    "InboxEntry", "InvalidInput", "LabError", "Lookup", "NotFound", "Publisher", "PublisherSnapshot",
+    "RedisCache", "RedisTarget", "RelaySettings", "ScoreSummary", "TimestampMixin", "User", "UserRepository",
+    "calculate_and_store_airscore", "create_sample_airscore", "database_url", "event_consumer",
+    "event_publisher", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "resolve_redis",
+    "retry_failed_events", "run_db_setup_and_create_user",
 ]

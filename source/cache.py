@@ -9,19 +9,13 @@ cache layer counts them in CacheStats: nothing here is guessed by the caller.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
-import socket
-import threading
 import time
-import weakref
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from typing import Generic, Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Literal, TypeVar
 
 import fakeredis
 import redis
@@ -29,11 +23,13 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import config
-from .errors import InvalidInput, clean_id
+from .cache_stats import CacheStats, Lookup
+from .errors import clean_id
 from .models import AIRScore, User
 from .redis_setup import RedisTarget, make_redis_client
 from .repositories import UserRepository
-from .services import calculate_and_store_airscore, get_or_create_users
+from .services import calculate_and_store_airscore
+from .single_flight import SingleFlight
 
 T = TypeVar("T")
 Outcome = Literal["hit", "miss", "error"]
@@ -93,148 +89,6 @@ def encode(value: UserData | ScoreData | None) -> str:
 def decode(raw: str, kind: type[T]) -> T | None:
     data = json.loads(raw)
     return None if data is None else kind(**data)  # "null" is a cached "does not exist"
-
-
-# --- what each read reports, and the counters --------------------------------------------
-
-
-@dataclass(frozen=True)
-class Lookup(Generic[T]):
-    key: str
-    value: T | None
-    outcome: Outcome  # "error": Redis failed, so the value came from the database
-    seconds: float  # the whole call
-    cache_seconds: float  # spent on the Redis GET (0 when Redis was skipped)
-    db_seconds: float  # spent loading from the database, or waiting for another caller's load
-    loaded: bool  # this call ran the database query (a miss may instead share another's load)
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class CacheCounts:
-    hits: int = 0
-    misses: int = 0
-    errors: int = 0
-    db_loads: int = 0
-    cache_seconds: float = 0.0  # sum of the GETs that Redis answered
-    db_seconds: float = 0.0  # sum of the database loads
-    total_seconds: float = 0.0  # sum of whole reads
-
-    @property
-    def requests(self) -> int:
-        return self.hits + self.misses + self.errors
-
-    @property
-    def hit_ratio(self) -> float:
-        return self.hits / self.requests if self.requests else 0.0
-
-    @property
-    def t_cache(self) -> float:
-        answered = self.hits + self.misses
-        return self.cache_seconds / answered if answered else 0.0
-
-    @property
-    def t_database(self) -> float:
-        return self.db_seconds / self.db_loads if self.db_loads else 0.0
-
-    @property
-    def t_avg_formula(self) -> float:
-        """T_avg = H * T_cache + (1 - H) * (T_cache + T_database), from the measured terms."""
-        h = self.hit_ratio
-        return h * self.t_cache + (1 - h) * (self.t_cache + self.t_database)
-
-    @property
-    def t_avg_measured(self) -> float:
-        return self.total_seconds / self.requests if self.requests else 0.0
-
-    def plus(self, lookup: Lookup) -> CacheCounts:
-        return replace(
-            self,
-            hits=self.hits + (lookup.outcome == "hit"),
-            misses=self.misses + (lookup.outcome == "miss"),
-            errors=self.errors + (lookup.outcome == "error"),
-            db_loads=self.db_loads + lookup.loaded,
-            cache_seconds=self.cache_seconds + (lookup.cache_seconds if lookup.outcome != "error" else 0.0),
-            db_seconds=self.db_seconds + (lookup.db_seconds if lookup.loaded else 0.0),
-            total_seconds=self.total_seconds + lookup.seconds,
-        )
-
-
-class CacheStats:
-    """Counters kept by the cache layer. Reads are counted on the event loop's thread and shown
-    from the page's, so the counts are one immutable value swapped under a lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = CacheCounts()
-
-    def record(self, lookup: Lookup) -> None:
-        with self._lock:
-            self._counts = self._counts.plus(lookup)
-
-    def snapshot(self) -> CacheCounts:
-        return self._counts
-
-    def reset(self) -> None:
-        with self._lock:
-            self._counts = CacheCounts()
-
-
-# --- single flight: one database load per key, however many callers miss at once --------
-
-
-@dataclass
-class _Flight:
-    task: asyncio.Task
-    stale: bool = False  # a write invalidated the key while this load ran: do not store it
-    landed_at: float | None = None  # when the loading caller finished storing its value
-
-
-class SingleFlight:
-    """Concurrent misses on one key share one database load. This holds within one process
-    (one event loop): each app process still loads once on its own."""
-
-    def __init__(self) -> None:
-        self._flights: dict[str, _Flight] = {}
-        self._readers: Counter[str] = Counter()
-
-    @contextmanager
-    def reading(self, key: str) -> Iterator[None]:
-        """Wraps a whole read of key: a load is kept until the last read that overlapped it ends."""
-        self._readers[key] += 1
-        try:
-            yield
-        finally:
-            self._readers[key] -= 1
-            if not self._readers[key]:
-                del self._readers[key]
-                self._flights.pop(key, None)
-
-    async def join(self, key: str, load: Callable[[], Awaitable[T]], *, asked_at: float) -> tuple[T, _Flight | None]:
-        """The loaded value, and the flight if this caller started it (it stores the value, then
-        calls `land`). A reader that asked Redis before a load landed may still join it: its GET
-        may have run just before that load's SET, and loading again is what single flight is for."""
-        flight = self._flights.get(key)
-        if flight is not None and (flight.landed_at is None or asked_at < flight.landed_at):
-            return await asyncio.shield(flight.task), None
-        flight = self._flights[key] = _Flight(asyncio.ensure_future(load()))
-        try:
-            # shield: if this caller is cancelled, the load still completes for the others.
-            return await asyncio.shield(flight.task), flight
-        except BaseException:
-            if self._flights.get(key) is flight:
-                del self._flights[key]  # nobody joins a failed load
-            raise
-
-    def land(self, flight: _Flight) -> None:
-        flight.landed_at = time.perf_counter()
-
-    def forget(self, key: str) -> None:
-        """A write changed the data behind key: later readers must not join a load that may
-        have read the old row, and that load must not store it."""
-        flight = self._flights.pop(key, None)
-        if flight is not None:
-            flight.stale = True
 
 
 # --- the cache ---------------------------------------------------------------------------
@@ -472,165 +326,3 @@ class CachedUserRepository:
             sessions=self.sessions, user_id=user_id, occupation_code=occupation_code
         )
         return ScoreData.from_model(score), await self.cache.invalidate(self.latest_score_key(score.user_id))
-
-
-_demo_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
-    """Give the demo user a score if she has none, so the latest-score read has something to
-    cache. Reads the database directly: this set-up is not a cached read. One check-and-add at a
-    time per process, or learners arriving together would each add one."""
-    lock = _demo_setup_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
-        async with repo.sessions() as session:
-            users = UserRepository(session)
-            user = await users.get_existing(user_id)
-            has_score = await users.get_latest_score(user.id) is not None
-        if not has_score:
-            await repo.add_score(user.id, occupation_code=user.occupation_code or "15-2051")
-
-
-# --- the traffic experiment ----------------------------------------------------------------
-
-TRAFFIC_DOMAIN = "traffic.innovateai.com"
-MAX_TRAFFIC_USERS = 200
-MAX_TRAFFIC_READS = 5000
-
-
-@dataclass(frozen=True)
-class TrafficRead:
-    number: int
-    user_rank: int  # 1 is the most requested user
-    outcome: Outcome
-    ms: float
-
-
-@dataclass(frozen=True)
-class TrafficResult:
-    reads: list[TrafficRead]
-    counts: CacheCounts
-    server: tuple[int, int] | None  # Redis INFO keyspace_hits and keyspace_misses deltas
-    updated_at_read: int | None  # the read number after which the hottest user was updated
-    old_years: float | None
-    new_years: float | None
-    first_read_after_update: Lookup[UserData] | None
-
-
-async def traffic_users(sessions: async_sessionmaker[AsyncSession], *, count: int) -> list[str]:
-    """The IDs of `count` shared traffic users, created once (safe when two sessions race)."""
-    rows = [
-        {"email": f"traffic-{n:03d}@{TRAFFIC_DOMAIN}", "name": f"Traffic User {n:03d}",
-         "occupation_code": "15-1252", "years_experience": 1.0}
-        for n in range(1, count + 1)
-    ]
-    async with sessions.begin() as session:
-        users = await get_or_create_users(session, rows)
-    return [user.id for user in users]
-
-
-def zipf_weights(count: int, skew: float) -> list[float]:
-    """Rank r is requested in proportion to 1 / r**skew: skew 0 is uniform, 1 is Zipf's law."""
-    return [1 / rank**skew for rank in range(1, count + 1)]
-
-
-async def keyspace_counts(client: aioredis.Redis) -> tuple[int, int] | None:
-    """The server's own keyspace_hits and keyspace_misses, or None where there are none (the
-    embedded fakeredis keeps no server statistics) or Redis does not answer."""
-    try:
-        info = await client.info("stats")
-    except (redis.RedisError, OSError):
-        return None
-    return int(info["keyspace_hits"]), int(info["keyspace_misses"])
-
-
-async def run_traffic(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    cache: RedisCache,
-    users: int = 50,
-    reads: int = 500,
-    skew: float = 1.1,
-    start_cold: bool = True,
-    update_midway: bool = True,
-    seed: int | None = None,
-) -> TrafficResult:
-    """`reads` sequential cached reads over `users` users chosen with a Zipf-like skew. With
-    update_midway, the hottest user is updated (and invalidated) halfway through."""
-    if not 1 <= users <= MAX_TRAFFIC_USERS or not 1 <= reads <= MAX_TRAFFIC_READS or not 0 <= skew <= 3:
-        raise InvalidInput(
-            f"Choose 1-{MAX_TRAFFIC_USERS} users, 1-{MAX_TRAFFIC_READS} reads and a skew from 0 to 3.",
-            field="traffic",
-        )
-    user_ids = await traffic_users(sessions, count=users)
-    stats = CacheStats()
-    repo = CachedUserRepository(sessions=sessions, cache=cache, stats=stats)
-    if start_cold:
-        await cache.invalidate(*(repo.user_key(user_id) for user_id in user_ids))
-    rng = random.Random(seed)
-    ranks = rng.choices(range(1, users + 1), weights=zipf_weights(users, skew), k=reads)
-    midway = reads // 2 if update_midway else None
-    old_years = new_years = first_after = None
-    server_before = await keyspace_counts(cache.client)
-    log_reads = []
-    for number, rank in enumerate(ranks, start=1):
-        lookup = await repo.get_by_id_cached(user_ids[rank - 1])
-        log_reads.append(TrafficRead(number, rank, lookup.outcome, lookup.seconds * 1000))
-        if rank == 1 and new_years is not None and first_after is None:
-            first_after = lookup  # the first read of the updated user: a miss with the new value
-        if number == midway:
-            async with sessions() as session:
-                old_years = (await UserRepository(session).get_existing(user_ids[0])).years_experience
-            new_years = (old_years or 0.0) % 40 + 1  # always a different value
-            await repo.update_user(user_ids[0], years_experience=new_years)
-    server_after = await keyspace_counts(cache.client)
-    server = None
-    if server_before is not None and server_after is not None:
-        server = (server_after[0] - server_before[0], server_after[1] - server_before[1])
-    return TrafficResult(log_reads, stats.snapshot(), server, midway, old_years, new_years, first_after)
-
-
-# --- an unreachable Redis, to watch the cache fail open ----------------------------------
-
-
-@dataclass
-class UnreachableRedis:
-    """A Redis address that fails the way real ones do: "refused" is a closed port (the
-    server is down: the client learns at once); "hung" accepts connections and never answers
-    (an overloaded server or a dropped network: only a timeout ends the wait)."""
-
-    kind: Literal["refused", "hung"]
-    target: RedisTarget
-    server: asyncio.Server | None = field(default=None, repr=False)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
-async def unreachable_redis(kind: Literal["refused", "hung"]) -> UnreachableRedis:
-    """Call on the event loop that will use it (the hung server runs on that loop)."""
-    server = None
-    if kind == "refused":
-        with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-    elif kind == "hung":
-        server = await asyncio.start_server(_never_answer, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-    else:
-        raise ValueError(f"unknown kind {kind!r}")
-    url = f"redis://127.0.0.1:{port}/0"
-    reason = "connection refused (closed port)" if kind == "refused" else "accepts, never answers"
-    return UnreachableRedis(kind, RedisTarget("server", url, reason, url), server)
-
-
-async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while await reader.read(4096):
-            pass  # read and ignore, like a server too busy to reply
-    except (asyncio.CancelledError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-

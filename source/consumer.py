@@ -19,23 +19,28 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import case, func, select
+from sqlalchemy import case
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .database import WRITE_TRANSACTION, Database
 from .models import InboxEntry, ScoreSummary
-
-if TYPE_CHECKING:
-    from .outbox import RelaySettings, Stats
+from .outbox_stats import Stats
 
 log = logging.getLogger("lab2.consumer")
 CONSUMER_GROUP = "score-read-model"
 Entry = tuple[str, dict[str, str]]  # (stream entry ID, fields)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    batch_size: int = 100
+    block: float = 0.25  # XREADGROUP BLOCK: how long one read waits for new entries
+    claim_min_idle: float = 5.0  # an entry unacknowledged this long is taken from its consumer
+    claim_interval: float = 1.0
 
 
 def consumer_name() -> str:
@@ -140,7 +145,7 @@ async def event_consumer(
     redis_client: aioredis.Redis,
     stream: str,
     stop: asyncio.Event,
-    settings: RelaySettings,
+    settings: ConsumerSettings,
     stats: Stats,
     group: str = CONSUMER_GROUP,
     name: str | None = None,
@@ -168,7 +173,7 @@ async def event_consumer(
                 next_claim = loop.time() + settings.claim_interval
             if not entries:
                 reply = await redis_client.xreadgroup(
-                    group, name, {stream: ">"}, count=settings.batch_size, block=int(settings.consumer_block * 1000)
+                    group, name, {stream: ">"}, count=settings.batch_size, block=int(settings.block * 1000)
                 )
                 entries = [(entry_id, fields) for _, batch in reply or [] for entry_id, fields in batch]
             if not entries:
@@ -190,31 +195,3 @@ async def event_consumer(
             log.warning("consumer cycle failed: %s", type(exc).__name__)
             stats.set(consumer_error=f"{type(exc).__name__}: {exc}"[:500])
             await _sleep(stop, 0.5)
-
-
-# --- what the page shows ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InboxFigures:
-    applied: int  # events applied: one inbox row each
-    delivered: int  # deliveries, repeats included
-    duplicates: int  # repeats dropped
-
-
-async def inbox_figures(session: AsyncSession) -> InboxFigures:
-    rows, deliveries = (await session.execute(
-        select(func.count(), func.coalesce(func.sum(InboxEntry.deliveries), 0))
-    )).one()
-    return InboxFigures(applied=rows, delivered=deliveries, duplicates=deliveries - rows)
-
-
-async def read_model(session: AsyncSession, *, limit: int = 20) -> list[dict]:
-    summaries = (await session.scalars(
-        select(ScoreSummary).order_by(ScoreSummary.updated_at.desc()).limit(limit)
-    )).all()
-    return [
-        {"user": s.user_id[:8], "scores applied": s.scores_applied, "latest AI-R": s.latest_air_score,
-         "latest score": s.latest_score_id[:8], "updated": s.updated_at}
-        for s in summaries
-    ]

@@ -1,15 +1,11 @@
-"""2. Database connectivity: one engine per URL, a session factory, pooling, and a
-recorder of the SQL statements that a block of code sends."""
+"""2. Database connectivity: one engine per URL with its pool, a session factory, and the schema
+brought to head through Alembic."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy import event, text
@@ -27,55 +23,11 @@ SQLITE_BUSY_TIMEOUT_MS = 20_000
 _MIGRATION_LOCK = threading.Lock()
 
 
-@dataclass
-class RecordedStatement:
-    sql: str
-    seconds: float
-
-
-@dataclass
-class StatementLog:
-    statements: list[RecordedStatement] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.statements)
-
-    @property
-    def sql(self) -> list[str]:
-        return [s.sql for s in self.statements]
-
-
 # For a transaction that reads, then writes: SQLite takes its write lock at BEGIN, so the write
 # cannot fail with "database is locked" because another connection committed after the read
 # (a stale WAL snapshot is never upgraded). Other backends ignore it. Pass it as the first call:
 # `await session.connection(execution_options=WRITE_TRANSACTION)`.
 WRITE_TRANSACTION = {"sqlite_begin": "BEGIN IMMEDIATE"}
-
-
-# The log of the block being recorded. A context variable, so that concurrent learners on
-# one engine each see only their own statements (SQLAlchemy's async bridge carries the
-# context into the greenlet that runs the driver calls).
-_current_log: contextvars.ContextVar[StatementLog | None] = contextvars.ContextVar(
-    "statement_log", default=None
-)
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    size: int
-    checked_out: int
-    overflow: int
-    checked_in: int
-    max_overflow: int
-
-    @property
-    def maximum(self) -> int:
-        return self.size + self.max_overflow
-
-    @property
-    def available(self) -> int:
-        return self.maximum - self.checked_out
 
 
 class Database:
@@ -110,8 +62,6 @@ class Database:
         self.max_overflow = 0 if null_pool else max_overflow
         if self.backend == "sqlite":
             _configure_sqlite(self.engine)
-        event.listen(self.engine.sync_engine, "before_cursor_execute", _before_execute)
-        event.listen(self.engine.sync_engine, "after_cursor_execute", _after_execute)
 
     @property
     def masked_url(self) -> str:
@@ -123,28 +73,6 @@ class Database:
         if self.backend == "sqlite":
             return f"SQLite file {self.url.database}"
         return f"PostgreSQL {self.url.host}:{self.url.port or 5432}/{self.url.database}"
-
-    @contextmanager
-    def record(self) -> Iterator[StatementLog]:
-        """Collect the statements sent to this database inside the block (this task only)."""
-        log = StatementLog()
-        token = _current_log.set(log)
-        try:
-            yield log
-        finally:
-            _current_log.reset(token)
-
-    def pool_status(self) -> PoolStatus:
-        pool = self.engine.pool
-        if isinstance(pool, NullPool):
-            return PoolStatus(0, 0, 0, 0, 0)
-        return PoolStatus(
-            size=pool.size(),
-            checked_out=pool.checkedout(),
-            overflow=max(pool.overflow(), 0),
-            checked_in=pool.checkedin(),
-            max_overflow=self.max_overflow,
-        )
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -214,20 +142,3 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
-
-
-def _before_execute(conn, cursor, statement, parameters, context, executemany) -> None:
-    log = _current_log.get()
-    if log is None or statement.strip().upper() in ("BEGIN", "BEGIN IMMEDIATE"):  # transaction control, not a query
-        return
-    recorded = RecordedStatement(statement, 0.0)
-    log.statements.append(recorded)  # counted when sent, even if it then fails
-    if context is not None:
-        context._lab_recorded = (recorded, time.perf_counter())
-
-
-def _after_execute(conn, cursor, statement, parameters, context, executemany) -> None:
-    entry = getattr(context, "_lab_recorded", None)
-    if entry is not None:
-        recorded, started = entry
-        recorded.seconds = time.perf_counter() - started

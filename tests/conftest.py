@@ -16,9 +16,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from labbench.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
 from source import Database
 from source.redis_setup import RedisTarget
-from tests.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
 
 REQUIRE_BACKENDS = os.environ.get("LAB_REQUIRE_BACKENDS") == "1"
 

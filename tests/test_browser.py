@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.load import LoadRun, check_database, serve_and_walk
-from tests.served import CHROMIUM, app_subprocess_env
+from harness.browser_walk import LoadRun, check_database, serve_and_walk
+from harness.served import CHROMIUM, app_subprocess_env
 
 pytestmark = pytest.mark.browser
 

@@ -12,6 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import func, select
 
+from labbench.cache_traffic import ensure_latest_score, run_traffic
+from labbench.recorder import record
+from labbench.unreachable_redis import unreachable_redis
 from source import (
     AIRScore,
     CachedUserRepository,
@@ -20,7 +23,7 @@ from source import (
     RedisCache,
     run_db_setup_and_create_user,
 )
-from source.cache import UserData, cache_client, ensure_latest_score, run_traffic, unreachable_redis
+from source.cache import UserData, cache_client
 from source.redis_setup import RedisTarget
 
 COOLDOWN = 0.2  # seconds a failed Redis is skipped in these tests (the app uses 1 s)
@@ -60,9 +63,9 @@ def repository(db, cache, stats: CacheStats | None = None) -> CachedUserReposito
 
 async def test_first_read_misses_and_loads_from_the_database_then_hits(db, cache, jane):
     repo = repository(db, cache)
-    with db.record() as first_sql:
+    with record(db) as first_sql:
         first = await repo.get_by_id_cached(jane.id)
-    with db.record() as second_sql:
+    with record(db) as second_sql:
         second = await repo.get_by_id_cached(jane.id)
     assert (first.outcome, first.loaded, first_sql.count) == ("miss", True, 1)
     assert (second.outcome, second.loaded, second_sql.count) == ("hit", False, 0)
@@ -102,7 +105,7 @@ async def test_an_unknown_user_is_cached_briefly_as_missing(db, cache, redis_cli
 
 
 async def test_a_malformed_id_is_refused_before_redis_or_the_database(db, cache, redis_client, key_prefix):
-    with db.record() as sql, pytest.raises(InvalidInput, match="not a valid user ID"):
+    with record(db) as sql, pytest.raises(InvalidInput, match="not a valid user ID"):
         await repository(db, cache).get_by_id_cached("42; DROP TABLE users")
     assert sql.count == 0 and cache.stats.snapshot().requests == 0
     assert [key async for key in redis_client.scan_iter(match=f"{key_prefix}*")] == []
@@ -179,7 +182,7 @@ async def test_a_load_that_began_before_a_write_does_not_store_the_old_row(db, c
 
 async def test_a_hundred_concurrent_misses_load_from_the_database_once(db, cache, jane):
     repo = repository(db, cache)
-    with db.record() as sql:
+    with record(db) as sql:
         lookups = await asyncio.gather(*(repo.get_by_id_cached(jane.id) for _ in range(100)))
     assert sql.count == 1
     assert sum(lookup.loaded for lookup in lookups) == 1 == cache.stats.snapshot().db_loads

@@ -11,6 +11,7 @@ import sys
 import pytest
 from sqlalchemy import func, select
 
+from labbench.recorder import record
 from source import (
     AIRScore,
     DomainEvent,
@@ -83,7 +84,7 @@ async def test_duplicate_email_is_refused_and_writes_nothing(db):
 @pytest.mark.parametrize("bad_id", ["", "123", "not-a-uuid", "'; DROP TABLE users; --"])
 async def test_malformed_ids_are_refused_before_any_query(db, bad_id):
     async with db.sessions() as session:
-        with db.record() as log, pytest.raises(InvalidInput, match="ID"):
+        with record(db) as log, pytest.raises(InvalidInput, match="ID"):
             await UserRepository(session).get_by_id(bad_id)
     assert log.count == 0
 
@@ -104,7 +105,7 @@ async def test_latest_score_and_eager_load(db):
     async with db.sessions() as session:
         repo = UserRepository(session)
         latest = await repo.get_latest_score(user.id)
-        with db.record() as log:
+        with record(db) as log:
             loaded = await repo.get_user_with_scores_eager(user.id)
         scores = loaded.scores  # already loaded: no lazy load, no error
     assert latest.id == last.id

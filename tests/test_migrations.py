@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from source.migrations import drift, migration_source, offline_sql, revision_history, step
+from labbench.migrations import drift, migration_source, offline_sql, revision_history, step
 
 
 def test_history_is_ordered_oldest_first_with_one_head():

@@ -7,8 +7,7 @@ import random
 import pytest
 from sqlalchemy import func, select
 
-from source import AIRScore, InvalidInput, NotFound, User, UserRepository, run_db_setup_and_create_user
-from source.loading import (
+from labbench.loading import (
     add_sample_scores,
     cohort_user_ids,
     compare_strategies,
@@ -19,6 +18,8 @@ from source.loading import (
     plain_lazy_load,
     raiseload_access,
 )
+from labbench.recorder import record
+from source import AIRScore, InvalidInput, NotFound, User, UserRepository, run_db_setup_and_create_user
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
@@ -41,7 +42,7 @@ async def cohort(db) -> list[str]:
 async def test_each_repository_strategy_sends_the_expected_number_of_statements(db, cohort, method, expected):
     async with db.sessions() as session:
         repo = UserRepository(session)
-        with db.record() as log:
+        with record(db) as log:
             users = await getattr(repo, method)(cohort)
             scores = [len(user.scores) for user in users]
     assert log.count == expected

@@ -16,12 +16,13 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
+from labbench.faults import Faults, FaultyBroker, LabPublisher
+from labbench.outbox_view import outbox_overview
 from source import (
     AIRScore,
+    ConsumerSettings,
     DomainEvent,
-    Faults,
     InboxEntry,
-    Publisher,
     RelaySettings,
     ScoreSummary,
     UserRepository,
@@ -32,12 +33,13 @@ from source import (
 )
 from source.consumer import CONSUMER_GROUP, apply_entries, ensure_group, event_consumer
 from source.models import new_id
-from source.outbox import Stats, outbox_overview, relay_batch, stream_key
+from source.outbox import relay_batch, stream_key
+from source.outbox_stats import Stats
 
 FAST = RelaySettings(
     poll_interval=0.02, notify_fallback_poll=0.5, backoff_base=0.005, backoff_max=0.05, max_attempts=50,
-    consumer_block=0.05, claim_min_idle=0.2, claim_interval=0.1,
 )
+FAST_CONSUMER = ConsumerSettings(block=0.05, claim_min_idle=0.2, claim_interval=0.1)
 
 
 @pytest.fixture
@@ -102,7 +104,8 @@ async def drain(db, client, stream, *, settings=FAST, faults=None, rounds=500) -
     for _ in range(rounds):
         if (await status_counts(db))["pending"] == 0:
             return
-        await relay_batch(db=db, redis_client=client, stream=stream, settings=settings, faults=faults)
+        broker = client if faults is None else FaultyBroker(client, faults)
+        await relay_batch(db=db, redis_client=broker, stream=stream, settings=settings)
         await asyncio.sleep(0.005)
     raise AssertionError("events still pending")
 
@@ -176,7 +179,7 @@ async def test_broker_errors_back_off_then_park_the_event_as_failed_until_retrie
     faults.broker_down = True
     settings = RelaySettings(backoff_base=0.2, backoff_max=0.3, max_attempts=3)
     for attempt in (1, 2):
-        result = await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings, faults=faults)
+        result = await relay_batch(db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, settings=settings)
         assert result.retried == 1
         async with db.sessions() as session:
             stored = await session.get(DomainEvent, event_id)
@@ -186,7 +189,7 @@ async def test_broker_errors_back_off_then_park_the_event_as_failed_until_retrie
         # Not due yet: the next cycle leaves it alone.
         assert (await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings)).claimed == 0
         await asyncio.sleep(0.3)
-    result = await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings, faults=faults)
+    result = await relay_batch(db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, settings=settings)
     assert result.failed == 1 and await status_counts(db) == Counter(failed=1)
     assert await redis_client.exists(stream) == 0
 
@@ -201,7 +204,7 @@ async def test_one_relay_keeps_each_aggregates_commit_order_through_retries(db, 
     faults = Faults(broker_failure_rate=0.5, seed=7)
     stop = asyncio.Event()
     relay = asyncio.create_task(event_publisher(
-        db=db, redis_client=redis_client, stream=stream, stop=stop, settings=FAST, faults=faults
+        db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, stop=stop, settings=FAST
     ))
     committed: dict[str, list[str]] = {u: [] for u in users}
     rng = random.Random(1)
@@ -305,7 +308,7 @@ async def test_consumer_takes_over_entries_a_dead_consumer_left_unacknowledged(d
 
     stats, stop = Stats(), asyncio.Event()
     consumer = asyncio.create_task(event_consumer(
-        db=db, redis_client=redis_client, stream=stream, stop=stop, settings=FAST, stats=stats, name="survivor"
+        db=db, redis_client=redis_client, stream=stream, stop=stop, settings=FAST_CONSUMER, stats=stats, name="survivor"
     ))
     try:
         await wait_until(lambda: _applied(db, 5), timeout=10)
@@ -332,8 +335,8 @@ async def _consumer_caught_up(client, stream) -> bool:
 # --- the publisher thread -----------------------------------------------------------------
 
 
-def _publisher(db_url, redis_target, stream, **kwargs) -> Publisher:
-    return Publisher(database_url=db_url, redis_target=redis_target, stream=stream, **kwargs)
+def _publisher(db_url, redis_target, stream, **kwargs) -> LabPublisher:
+    return LabPublisher(database_url=db_url, redis_target=redis_target, stream=stream, **kwargs)
 
 
 def _threads() -> list[threading.Thread]:
@@ -364,7 +367,7 @@ async def test_no_event_is_lost_or_applied_twice_under_broker_failures_and_relay
 ):
     users = await make_users(db, 20)
     faults = Faults(broker_failure_rate=0.3, crash_rate=0.2, seed=42)
-    publisher = _publisher(db_url, redis_target, stream, settings=FAST, faults=faults)
+    publisher = _publisher(db_url, redis_target, stream, settings=FAST, consumer_settings=FAST_CONSUMER, faults=faults)
     publisher.start()
     try:
         ids = await add_events(db, users=users, count=1200, per_transaction=40)  # written while it runs
@@ -381,7 +384,7 @@ async def test_no_event_is_lost_or_applied_twice_under_broker_failures_and_relay
         applied = dict((await session.execute(select(ScoreSummary.user_id, ScoreSummary.scores_applied))).all())
         deliveries = await session.scalar(select(func.sum(InboxEntry.deliveries)))
     assert applied == Counter(users[i % len(users)] for i in range(len(ids)))  # the effect, once per event
-    assert figures.crashes > 0 and figures.retries_scheduled > 0  # the faults really happened
+    assert faults.crashes > 0 and figures.retries_scheduled > 0  # the faults really happened
     appended = await stream_event_ids(redis_client, stream)
     assert len(appended) > len(ids) and set(appended) == set(ids)  # crashes appended some twice
     assert figures.duplicates == deliveries - len(ids) == len(appended) - len(ids) > 0
@@ -414,7 +417,7 @@ async def test_the_broker_fault_refuses_only_the_relays_publish_path(db, redis_t
     try:
         users = await make_users(db, 1)
         await add_events(db, users=users, count=1)
-        result = await relay_batch(db=db, redis_client=client, stream=stream, settings=FAST, faults=faults)
+        result = await relay_batch(db=db, redis_client=FaultyBroker(client, faults), stream=stream, settings=FAST)
         assert result.retried == 1
         assert await client.ping()
     finally:

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 import checks
 import ui
-from source.migrations import revision_history
+from labbench.migrations import revision_history
 from tests.pagekit import open_page, texts
 
 PAGE = "../pages/6_Schema_Migrations.py"

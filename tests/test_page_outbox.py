@@ -68,7 +68,7 @@ def test_a_relay_crash_after_append_delivers_again_and_the_duplicate_is_dropped(
     at.run()
     shown = metrics(at)
     assert (shown["Appended to the stream"], shown["Applied (inbox rows)"], shown["Duplicates dropped"]) == ("2", "1", "1")
-    assert ui.publisher().snapshot().crashes == 1
+    assert ui.publisher().faults.crashes == 1
 
 
 def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instructor_key(initialised, monkeypatch):

@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 import source
 import ui
+from labbench import cache_traffic, lab_data
 
 POOLING_PAGE = "../pages/2_DB_Connectivity_and_Pooling.py"
 OUTBOX_PAGE = "../pages/5_Eventing_Outbox_Pattern.py"
@@ -42,7 +43,7 @@ def test_reset_needs_confirmation_then_restores_the_initial_state(app_env):
     assert "Lab data reset" in " ".join(s.value for s in at.success)
     assert ui.run(_user_count(db)) == 2
     assert ui.run(ui.redis_client().get(f"{source.redis_prefix()}cache:v1:probe")) is None
-    assert ui.run(source.find_sample_users(db))[0].id == alex.id
+    assert ui.run(lab_data.find_sample_users(db))[0].id == alex.id
 
 
 def test_reset_needs_the_instructor_key_when_one_is_set(app_env, monkeypatch):
@@ -58,7 +59,7 @@ def test_a_score_stored_in_section_5_is_not_hidden_by_section_4s_cache(app_env):
     db = ui.database()
     alex, _ = ui.run(source.run_db_setup_and_create_user(db))
     users = source.CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache())
-    ui.run(source.cache.ensure_latest_score(users, user_id=alex.id))
+    ui.run(cache_traffic.ensure_latest_score(users, user_id=alex.id))
     before = ui.run(users.get_latest_score_cached(alex.id))
     assert ui.run(users.get_latest_score_cached(alex.id)).outcome == "hit"
 

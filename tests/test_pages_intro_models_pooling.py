@@ -15,6 +15,9 @@ from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 import ui
+import widgets
+from labbench.pooling import pool_status
+from labbench.recorder import record
 from source import AIRScore, Database, User, run_db_setup_and_create_user
 from source.services import create_user
 from tests.pagekit import click, count, texts
@@ -74,7 +77,7 @@ def test_creating_a_user_stores_it_keeps_its_id_and_shows_the_name_as_plain_text
     at.button[0].click().run()
     assert not at.exception and not at.error
     message = texts(at.success)
-    assert ui.escape_markdown(name) in message and "<b>" not in message
+    assert widgets.escape_markdown(name) in message and "<b>" not in message
     created = at.session_state.created_user_id
     assert created and created in message
     assert count(User) == 3
@@ -132,7 +135,7 @@ def test_every_bad_input_gets_its_message_and_writes_nothing(initialised):
 
 
 async def test_create_user_validates_before_sending_anything(db):
-    with db.record() as log, pytest.raises(Exception, match="Enter an email"):
+    with record(db) as log, pytest.raises(Exception, match="Enter an email"):
         await create_user(sessions=db.sessions, email=" ", name="Nobody")
     assert log.count == 0
 
@@ -200,7 +203,7 @@ def test_a_second_session_picks_up_the_sample_users_another_created(initialised)
 def test_pool_figures_are_read_from_the_apps_pool(initialised):
     at = open_page(POOLING)
     figures = {m.label: m.value for m in at.metric}
-    status = ui.database().pool_status()
+    status = pool_status(ui.database())
     assert figures["Available"] == f"{status.available} of {status.maximum}"
     assert figures["pool_size (open, kept)"] == str(status.size)
 
@@ -235,7 +238,7 @@ def test_experiment_shows_measured_throughput_for_both_engines_and_runs_twice(ap
         assert opened[1] == 16  # NullPool: one connection per request
         assert opened[0] <= 3 * 2 and peaks[0] <= 3  # the pool: never more than 2 + 1 at once
         assert len(at.get("vega_lite_chart")) == 2
-        assert ui.database().pool_status().checked_out == 0
+        assert pool_status(ui.database()).checked_out == 0
 
 
 def test_atomicity_demo_leaves_nothing_behind_and_runs_twice(initialised):

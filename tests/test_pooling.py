@@ -9,8 +9,9 @@ import math
 import pytest
 from sqlalchemy import text
 
+from labbench.pooling import ExperimentBusy, PoolSettings, demonstrate_atomicity, run_pool_experiment
+from labbench.recorder import record
 from source import Database, InvalidInput
-from source.pooling import ExperimentBusy, PoolSettings, demonstrate_atomicity, run_pool_experiment
 
 
 async def test_every_request_is_served_and_counted_on_both_engines(db):
@@ -44,7 +45,7 @@ async def test_a_pool_too_small_for_the_load_times_requests_out_instead_of_hangi
 )
 async def test_settings_out_of_range_are_refused_before_anything_runs(tmp_path, change, field):
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'never.db'}")
-    with db.record() as log, pytest.raises(InvalidInput) as refused:
+    with record(db) as log, pytest.raises(InvalidInput) as refused:
         await run_pool_experiment(db=db, settings=PoolSettings(**change))
     assert refused.value.field == field and log.count == 0
     assert not (tmp_path / "never.db").exists() or (tmp_path / "never.db").stat().st_size == 0
@@ -84,7 +85,7 @@ async def test_the_throwaway_engines_leave_no_connection_open_on_the_server(pg_d
 
 @on_postgresql
 async def test_a_pool_bigger_than_the_servers_spare_connections_is_refused(pg_db, monkeypatch):
-    monkeypatch.setattr("source.pooling.SERVER_RESERVE", 10_000)  # as if the room used them all
+    monkeypatch.setattr("labbench.pooling.SERVER_RESERVE", 10_000)  # as if the room used them all
     with pytest.raises(InvalidInput, match="connections to spare") as refused:
         await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=5))
     assert refused.value.field == "max_overflow"

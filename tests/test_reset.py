@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from labbench.lab_data import reset_lab_data
 from source import (
     User,
     UserRepository,
     calculate_and_store_airscore,
-    reset_lab_data,
     run_db_setup_and_create_user,
 )
 

@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from .database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
-from .models import Base
+from source.database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
+from source.models import Base
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """3. The N+1 problem, measured: load users with their scores by each strategy and keep what
-the database was sent. Every count here comes from `Database.record()` around the real
+the database was sent. Every count here comes from `recorder.record(db)` around the real
 session; nothing is computed from N."""
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from sqlalchemy.exc import InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
-from .database import WRITE_TRANSACTION, Database, StatementLog
-from .errors import InvalidInput, clean_id
-from .models import AIRScore, User, utcnow
-from .repositories import UserRepository
-from .services import _new_score, create_sample_airscore
+from source.database import WRITE_TRANSACTION, Database
+from source.errors import InvalidInput, clean_id
+from source.models import AIRScore, User, utcnow
+from source.repositories import UserRepository
+from source.services import _new_score, create_sample_airscore
+
+from .recorder import StatementLog, record
 
 Strategy = Literal["lazy", "selectin", "joined"]
 STRATEGIES: dict[Strategy, Callable[[UserRepository, list[str]], Awaitable[list[User]]]] = {
@@ -172,7 +174,7 @@ async def _measure(db: Database, loads: dict[str, Load], runs: int) -> list[Load
     last: dict[str, tuple[tuple[LoadedUser, ...], StatementLog]] = {}
     for _ in range(runs):
         for name, load in loads.items():
-            with db.record() as log:
+            with record(db) as log:
                 started = time.perf_counter()
                 async with db.sessions() as session:
                     users = tuple(LoadedUser.of(user) for user in await load(session))
@@ -245,7 +247,7 @@ async def _touch_scores(db: Database, *, user_id: str, query) -> CaughtError:
         user = (await session.execute(query)).scalar_one_or_none()
         if user is None:
             await UserRepository(session).get_existing(user_id)  # raises NotFound
-        with db.record() as log:
+        with record(db) as log:
             try:
                 user.scores  # noqa: B018 - a plain attribute access is the whole point
             except (StatementError, InvalidRequestError) as exc:

@@ -18,11 +18,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import event, exc, func, select, text
+from sqlalchemy.pool import NullPool
 
-from .database import Database, StatementLog
-from .errors import InvalidInput, LabError
-from .models import AIRScore, User
-from .services import create_sample_airscore
+from source.database import Database
+from source.errors import InvalidInput, LabError
+from source.models import AIRScore, User
+from source.services import create_sample_airscore
+
+from .recorder import StatementLog, record
 
 # A whole room may share one PostgreSQL server (max_connections is often 100).
 MAX_CONCURRENCY = 100
@@ -234,7 +237,7 @@ async def demonstrate_atomicity(db: Database) -> AtomicityResult:
     users_before, scores_before = await _counts(db)
     email = f"atomicity-{uuid.uuid4().hex[:12]}@example.com"
     user_id, error, users_during, scores_during = "", "", 0, 0
-    with db.record() as log:
+    with record(db) as log:
         try:
             async with db.sessions.begin() as session:  # commit on success, roll back on error
                 user = User(email=email, name="Atomicity Demo")
@@ -269,3 +272,33 @@ async def _counts_in(session) -> tuple[int, int]:
     users = await session.scalar(select(func.count()).select_from(User))
     scores = await session.scalar(select(func.count()).select_from(AIRScore))
     return users, scores
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    size: int
+    checked_out: int
+    overflow: int
+    checked_in: int
+    max_overflow: int
+
+    @property
+    def maximum(self) -> int:
+        return self.size + self.max_overflow
+
+    @property
+    def available(self) -> int:
+        return self.maximum - self.checked_out
+
+
+def pool_status(db: Database) -> PoolStatus:
+    pool = db.engine.pool
+    if isinstance(pool, NullPool):
+        return PoolStatus(0, 0, 0, 0, 0)
+    return PoolStatus(
+        size=pool.size(),
+        checked_out=pool.checkedout(),
+        overflow=max(pool.overflow(), 0),
+        checked_in=pool.checkedin(),
+        max_overflow=db.max_overflow,
+    )

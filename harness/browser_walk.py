@@ -20,10 +20,10 @@ from pathlib import Path
 from playwright.async_api import async_playwright
 from sqlalchemy import func, select
 
+from harness.served import Click, Learner, PageError, launch_browser, save_server_log, served_app
 from source import AIRScore, Database, DomainEvent, User
 from source.models import InboxEntry, ScoreSummary
 from source.services import SAMPLE_USERS
-from tests.served import Click, Learner, PageError, launch_browser, save_server_log, served_app
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 COHORT_USERS, COHORT_SCORES = 20, 3  # section 3's defaults

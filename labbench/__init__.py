@@ -1,0 +1,16 @@
+"""The lab bench: the lab's experiments and instruments, kept apart from the answer key.
+
+recorder.py            the statements a block of code sent (listens on the engine from outside)
+pooling.py             2. the pooling experiment, atomicity shown, the pool's figures
+loading.py             3. the N+1 comparison
+cache_traffic.py       4. skewed traffic through the cache, the demo user's score
+unreachable_redis.py   4. Redis addresses that refuse or hang
+faults.py              5. broker and relay faults, wrapped around the relay's broker client
+outbox_view.py         5. the pipeline's counts and rows, one event's progress
+diagram.py             1. the schema diagram and the relationship table, from the metadata
+migrations.py          6. history, offline SQL, steps and drift
+lab_data.py            the sample users found, and the reset
+scratch.py             scratch PostgreSQL databases (tests and bench.py)
+
+Imports point one way: labbench -> source. Nothing here imports streamlit.
+"""

@@ -1,0 +1,132 @@
+"""Section 4's experiments: the demo user's score, and skewed traffic through the cache, with the
+server's own INFO counters beside the cache's."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import weakref
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from source.cache import CachedUserRepository, RedisCache, UserData
+from source.cache_stats import CacheCounts, CacheStats, Lookup, Outcome
+from source.errors import InvalidInput
+from source.repositories import UserRepository
+from source.services import get_or_create_users
+
+_demo_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
+    """Give the demo user a score if she has none, so the latest-score read has something to
+    cache. Reads the database directly: this set-up is not a cached read. One check-and-add at a
+    time per process, or learners arriving together would each add one."""
+    lock = _demo_setup_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        async with repo.sessions() as session:
+            users = UserRepository(session)
+            user = await users.get_existing(user_id)
+            has_score = await users.get_latest_score(user.id) is not None
+        if not has_score:
+            await repo.add_score(user.id, occupation_code=user.occupation_code or "15-2051")
+
+
+TRAFFIC_DOMAIN = "traffic.innovateai.com"
+MAX_TRAFFIC_USERS = 200
+MAX_TRAFFIC_READS = 5000
+
+
+@dataclass(frozen=True)
+class TrafficRead:
+    number: int
+    user_rank: int  # 1 is the most requested user
+    outcome: Outcome
+    ms: float
+
+
+@dataclass(frozen=True)
+class TrafficResult:
+    reads: list[TrafficRead]
+    counts: CacheCounts
+    server: tuple[int, int] | None  # Redis INFO keyspace_hits and keyspace_misses deltas
+    updated_at_read: int | None  # the read number after which the hottest user was updated
+    old_years: float | None
+    new_years: float | None
+    first_read_after_update: Lookup[UserData] | None
+
+
+async def traffic_users(sessions: async_sessionmaker[AsyncSession], *, count: int) -> list[str]:
+    """The IDs of `count` shared traffic users, created once (safe when two sessions race)."""
+    rows = [
+        {"email": f"traffic-{n:03d}@{TRAFFIC_DOMAIN}", "name": f"Traffic User {n:03d}",
+         "occupation_code": "15-1252", "years_experience": 1.0}
+        for n in range(1, count + 1)
+    ]
+    async with sessions.begin() as session:
+        users = await get_or_create_users(session, rows)
+    return [user.id for user in users]
+
+
+def zipf_weights(count: int, skew: float) -> list[float]:
+    """Rank r is requested in proportion to 1 / r**skew: skew 0 is uniform, 1 is Zipf's law."""
+    return [1 / rank**skew for rank in range(1, count + 1)]
+
+
+async def keyspace_counts(client: aioredis.Redis) -> tuple[int, int] | None:
+    """The server's own keyspace_hits and keyspace_misses, or None where there are none (the
+    embedded fakeredis keeps no server statistics) or Redis does not answer."""
+    try:
+        info = await client.info("stats")
+    except (redis.RedisError, OSError):
+        return None
+    return int(info["keyspace_hits"]), int(info["keyspace_misses"])
+
+
+async def run_traffic(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    cache: RedisCache,
+    users: int = 50,
+    reads: int = 500,
+    skew: float = 1.1,
+    start_cold: bool = True,
+    update_midway: bool = True,
+    seed: int | None = None,
+) -> TrafficResult:
+    """`reads` sequential cached reads over `users` users chosen with a Zipf-like skew. With
+    update_midway, the hottest user is updated (and invalidated) halfway through."""
+    if not 1 <= users <= MAX_TRAFFIC_USERS or not 1 <= reads <= MAX_TRAFFIC_READS or not 0 <= skew <= 3:
+        raise InvalidInput(
+            f"Choose 1-{MAX_TRAFFIC_USERS} users, 1-{MAX_TRAFFIC_READS} reads and a skew from 0 to 3.",
+            field="traffic",
+        )
+    user_ids = await traffic_users(sessions, count=users)
+    stats = CacheStats()
+    repo = CachedUserRepository(sessions=sessions, cache=cache, stats=stats)
+    if start_cold:
+        await cache.invalidate(*(repo.user_key(user_id) for user_id in user_ids))
+    rng = random.Random(seed)
+    ranks = rng.choices(range(1, users + 1), weights=zipf_weights(users, skew), k=reads)
+    midway = reads // 2 if update_midway else None
+    old_years = new_years = first_after = None
+    server_before = await keyspace_counts(cache.client)
+    log_reads = []
+    for number, rank in enumerate(ranks, start=1):
+        lookup = await repo.get_by_id_cached(user_ids[rank - 1])
+        log_reads.append(TrafficRead(number, rank, lookup.outcome, lookup.seconds * 1000))
+        if rank == 1 and new_years is not None and first_after is None:
+            first_after = lookup  # the first read of the updated user: a miss with the new value
+        if number == midway:
+            async with sessions() as session:
+                old_years = (await UserRepository(session).get_existing(user_ids[0])).years_experience
+            new_years = (old_years or 0.0) % 40 + 1  # always a different value
+            await repo.update_user(user_ids[0], years_experience=new_years)
+    server_after = await keyspace_counts(cache.client)
+    server = None
+    if server_before is not None and server_after is not None:
+        server = (server_after[0] - server_before[0], server_after[1] - server_before[1])
+    return TrafficResult(log_reads, stats.snapshot(), server, midway, old_years, new_years, first_after)

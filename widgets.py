@@ -1,0 +1,128 @@
+"""Display pieces that several pages draw: user text kept inert, the statements a block sent, a
+class's source, metric rows, the knowledge checks and the learner's progress. Nothing here talks
+to a backend."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import streamlit as st
+
+from labbench.recorder import StatementLog
+
+
+def escape_markdown(text: str) -> str:
+    """User text inline in st.markdown: emphasis, links, images, code, math, colour directives,
+    headings, tables and HTML stay inert, and it stays on one line."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in " ".join(str(text).splitlines()))
+
+
+def show_statements(log: StatementLog, *, label: str = "SQL statements sent") -> None:
+    """The statements a block sent, as recorded by `labbench.recorder.record`: the count, then each
+    statement with its time in an expander."""
+    total_ms = sum(s.seconds for s in log.statements) * 1000
+    st.markdown(f"**{label}: {log.count}** ({total_ms:.1f} ms in the database driver)")
+    if log.count:
+        with st.expander(f"Show the {log.count} statement{'s' if log.count != 1 else ''}"):
+            for number, statement in enumerate(log.statements, start=1):
+                st.caption(f"{number}. {statement.seconds * 1000:.2f} ms")
+                st.code(statement.sql.strip(), language="sql")
+
+
+def class_source(cls: type) -> tuple[int, str]:
+    """The line number and source of a class, as inspect.getsource gives it but without parsing.
+
+    For a class, Python 3.11 and 3.12's inspect parses the whole module with ast.parse, and
+    CPython before 3.11.8 and 3.12.2 builds those AST objects in state shared by all threads
+    (python/cpython#106905): learners' scripts run in threads of one process, and under a
+    workshop's load one of them failed with "AST constructor recursion depth mismatch".
+    """
+    lines, _ = inspect.findsource(sys.modules[cls.__module__])
+    start = next(i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line))
+    while start and lines[start - 1].startswith("@"):
+        start -= 1
+    return start + 1, "".join(inspect.getblock(lines[start:]))
+
+
+def code_expander(title: str, code: str, language: str = "python") -> None:
+    with st.expander(title):
+        st.code(code, language=language)
+
+
+def metric_row(figures: Sequence[tuple[str, Any]], *, columns: int | None = None) -> None:
+    """One row of st.metric, a column each: (label, value) pairs; None shows as "-"."""
+    for column, (label, value) in zip(st.columns(columns or len(figures)), figures, strict=False):
+        column.metric(label, "-" if value is None else value)
+
+
+# --- knowledge checks and progress ---------------------------------------------------------
+
+# The key action of each section, named as the sidebar shows it.
+PROGRESS = {
+    "models": "1. Data Models",
+    "pooling": "2. DB Connectivity & Pooling",
+    "repository": "3. Repository Pattern & N+1",
+    "cache": "4. Caching with Redis",
+    "outbox": "5. Eventing (Outbox Pattern)",
+    "migrations": "6. Schema Migrations",
+}
+
+
+def mark_done(section: str) -> None:
+    """Record that the learner did the section's key action (kept in session state)."""
+    st.session_state[f"done_{section}"] = True
+
+
+def section_complete(section: str) -> bool:
+    return bool(st.session_state.get(f"done_{section}") and st.session_state.get(f"passed_{section}"))
+
+
+def knowledge_check(section: str, questions) -> None:
+    """A short quiz with feedback that explains why. Answers live in session state, so leaving
+    the page and coming back keeps them."""
+    st.subheader("Check your understanding")
+    answers_key = f"answers_{section}"
+    saved: dict[int, int] = st.session_state.setdefault(answers_key, {})
+    with st.form(f"check_form_{section}"):
+        choices = {}
+        for number, question in enumerate(questions):
+            previous = saved.get(number)
+            choices[number] = st.radio(
+                f"**{question.objective}.** {question.prompt}",
+                range(len(question.options)),
+                format_func=lambda i, q=question: q.options[i],
+                index=previous,
+                key=f"check_{section}_{number}",
+            )
+        submitted = st.form_submit_button("Check answers")
+    if submitted:
+        st.session_state[answers_key] = saved = {n: c for n, c in choices.items() if c is not None}
+    if not saved:
+        return
+    correct = 0
+    for number, question in enumerate(questions):
+        chosen = saved.get(number)
+        if chosen is None:
+            st.info(f"Question {number + 1}: not answered yet.")
+        elif chosen == question.answer:
+            correct += 1
+            st.success(f"Question {number + 1}: right. {question.why}")
+        else:
+            st.error(f"Question {number + 1}: not quite. {question.why}")
+    st.session_state[f"passed_{section}"] = correct == len(questions)
+    st.caption(f"{correct} of {len(questions)} right.")
+
+
+def progress() -> None:
+    st.markdown("**Your progress**")
+    lines = []
+    for section, label in PROGRESS.items():
+        done, passed = st.session_state.get(f"done_{section}"), st.session_state.get(f"passed_{section}")
+        mark = "✓" if done and passed else ("◐" if done or passed else "○")
+        lines.append(f"{mark} {label}")
+    st.caption("  \n".join(lines))
+    st.caption("✓ key action done and check passed · ◐ one of the two")
