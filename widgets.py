@@ -21,16 +21,29 @@ def escape_markdown(text: str) -> str:
     return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in " ".join(str(text).splitlines()))
 
 
+KIND_LABELS = {"data": "statement", "transaction": "transaction control", "ping": "pool pre-ping"}
+
+
 def show_statements(log: StatementLog, *, label: str = "SQL statements sent") -> None:
-    """The statements a block sent, as recorded by `labbench.recorder.record`: the count, then each
-    statement with its time in an expander."""
-    total_ms = sum(s.seconds for s in log.statements) * 1000
-    st.markdown(f"**{label}: {log.count}** ({total_ms:.1f} ms in the database driver)")
-    if log.count:
-        with st.expander(f"Show the {log.count} statement{'s' if log.count != 1 else ''}"):
-            for number, statement in enumerate(log.statements, start=1):
-                st.caption(f"{number}. {statement.seconds * 1000:.2f} ms")
-                st.code(statement.sql.strip(), language="sql")
+    """What a block sent, as recorded by `labbench.recorder.record`: the data statements as the
+    headline, then everything sent on the connection, transaction control and pings marked."""
+    total_ms = sum(s.seconds for s in log.sent) * 1000
+    extra = log.commands - log.count
+    st.markdown(f"**{label}: {log.count}** ({total_ms:.1f} ms in the database driver, everything included)")
+    if extra:
+        st.caption(
+            f"Sent on the connection as well: {extra} command{'s' if extra != 1 else ''} of transaction "
+            "control and the pool's pre-ping (on asyncpg a pre-ping outside a transaction is BEGIN; `;`; "
+            "ROLLBACK, three commands). Each command waits for the server's answer before the next."
+        )
+    if log.sent:
+        with st.expander(f"Show all {log.commands} command{'s' if log.commands != 1 else ''} in the order sent"):
+            number = 0
+            for entry in log.sent:
+                number += 1
+                what = KIND_LABELS[entry.kind] + (f" ({entry.commands} commands)" if entry.commands > 1 else "")
+                st.caption(f"{number}. {what} · {entry.seconds * 1000:.2f} ms")
+                st.code(entry.sql.strip(), language="sql")
 
 
 def class_source(cls: type) -> tuple[int, str]:

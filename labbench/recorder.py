@@ -1,5 +1,12 @@
-"""The statement recorder: which SQL statements a block of code sent, each with its time in the
-driver. It listens on the engine from outside; the answer key knows nothing of it."""
+"""The statement recorder: everything a block of code had sent on its database connections, each
+entry with its time in the driver and its kind: a data statement, transaction control (BEGIN,
+COMMIT, ROLLBACK) or the pool's pre-ping. It listens on the engine from outside; the answer key
+knows nothing of it.
+
+Not every command passes SQLAlchemy's cursor events: asyncpg's adapter sends BEGIN itself before
+a transaction's first statement, COMMIT and ROLLBACK go through the dialect, and the pool pings a
+connection it hands out again (asyncpg: BEGIN; `;`; ROLLBACK outside a transaction). Those are
+recorded from the dialect's own calls, each only when the driver really sends something."""
 
 from __future__ import annotations
 
@@ -8,22 +15,32 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from source.database import Database
 
+Kind = Literal["data", "transaction", "ping"]
+
 
 @dataclass
 class RecordedStatement:
     sql: str
     seconds: float
+    kind: Kind = "data"
+    commands: int = 1  # what the driver sent for it: asyncpg's pre-ping outside a transaction is 3
 
 
 @dataclass
 class StatementLog:
-    statements: list[RecordedStatement] = field(default_factory=list)
+    sent: list[RecordedStatement] = field(default_factory=list)  # everything, in the order sent
+
+    @property
+    def statements(self) -> list[RecordedStatement]:
+        """The data statements: what the code asked for."""
+        return [s for s in self.sent if s.kind == "data"]
 
     @property
     def count(self) -> int:
@@ -32,6 +49,14 @@ class StatementLog:
     @property
     def sql(self) -> list[str]:
         return [s.sql for s in self.statements]
+
+    def of_kind(self, kind: Kind) -> list[RecordedStatement]:
+        return [s for s in self.sent if s.kind == kind]
+
+    @property
+    def commands(self) -> int:
+        """Every command sent: data statements, transaction control and pre-pings."""
+        return sum(s.commands for s in self.sent)
 
 
 # The log of the block being recorded. A context variable, so that concurrent learners on
@@ -43,11 +68,17 @@ _current_log: contextvars.ContextVar[StatementLog | None] = contextvars.ContextV
 
 
 def instrument(engine: AsyncEngine) -> None:
-    """Listen to the engine's statements (once per engine; a second call changes nothing)."""
+    """Listen to the engine's statements and wrap its dialect's commit, rollback and ping (once per
+    engine; a second call changes nothing)."""
     sync_engine = engine.sync_engine
-    if not event.contains(sync_engine, "before_cursor_execute", _before_execute):
-        event.listen(sync_engine, "before_cursor_execute", _before_execute)
-        event.listen(sync_engine, "after_cursor_execute", _after_execute)
+    if event.contains(sync_engine, "before_cursor_execute", _before_execute):
+        return
+    event.listen(sync_engine, "before_cursor_execute", _before_execute)
+    event.listen(sync_engine, "after_cursor_execute", _after_execute)
+    dialect = sync_engine.dialect
+    dialect.do_commit = _transaction_control(dialect.do_commit, "COMMIT")
+    dialect.do_rollback = _transaction_control(dialect.do_rollback, "ROLLBACK")
+    dialect.do_ping = _ping(dialect.do_ping)
 
 
 @contextmanager
@@ -62,16 +93,68 @@ def record(db: Database) -> Iterator[StatementLog]:
         _current_log.reset(token)
 
 
-def _before_execute(conn, cursor, statement, parameters, context, executemany) -> None:
+def _note(sql: str, kind: Kind, commands: int = 1) -> RecordedStatement | None:
     log = _current_log.get()
-    if log is None or statement.strip().upper() in ("BEGIN", "BEGIN IMMEDIATE"):  # transaction control, not a query
+    if log is None:
+        return None
+    recorded = RecordedStatement(sql, 0.0, kind, commands)
+    log.sent.append(recorded)  # counted when sent, even if it then fails
+    return recorded
+
+
+def _driver_connection(connection):
+    """The DBAPI adapter behind a pool's proxy (the dialect is handed either)."""
+    return getattr(connection, "dbapi_connection", connection)
+
+
+def _in_transaction(adapter) -> bool:
+    """Whether the driver has a transaction open, so that COMMIT or ROLLBACK is really sent."""
+    if hasattr(adapter, "_transaction"):  # asyncpg's adapter: a transaction object once BEGIN was sent
+        return adapter._transaction is not None
+    return bool(adapter._connection.in_transaction)  # aiosqlite: the sqlite3 connection's own flag
+
+
+def _timed(recorded: RecordedStatement | None, call):
+    started = time.perf_counter()
+    try:
+        return call()
+    finally:
+        if recorded is not None:
+            recorded.seconds = time.perf_counter() - started
+
+
+def _transaction_control(method, sql: str):
+    def wrapped(connection):
+        sent = _current_log.get() is not None and _in_transaction(_driver_connection(connection))
+        return _timed(_note(sql, "transaction") if sent else None, lambda: method(connection))
+
+    return wrapped
+
+
+def _ping(method):
+    def wrapped(dbapi_connection):
+        adapter = _driver_connection(dbapi_connection)
+        sql, commands = "SELECT 1", 1
+        if hasattr(adapter, "_transaction"):  # asyncpg: a ping outside a transaction opens one
+            outside = adapter._transaction is None and adapter.isolation_level != "autocommit"
+            sql, commands = ("BEGIN; ; ROLLBACK", 3) if outside else (";", 1)
+        return _timed(_note(sql, "ping", commands), lambda: method(dbapi_connection))
+
+    return wrapped
+
+
+def _before_execute(conn, cursor, statement, parameters, context, executemany) -> None:
+    if _current_log.get() is None:
         return
-    recorded = RecordedStatement(statement, 0.0)
-    log.statements.append(recorded)  # counted when sent, even if it then fails
+    if statement.strip().upper() in ("BEGIN", "BEGIN IMMEDIATE"):  # SQLite: sent by the lab's begin hook
+        _note(statement, "transaction")
+        return
+    adapter = getattr(cursor, "_adapt_connection", None)
+    if getattr(adapter, "_transaction", "n/a") is None and adapter.isolation_level != "autocommit":
+        _note("BEGIN", "transaction")  # asyncpg's adapter sends it just before this statement
+    recorded = _note(statement, "data")
     if context is not None:
         context._lab_recorded = (recorded, time.perf_counter())
-
-
 def _after_execute(conn, cursor, statement, parameters, context, executemany) -> None:
     entry = getattr(context, "_lab_recorded", None)
     if entry is not None:

@@ -92,17 +92,27 @@ if runs := state.get("n1_runs"):
     else:
         st.error("The strategies returned different data.")
     frame = pd.DataFrame(
-        {"strategy": run.strategy, "statements sent": run.log.count, "median ms": run.seconds * 1000} for run in runs
+        {"strategy": run.strategy, "data statements": run.log.count, "commands in all": run.log.commands,
+         "median ms": run.seconds * 1000}
+        for run in runs
     )
     left, right = st.columns(2)
-    left.bar_chart(frame, x="strategy", y="statements sent", sort=False)
+    left.bar_chart(frame, x="strategy", y=["data statements", "commands in all"], sort=False, stack=False)
     right.bar_chart(frame, x="strategy", y="median ms", sort=False)
+    by_name = {run.strategy: run.log for run in runs}
+    joined, selectin = by_name.get("joined"), by_name.get("selectin")
     st.markdown(
-        "The lazy strategy pays one round trip per user; on a networked PostgreSQL each one costs "
-        "latency. `joinedload` sends one statement but repeats every user's columns on each of "
-        "their score rows (hence `.unique()`); `selectinload` sends each row once, which is why "
-        "SQLAlchemy's documentation suggests it for collections."
+        "The lazy strategy sends one more statement per user, and each waits for its answer; on a "
+        "networked PostgreSQL each one costs latency. `joinedload` sends one statement but repeats "
+        "every user's columns on each of their score rows (hence `.unique()`); `selectinload` sends each "
+        "row once, which is why SQLAlchemy's documentation suggests it for collections."
     )
+    if joined and selectin:
+        st.caption(
+            f"Counted above: joined {joined.count} vs select-in {selectin.count} data statements, but "
+            f"{joined.commands} vs {selectin.commands} commands in all, since each session also sends "
+            "its BEGIN, its COMMIT or ROLLBACK and the pool's pre-ping."
+        )
 
 st.subheader("Why not just read user.scores?")
 st.markdown(
