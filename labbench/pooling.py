@@ -302,3 +302,21 @@ def pool_status(db: Database) -> PoolStatus:
         checked_in=pool.checkedin(),
         max_overflow=db.max_overflow,
     )
+
+
+def pool_settings(db: Database) -> list[dict[str, object]]:
+    """The settings of the app's pool as the engine holds them now, each with what it does."""
+    pool = db.engine.pool
+    if isinstance(pool, NullPool):
+        return [{"setting": "poolclass", "value": "NullPool", "what it does": "a new connection per checkout"}]
+    return [
+        {"setting": "pool_size", "value": pool.size(), "what it does": "connections kept open between requests"},
+        {"setting": "max_overflow", "value": pool._max_overflow,
+         "what it does": "more connections opened under load, closed when they return to a full pool"},
+        {"setting": "pool_timeout", "value": f"{pool._timeout:g} s",
+         "what it does": "how long a request waits for a free connection before TimeoutError"},
+        {"setting": "pool_pre_ping", "value": pool._pre_ping,
+         "what it does": "test a connection as it is handed out (a new one is not tested); replace it if dead"},
+        {"setting": "pool_recycle", "value": f"{pool._recycle:g} s",
+         "what it does": "replace a connection older than this when it is handed out"},
+    ]

@@ -50,6 +50,9 @@ elif not st.session_state.db_initialized:
     st.warning("The database is not initialised yet: click the button above.")
 
 
+st.subheader("The engine, the session factory and the pool")
+pooling_views.engine_and_sessions(db)
+
 st.subheader("The app's pool, now")
 st.button("Read the pool again", key="pool_refresh")
 pooling_views.app_pool(db)

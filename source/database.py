@@ -40,6 +40,7 @@ class Database:
         pool_size: int = 5,
         max_overflow: int = 10,
         pool_timeout: float = 30.0,
+        pool_recycle: int = 1800,
         null_pool: bool = False,
     ) -> None:
         self.url = make_url(url)
@@ -48,11 +49,19 @@ class Database:
             raise ValueError(f"unsupported database backend: {self.backend}")
         if self.backend == "sqlite" and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        # pre-ping: test a pooled connection as it is handed out, so that one the server closed
+        # meanwhile is replaced instead of failing the request.
         options: dict = {"pool_pre_ping": True}
         if null_pool:
             options["poolclass"] = NullPool
         else:
-            options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
+            # pool_size connections are kept open; max_overflow more are opened under load and closed
+            # when they come back to a full pool; a request that finds none free waits pool_timeout
+            # seconds, then fails; a connection older than pool_recycle seconds is replaced, before a
+            # server or a proxy that drops idle connections does it for us.
+            options.update(
+                pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle
+            )
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         # expire_on_commit=False: objects stay readable after commit. In async code an
         # expired attribute would need a query on access, which cannot happen implicitly.

@@ -250,3 +250,15 @@ def test_atomicity_demo_leaves_nothing_behind_and_runs_twice(initialised):
         assert "Rows left behind by the failed transaction: **0**" in texts(at.success)
         assert "Statements the failed transaction sent: 5" in texts(at.markdown)
         assert count(User) == 2 and count(AIRScore) == 0
+
+
+def test_section_2_shows_the_engine_code_and_the_pool_settings_the_engine_has(initialised):
+    at = open_page(POOLING)
+    assert not at.exception
+    settings = {row["setting"]: row["value"] for row in at.dataframe[0].value.to_dict("records")}
+    pool = ui.database().engine.pool
+    assert settings["pool_size"] == str(pool.size()) == "5"
+    assert settings["max_overflow"] == str(pool._max_overflow) == "10"
+    assert settings["pool_timeout"] == "30 s" and settings["pool_recycle"] == "1800 s"
+    assert settings["pool_pre_ping"] == "True"
+    assert any("create_async_engine(self.url" in code.value for code in at.code)

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import inspect
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 import widgets
-from labbench.pooling import AtomicityResult, ExperimentResult, pool_status
+from labbench.pooling import AtomicityResult, ExperimentResult, pool_settings, pool_status
 from source.database import Database
+
+
+def engine_and_sessions(db: Database) -> None:
+    """The answer key's engine and session factory, and the settings the app's pool has now."""
+    st.markdown(
+        "`create_async_engine` makes the engine: a connection pool and a dialect, and no connection "
+        "yet (the first one opens on first use). `async_sessionmaker` makes the session factory. A "
+        "request takes its own session, `async with db.sessions() as session:` (closed at the end, "
+        "its connection back in the pool) or `async with db.sessions.begin() as session:` (committed "
+        "at the end, rolled back on an exception). A session is not safe to share between tasks "
+        "running at the same time: one session per task."
+    )
+    with st.expander("The code: `Database.__init__` (source/database.py)"):
+        st.code(inspect.getsource(Database.__init__), language="python")
+    st.markdown("**The app's pool settings, read from its engine now**")
+    st.dataframe(pd.DataFrame(pool_settings(db)).astype(str), hide_index=True, width="stretch")
 
 
 def app_pool(db: Database) -> None:
