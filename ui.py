@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
 
 import source
+from labbench.embedded_postgres import resolve_database
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
@@ -80,7 +81,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
 def database() -> source.Database:
     """The app's database. Creating it connects to nothing; connections open on first use,
     on the shared loop, and stay in its pool."""
-    return source.Database(source.database_url())
+    choice = resolve_database()  # DATABASE_URL, else the embedded PostgreSQL (SQLite when it cannot start)
+    return source.Database(choice.url, label=choice.label)
 
 
 @st.cache_resource(show_spinner=False)
@@ -150,7 +152,7 @@ def publisher() -> source.Publisher:
     """The process's outbox publisher, shared by every session; made stopped. Its thread has its
     own loop, engine and Redis clients, so nothing of the shared loop's is handed to it."""
     made = source.Publisher(
-        database_url=source.database_url(), redis_target=redis_target(), stream=source.outbox.stream_key()
+        database_url=resolve_database().url, redis_target=redis_target(), stream=source.outbox.stream_key()
     )
     _publishers.append(made)
     return made
@@ -259,6 +261,8 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Database**")
         st.caption(f"{_dot(status.database_ok)} {db.label}")
         st.code(db.masked_url, language=None)
+        if (choice := resolve_database()).kind != "url":
+            st.caption(escape_markdown(choice.note))
         if status.database_busy:
             st.caption("Schema: not checked (the database is busy)")
         else:

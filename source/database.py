@@ -89,8 +89,10 @@ class Database:
         max_overflow: int = 10,
         pool_timeout: float = 30.0,
         null_pool: bool = False,
+        label: str | None = None,
     ) -> None:
         self.url = make_url(url)
+        self._label = label
         self.backend = self.url.get_backend_name()  # "sqlite" or "postgresql"
         if self.backend not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database backend: {self.backend}")
@@ -120,8 +122,13 @@ class Database:
     @property
     def label(self) -> str:
         """What the UI calls this database: the real backend, never 'in-memory' for a file."""
+        if self._label:
+            return self._label
         if self.backend == "sqlite":
             return f"SQLite file {self.url.database}"
+        socket_dir = self.url.query.get("host") if not self.url.host else None
+        if isinstance(socket_dir, str):
+            return f"PostgreSQL on the socket in {socket_dir}, database {self.url.database}"
         return f"PostgreSQL {self.url.host}:{self.url.port or 5432}/{self.url.database}"
 
     @contextmanager
