@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -117,7 +118,8 @@ class Database:
 
     @property
     def masked_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        # Unquoted for reading: a socket folder in the query shows as a path, not %2F...
+        return unquote(self.url.render_as_string(hide_password=True))
 
     @property
     def label(self) -> str:
