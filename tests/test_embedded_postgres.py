@@ -330,3 +330,51 @@ def test_the_sidebar_names_the_embedded_server(folder, monkeypatch):
         ui.reset_resources()
         embedded_postgres.server(folder).stop()
     assert gone_within(folder / "pg")
+
+
+def page_text(app_url: str, *expected: str, timeout: float = 90) -> str:
+    """The page as chromium draws it, once it shows all of `expected` (or the time is up)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.served import launch_browser
+
+    with sync_playwright() as playwright:
+        browser = launch_browser(playwright)
+        try:
+            page = browser.new_page()
+            page.goto(app_url)
+            deadline = time.monotonic() + timeout
+            while True:
+                text = page.inner_text("body")
+                if all(part in text for part in expected) or time.monotonic() > deadline:
+                    assert "Traceback" not in text
+                    return text
+                time.sleep(0.2)
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_the_served_app_killed_with_sigkill_restarts_on_the_same_server_and_stops_it_at_exit(folder, tmp_path):
+    from tests.served import CHROMIUM, app_subprocess_env, served_app
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}: install it (apt-get install chromium) to run the browser tests")
+    env = app_subprocess_env({"LAB_DATA_DIR": str(folder), "REDIS_URL": "fakeredis://"})
+    env.pop("DATABASE_URL", None)
+    socket_url = f"postgresql+asyncpg://postgres@/postgres?host={folder / 'pg'}"
+    with served_app(env, tmp_path) as app:
+        text = page_text(app.url, "No DATABASE_URL", socket_url)
+        assert f"embedded PostgreSQL 18, {folder / 'pg'}" in text and socket_url in text
+        assert "No DATABASE_URL: started by this app" in text
+        [pid] = postmasters(folder / "pg")
+        app.process.send_signal(signal.SIGKILL)
+        app.process.wait(10)
+    assert postmasters(folder / "pg") == [pid]  # the killed app's server runs on
+    with served_app(env, tmp_path) as app:
+        text = page_text(app.url, "No DATABASE_URL", socket_url)
+        assert socket_url in text and "its app was killed" in text
+        assert postmasters(folder / "pg") == [pid]  # adopted: no second postmaster
+        app.process.terminate()  # Streamlit's SIGTERM handler ends the process normally: atexit runs
+        app.process.wait(30)
+    assert gone_within(folder / "pg", 30), "the last app process did not stop its server at exit"
