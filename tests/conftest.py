@@ -66,11 +66,16 @@ def embedded_postgres_admin_url() -> tuple[str | None, str]:
     return _embedded["url"], _embedded["why"]
 
 
+def pytest_terminal_summary(terminalreporter):
+    if _embedded.get("url"):
+        terminalreporter.write_line(f"PostgreSQL tests ran on an embedded PostgreSQL in {_embedded['folder']} "
+                                    "(LAB_TEST_DATABASE_URL is unset)")
+
+
 def pytest_sessionfinish(session, exitstatus):
-    if _embedded.get("handle") is not None:
+    if _embedded.get("handle") is not None:  # (kept for the summary, which is printed after this)
         _embedded["handle"].stop()
         shutil.rmtree(_embedded["folder"], ignore_errors=True)
-    _embedded.clear()
 
 
 @pytest.hookimpl(hookwrapper=True)
