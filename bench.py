@@ -345,12 +345,55 @@ async def bench_load(bench: Bench) -> list[Figure]:
     return figures
 
 
+async def bench_embedded_postgres(bench: Bench, rounds: int = 3) -> list[Figure]:
+    """The app's default database (labbench/embedded_postgres.py), in a fresh temporary folder each
+    round: the first start (initdb, then pg_ctl start), a warm start of the kept cluster, a second
+    user joining the running server, the last user's stop; then the PK read anchor on it, to set
+    beside the other backends'. Medians of `rounds` rounds."""
+    from labbench.embedded_postgres import EmbeddedPostgres
+
+    first, initdb, warm, adopt, stop = [], [], [], [], []
+    pk_reads: list[float] = []
+    for number in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="lab2-bench-pg-") as folder:
+            server = EmbeddedPostgres(Path(folder))
+            started = await asyncio.to_thread(server.ensure_running)
+            first.append(started.total_seconds)
+            initdb.append(started.initdb_seconds or 0.0)
+            await asyncio.to_thread(server.stop)
+            started = await asyncio.to_thread(server.ensure_running)
+            warm.append(started.total_seconds)
+            other = EmbeddedPostgres(Path(folder))  # as a second process would: its own lock on pg.users
+            adopt.append((await asyncio.to_thread(other.ensure_running)).total_seconds)
+            await asyncio.to_thread(other.stop)
+            if number == rounds - 1:
+                db = Database(started.url)
+                try:
+                    await db.upgrade_to_head()
+                    pk_reads = await timed_pk_reads(db, 1000)
+                finally:
+                    await db.dispose()
+            began = time.perf_counter()
+            await asyncio.to_thread(server.stop)
+            stop.append(time.perf_counter() - began)
+    section, backend = "embedded_postgres", "embedded postgresql"
+    return [
+        Figure(section, backend, f"first start, initdb included (median of {rounds})", statistics.median(first), "s"),
+        Figure(section, backend, f"  of which initdb (median of {rounds})", statistics.median(initdb), "s"),
+        Figure(section, backend, f"warm start, cluster kept (median of {rounds})", statistics.median(warm), "s"),
+        Figure(section, backend, f"a second user joins the running server (median of {rounds})", statistics.median(adopt), "s"),
+        Figure(section, backend, f"stop by the last user (median of {rounds})", statistics.median(stop), "s"),
+        *latency_figures(section, backend, "raw PK session.get over the Unix socket", pk_reads),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
     "n_plus_one": bench_n_plus_one,
     "pooling": bench_pooling,
     "cache": bench_cache,
     "outbox": bench_outbox,
+    "embedded_postgres": bench_embedded_postgres,
 }
 ON_REQUEST = {"load": bench_load}  # named with --only; not part of the default run
 

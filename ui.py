@@ -27,6 +27,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 import source
 import widgets
 from labbench import lab_data, outbox_view, recorder
+from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
 from labbench.unreachable_redis import unreachable_redis
 
@@ -81,7 +82,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
 def database() -> source.Database:
     """The app's database. Creating it connects to nothing; connections open on first use,
     on the shared loop, and stay in its pool."""
-    return source.Database(source.database_url())
+    choice = resolve_database()  # DATABASE_URL, else the embedded PostgreSQL (SQLite when it cannot start)
+    return source.Database(choice.url, label=choice.label)
 
 
 @st.cache_resource(show_spinner=False)
@@ -151,7 +153,7 @@ def publisher() -> LabPublisher:
     """The process's outbox publisher, shared by every session; made stopped. Its thread has its
     own loop, engine and Redis clients, so nothing of the shared loop's is handed to it."""
     made = LabPublisher(
-        database_url=source.database_url(), redis_target=redis_target(), stream=source.outbox.stream_key()
+        database_url=resolve_database().url, redis_target=redis_target(), stream=source.outbox.stream_key()
     )
     _publishers.append(made)
     return made
@@ -260,6 +262,8 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Database**")
         st.caption(f"{_dot(status.database_ok)} {db.label}")
         st.code(db.masked_url, language=None)
+        if (choice := resolve_database()).kind != "url":
+            st.caption(widgets.escape_markdown(choice.note))
         if status.database_busy:
             st.caption("Schema: not checked (the database is busy)")
         else:

@@ -1,5 +1,6 @@
-"""Alembic environment (async template). The URL comes from DATABASE_URL (or the lab's
-SQLite default); the app migrates on its own connection via config.attributes."""
+"""Alembic environment (async template). The URL comes from DATABASE_URL, or is the app's own
+default (the embedded PostgreSQL, or its SQLite fallback); the app migrates on its own
+connection via config.attributes."""
 
 import asyncio
 from logging.config import fileConfig
@@ -7,7 +8,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from source.config import database_url
+from labbench.embedded_postgres import resolve_database
 from source.models import Base, UTCDateTime
 
 config = context.config
@@ -35,7 +36,7 @@ def configure(**kwargs) -> None:
 
 
 def run_migrations_offline() -> None:
-    url = config.attributes.get("url") or database_url()  # the app passes its own database's URL
+    url = config.attributes.get("url") or resolve_database().url  # the app passes its own database's URL
     configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
@@ -50,7 +51,7 @@ def do_run_migrations(connection: Connection) -> None:
 async def run_async_migrations() -> None:
     from source.database import Database
 
-    db = Database(database_url(), null_pool=True)  # the app's pragmas and transaction handling
+    db = Database(resolve_database().url, null_pool=True)  # the app's pragmas and transaction handling
     async with db.engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
         await connection.commit()

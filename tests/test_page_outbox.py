@@ -60,6 +60,22 @@ def test_the_publisher_started_from_the_page_publishes_and_the_consumer_applies(
     assert "stopped" in texts(at.sidebar.caption) and "Publisher stopped" in texts(at.markdown)
 
 
+def test_an_event_stored_while_the_publisher_runs_wakes_it_by_notify_on_postgresql(initialised):
+    at = click(open_page(PAGE), "outbox_start")
+    assert ui.publisher().running
+    at = click(at, "outbox_create")  # stored while the relay sleeps: PostgreSQL's NOTIFY wakes it
+    wait_for(lambda: ui.publisher().snapshot().applied == 1)
+    at = click(at, "outbox_refresh")
+    shown = texts(at.markdown)
+    if initialised == "servers":
+        assert "It wakes on LISTEN/NOTIFY at commit" in shown
+        woken = re.search(r"\*\*Publisher running\*\* · woken by NOTIFY (\d+)×", shown)
+        assert woken and int(woken.group(1)) >= 1, shown
+        assert ui.publisher().snapshot().notify_wakeups == int(woken.group(1))
+    else:
+        assert "It wakes on a poll every" in shown and "woken by NOTIFY" not in shown
+
+
 def test_a_relay_crash_after_append_delivers_again_and_the_duplicate_is_dropped(initialised):
     at = click(open_page(PAGE), "outbox_crash")
     assert "Armed" in texts(at.info)

@@ -50,7 +50,9 @@ def pipeline_figures(publisher: LabPublisher, *, faults: Faults) -> None:
     with ui.errors_shown():
         view, now = ui.outbox_overview(), publisher.snapshot()
         status = "running" if now.running else "stopped"
-        st.markdown(f"**Publisher {status}** · batches {now.batches} · relay crashes {faults.crashes} · "
+        # On PostgreSQL the relay sleeps until the trigger's NOTIFY: count how often one woke it.
+        notify = f" · woken by NOTIFY {now.notify_wakeups}×" if "NOTIFY" in now.wake_mode else ""
+        st.markdown(f"**Publisher {status}**{notify} · batches {now.batches} · relay crashes {faults.crashes} · "
                     f"retries scheduled {now.retries_scheduled} · consumer `{now.consumer_name or '-'}`, "
                     f"claimed from dead consumers {now.claimed}")
         row = st.columns(4)
