@@ -16,7 +16,18 @@ from .cache import CachedUserRepository, CacheStats, Lookup, RedisCache
 from .config import database_url, mask_url, redis_prefix, redis_url
 from .database import Database, PoolStatus, StatementLog
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
-from .models import AIRScore, Assessment, Base, DomainEvent, InboxEntry, ScoreSummary, TimestampMixin, User
+from .models import (
+    AIRScore,
+    Assessment,
+    Base,
+    DomainEvent,
+    InboxEntry,
+    Profile,
+    ScoreSummary,
+    Skill,
+    TimestampMixin,
+    User,
+)
 from .outbox import Faults, Publisher, PublisherSnapshot, RelaySettings, event_publisher, retry_failed_events
 from .redis_setup import FAKE_SERVER, RedisTarget, make_redis_client, resolve_redis
 from .repositories import DomainEventRepository, UserRepository
@@ -32,7 +43,7 @@ from .services import (
 __all__ = [
     "AIRScore", "AIRScoreCalculated", "Assessment", "Base", "Database", "DomainEvent",
     "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER", "InvalidInput", "LabError",
-    "NotFound", "PoolStatus", "RedisTarget", "StatementLog", "TimestampMixin", "User",
+    "NotFound", "PoolStatus", "Profile", "RedisTarget", "Skill", "StatementLog", "TimestampMixin", "User",
     "UserRepository", "calculate_and_store_airscore", "create_sample_airscore",
     "database_url", "find_sample_users", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "reset_lab_data", "resolve_redis",
     "run_db_setup_and_create_user",
