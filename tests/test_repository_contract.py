@@ -8,35 +8,30 @@ import uuid
 
 import pytest
 
-from source import Database, DuplicateEmail, InvalidInput, NotFound, UserRepository
+from source import DuplicateEmail, InvalidInput, NotFound, UserRepository
 from source.repositories import UserRepositoryProtocol
-from tests.conftest import need
 from tests.fakes import InMemoryUserRepository
-from tests.scratch import scratch_postgres
 
 
-@pytest.fixture(params=["in-memory fake", "sqlalchemy on sqlite", "sqlalchemy on postgresql"])
-async def repo(request, tmp_path) -> UserRepositoryProtocol:
-    if request.param == "in-memory fake":
+@pytest.fixture(params=["in-memory fake", "sqlite", "postgresql"])
+def backend(request) -> str:
+    """conftest's backend pair, plus the fake (which needs no database)."""
+    return request.param
+
+
+@pytest.fixture
+def database(request, backend):
+    """conftest's fresh database at head for a real backend; none for the fake."""
+    return None if backend == "in-memory fake" else request.getfixturevalue("db")
+
+
+@pytest.fixture
+async def repo(database) -> UserRepositoryProtocol:
+    if database is None:
         yield InMemoryUserRepository()
         return
-
-    async def on(url: str):
-        db = Database(url)
-        await db.upgrade_to_head()
-        try:
-            async with db.sessions() as session:
-                yield UserRepository(session)
-        finally:
-            await db.dispose()
-
-    if request.param.endswith("sqlite"):
-        async for repository in on(f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}"):
-            yield repository
-        return
-    async with scratch_postgres(need("LAB_TEST_DATABASE_URL")) as url:
-        async for repository in on(url):
-            yield repository
+    async with database.sessions() as session:
+        yield UserRepository(session)
 
 
 def test_both_implementations_have_every_method_of_the_protocol():
