@@ -1,0 +1,1 @@
+"""The lab bench: the lab's experiments and instruments, kept apart from the answer key in source/."""
