@@ -11,9 +11,10 @@ concurrent tasks. What goes wrong is SQLAlchemy's own guard, on both backends:
   Worse, the second task's user was already in the session (added during the first flush, which
   SQLAlchemy warns about), so the first task's commit writes it: the task that failed finds its
   row in the database, committed by someone else's commit.
-The driver's own "another operation is in progress" is never reached: SQLAlchemy's asyncpg
-adapter lets one statement at a time use its connection, and aiosqlite runs them one by one
-on its thread. With a session per task, each task has its own connection and both commit.
+asyncpg's own "another operation is in progress" is never reached: SQLAlchemy's async adapters
+(for asyncpg and for aiosqlite) hold an asyncio.Lock per connection around each statement, so
+two statements on one connection wait for each other. With a session per task, each task has
+its own connection and both commit.
 
 The demo's users get emails under example.invalid and are deleted again at the end."""
 
