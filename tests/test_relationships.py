@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from alembic import command
 from sqlalchemy import delete, func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, MissingGreenlet
 from sqlalchemy.orm import joinedload, selectinload
 
 from source import Database, Profile, Skill, User, calculate_and_store_airscore, run_db_setup_and_create_user
@@ -202,3 +202,26 @@ async def test_core_delete_cascades_in_the_database_only_where_the_foreign_key_s
     async with db.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(User)) == 1
         assert await session.scalar(select(func.count()).select_from(user_skills)) == len(SAMPLE_SKILLS[alex.email])
+
+
+async def test_a_profile_already_loaded_is_deleted_by_the_session_itself(db):
+    _, jane = await run_db_setup_and_create_user(db)
+    async with db.sessions() as session, session.begin():
+        user = await session.get(User, jane.id)
+        assert (await user.awaitable_attrs.profile) is not None
+        with db.record() as log:
+            await session.delete(user)
+            await session.flush()
+    assert sum(s.startswith("DELETE FROM user_profiles") for s in log.sql) == 1
+    assert await count(db, "user_profiles") == 1  # Alex's
+
+
+async def test_an_unloaded_relationship_raises_on_plain_attribute_access(db):
+    alex, _ = await run_db_setup_and_create_user(db)
+    async with db.sessions() as session:
+        user = await session.get(User, alex.id)
+        with pytest.raises(Exception) as caught:
+            _ = user.assessments
+    # PostgreSQL raises MissingGreenlet itself; on SQLite it comes wrapped in a StatementError.
+    error = caught.value
+    assert isinstance(error, MissingGreenlet) or isinstance(getattr(error, "orig", None), MissingGreenlet), error

@@ -158,3 +158,16 @@ async def test_a_bad_choice_or_value_is_refused_naming_its_field_and_nothing_is_
     assert sent.sql == []
     with pytest.raises(InvalidInput):
         build(composition)
+
+
+async def test_the_quiz_prediction_question_has_the_measured_answer(users):
+    import checks
+
+    question = next(q for q in checks.REPOSITORY if "returns 5 users" in q.prompt)
+    assert question.objective == "Apply"
+    composition = Composition(limit=100, loaders={
+        "profile": "lazy", "skills": "select-in", "scores": "joined", "assessments": "not loaded"})
+    result = await run(users, composition)
+    assert len(result.rows) == 5
+    assert int(question.options[question.answer]) == len(result.statements) == 7
+    assert all(s.lstrip().upper().startswith("SELECT") for s in result.statements)
