@@ -225,3 +225,16 @@ async def test_an_unloaded_relationship_raises_on_plain_attribute_access(db):
     # PostgreSQL raises MissingGreenlet itself; on SQLite it comes wrapped in a StatementError.
     error = caught.value
     assert isinstance(error, MissingGreenlet) or isinstance(getattr(error, "orig", None), MissingGreenlet), error
+
+
+async def test_0003_renders_offline_for_the_dialect(db):
+    from source.migrations import offline_sql
+
+    up = offline_sql(db, from_revision="0002", to_revision="0003")
+    for table in ("skills", "user_profiles", "user_skills"):
+        assert f"CREATE TABLE {table}" in up
+    assert up.count("ON DELETE CASCADE") == 3  # the profile's key and both of user_skills'
+    assert "CONSTRAINT pk_user_skills PRIMARY KEY (user_id, skill_id)" in up
+    down = offline_sql(db, from_revision="0003", to_revision="0002")
+    assert "DROP TABLE user_skills" in down and "DROP TABLE skills" in down
+    assert await db.current_revision() == "0003"  # nothing ran
