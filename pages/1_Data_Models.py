@@ -4,6 +4,7 @@ from sqlalchemy import select
 
 import checks
 import ui
+from labbench.relationship_examples import relationship_examples
 from source import Assessment, Base, TimestampMixin, User, diagram
 from source.services import create_user
 
@@ -78,6 +79,18 @@ st.markdown(
     "`user_skills` rows; the skills stay. Those foreign keys say `ON DELETE CASCADE` too, so a "
     "Core DELETE cannot leave pairs behind."
 )
+
+st.markdown("**Each kind, loaded live.** Alex's scores, profile and skills, and the newest score's "
+            "user, each awaited on its own with its default (lazy) loader: the one SELECT it sent, "
+            "and what that loaded.")
+if not st.session_state.db_initialized:
+    st.info("Initialise the database in **2. DB Connectivity & Pooling** to see these loaded from the sample data.")
+else:
+    with ui.errors_shown():
+        for example in ui.run(relationship_examples(ui.database())):
+            st.markdown(f"`{example.attribute}` ({example.kind}): {ui.escape_markdown(example.loaded)}")
+            if example.sql:
+                st.code(example.sql, language="sql")
 
 st.subheader("Try it: create a user")
 if not st.session_state.db_initialized:
