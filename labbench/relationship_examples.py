@@ -38,9 +38,11 @@ async def _load(db: Database, obj, attribute: str):
 
 
 async def relationship_examples(db: Database) -> list[Example]:
-    """Alex's scores, profile and skills, and one score's user, each loaded on its own; a
-    relationship with nothing to show says so (the many-to-one needs a score to start from)."""
+    """Alex's scores, profile and skills, and the user of the newest score of a sample user (Alex
+    or Jane: never a learner's own user), each loaded on its own; a relationship with nothing to
+    show says so (the many-to-one needs a score to start from)."""
     alex_email = SAMPLE_USERS[0]["email"]
+    sample_emails = [row["email"] for row in SAMPLE_USERS]
     examples = []
     async with db.sessions() as session:
         alex = await session.scalar(select(User).where(User.email == alex_email))
@@ -55,10 +57,13 @@ async def relationship_examples(db: Database) -> list[Example]:
         skills, sql = await _load(db, alex, "skills")
         examples.append(Example("User.skills", "many-to-many", sql,
                                 f"{alex.name}: {', '.join(s.name for s in skills) or 'no skills'}"))
-        score = await session.scalar(select(AIRScore).order_by(AIRScore.created_at.desc(), AIRScore.id).limit(1))
+        score = await session.scalar(
+            select(AIRScore).join(AIRScore.user).where(User.email.in_(sample_emails))
+            .order_by(AIRScore.created_at.desc(), AIRScore.id).limit(1)
+        )
     if score is None:
         examples.append(Example("AIRScore.user", "many-to-one", "",
-                                "no score stored yet: add one in section 3, then come back"))
+                                "no score of Alex's or Jane's stored yet: add some in section 3, then come back"))
         return examples
     async with db.sessions() as session:  # a session of its own: the user is not in its identity map yet
         score = await session.get(AIRScore, score.id)

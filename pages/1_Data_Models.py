@@ -80,9 +80,9 @@ st.markdown(
     "Core DELETE cannot leave pairs behind."
 )
 
-st.markdown("**Each kind, loaded live.** Alex's scores, profile and skills, and the newest score's "
-            "user, each awaited on its own with its default (lazy) loader: the one SELECT it sent, "
-            "and what that loaded.")
+st.markdown("**Each kind, loaded live.** Alex's scores, profile and skills, and the user of Alex's "
+            "or Jane's newest score, each awaited on its own with its default (lazy) loader: the one "
+            "SELECT it sent, and what that loaded.")
 if not st.session_state.db_initialized:
     st.info("Initialise the database in **2. DB Connectivity & Pooling** to see these loaded from the sample data.")
 else:

@@ -27,7 +27,7 @@ def test_the_four_kinds_are_drawn_tabled_and_loaded_live(initialised):
     body, code = texts(at.markdown), texts(at.code)
     assert "`User.profile` (one-to-one): Alex Smith: 'Software developer moving into ML engineering'" in body
     assert "`User.skills` (many-to-many): Alex Smith: Machine learning, Python, SQL" in body
-    assert "no score stored yet" in body  # the sample data has no score until section 3 adds one
+    assert "no score of Alex's or Jane's stored yet" in body  # the sample data has no score until section 3 adds one
     assert "FROM user_profiles" in code and "user_skills" in code
     assert "WHERE users.id = :id_1" in code  # the selection sigma, as SQL
     assert not at.error

@@ -5,13 +5,17 @@ loaded is what the sample data holds."""
 from __future__ import annotations
 
 from labbench.relationship_examples import relationship_examples
-from source import calculate_and_store_airscore, run_db_setup_and_create_user
+from source import UserRepository, calculate_and_store_airscore, run_db_setup_and_create_user
 
 
 async def test_each_kind_has_its_sql_and_a_live_example(db):
     alex, _ = await run_db_setup_and_create_user(db)
     before = {e.attribute: e for e in await relationship_examples(db)}
-    assert before["AIRScore.user"].sql == "" and "no score stored yet" in before["AIRScore.user"].loaded
+    assert before["AIRScore.user"].sql == "" and "no score of Alex's or Jane's" in before["AIRScore.user"].loaded
+    async with db.sessions.begin() as session:  # a learner's own user and score are never shown
+        learner = await UserRepository(session).create(email="learner@example.com", name="Learner Private")
+    await calculate_and_store_airscore(sessions=db.sessions, user_id=learner.id, occupation_code="X")
+    assert "no score of Alex's or Jane's" in {e.attribute: e for e in await relationship_examples(db)}["AIRScore.user"].loaded
     score, _ = await calculate_and_store_airscore(sessions=db.sessions, user_id=alex.id, occupation_code="X")
     examples = {e.attribute: e for e in await relationship_examples(db)}
     assert {e.kind for e in examples.values()} == {"one-to-many", "one-to-one", "many-to-many", "many-to-one"}
