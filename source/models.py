@@ -74,12 +74,13 @@ class User(Base, TimestampMixin):
     )
     # One-to-one: a scalar, not a list (`Profile | None` gives uselist=False). Deleting is left to
     # the database: the foreign key says ON DELETE CASCADE, and passive_deletes=True tells the
-    # session not to load the profile just to delete it.
+    # session not to load the profile just to delete it (one it has loaded, it deletes itself).
     profile: Mapped[Profile | None] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
     )
-    # Many-to-many through the user_skills association table. session.delete(user) removes the
-    # user's user_skills rows itself (SQLAlchemy always does for `secondary`); the skills stay.
+    # Many-to-many through the user_skills association table. session.delete(user) loads the
+    # user's skills and deletes their user_skills rows itself (passive_deletes=True would skip the
+    # load and leave unloaded pairs to ON DELETE CASCADE); the skills stay.
     skills: Mapped[list[Skill]] = relationship(
         secondary=lambda: user_skills, back_populates="users", order_by="Skill.name"
     )

@@ -238,3 +238,21 @@ async def test_0003_renders_offline_for_the_dialect(db):
     down = offline_sql(db, from_revision="0003", to_revision="0002")
     assert "DROP TABLE user_skills" in down and "DROP TABLE skills" in down
     assert await db.current_revision() == "0003"  # nothing ran
+
+
+async def test_reset_removes_added_pairs_and_restores_the_sample_profiles_and_skills(db, redis_client, key_prefix):
+    from source import reset_lab_data
+
+    alex, _ = await run_db_setup_and_create_user(db)
+    async with db.sessions.begin() as session:
+        user = await session.get(User, alex.id, options=[selectinload(User.skills), selectinload(User.profile)])
+        user.skills.append(Skill(name="Rust"))
+        user.profile.headline = "Changed"
+    report = await reset_lab_data(db, redis_client, prefix=key_prefix)
+    assert report.rows_deleted["skills"] == 5 and report.rows_deleted["user_profiles"] == 2
+    assert report.rows_deleted["user_skills"] == sum(len(s) for s in SAMPLE_SKILLS.values()) + 1
+    async with db.sessions() as session:
+        user = await session.get(User, alex.id, options=[selectinload(User.skills), selectinload(User.profile)])
+        assert [s.name for s in user.skills] == sorted(SAMPLE_SKILLS[alex.email])
+        assert user.profile.headline == SAMPLE_PROFILES[alex.email]["headline"]
+        assert await session.scalar(select(func.count()).select_from(Skill)) == 4
