@@ -1,6 +1,7 @@
 """The knowledge checks at the end of each section: content only, like the prose on the pages.
-Each question names the learning objective it serves (Remember, Understand, Apply, Analyze,
-Create)."""
+Each question is tagged with the level of learning it exercises, as the Introduction's objectives
+name them (Remember, Understand, Apply, Analyze, Create): a Remember question asks for a fact the
+page shows, an Apply question has the learner work something out from the code, and so on."""
 
 from __future__ import annotations
 
@@ -27,14 +28,28 @@ MODELS = (
         "has a list of scores (`Mapped[list[AIRScore]]`). `back_populates` links the two sides.",
     ),
     Question(
-        "Understand",
-        "Why does the session factory use `expire_on_commit=False` in async code?",
-        ("It makes commits faster", "It disables the identity map",
-         "After commit, reading an expired attribute would need an implicit query, which async "
-         "sessions cannot run on attribute access", "It keeps the transaction open after commit"),
-        2,
-        "Expired attributes reload lazily on access. In async SQLAlchemy that implicit I/O raises "
-        "`MissingGreenlet`, so objects are kept readable after commit instead.",
+        "Remember",
+        "`User.skills` and `Skill.users` link users and skills. Which kind of relationship is it, "
+        "and what does it need in the schema?",
+        ("One-to-many: a foreign key `skills.user_id`",
+         "Many-to-many: an association table (`user_skills`) with a foreign key to each side",
+         "One-to-one: the skill's primary key is the user's ID",
+         "Many-to-one: a foreign key `users.skill_id`"),
+        1,
+        "A user has many skills and a skill belongs to many users, so neither table can hold the "
+        "other's key. Each row of `user_skills` is one (user, skill) pair; the relationship names it "
+        "with `secondary=`.",
+    ),
+    Question(
+        "Remember",
+        "How does `User.profile` declare that a user has at most one profile?",
+        ("`Mapped[list[Profile]]` with `uselist=True`", "`Mapped[Profile | None]`: a scalar, so "
+         "SQLAlchemy sets `uselist=False`", "A `UNIQUE` constraint on `users.id`",
+         "`lazy=\"joined\"`"),
+        1,
+        "The annotation makes the attribute a single object or None instead of a list; in the "
+        "schema, `user_profiles.user_id` is both the primary key and the foreign key, so a second "
+        "profile for the same user cannot be stored.",
     ),
 )
 
@@ -44,11 +59,12 @@ POOLING = (
         "With `pool_size=5, max_overflow=10`, how many connections can be checked out at once?",
         ("5", "10", "15", "Unlimited"),
         2,
-        "The pool keeps up to `pool_size` connections open and may open `max_overflow` more under "
-        "load: 5 + 10 = 15. The sixteenth request waits up to `pool_timeout`, then fails.",
+        "The pool keeps up to `pool_size` idle connections and may open `max_overflow` more under "
+        "load: 5 + 10 = 15. A sixteenth checkout waits for one of them to come back; only if none "
+        "does within `pool_timeout` seconds (30 by default) does it raise `TimeoutError`.",
     ),
     Question(
-        "Analyze",
+        "Understand",
         "In the experiment, why does `NullPool` lose throughput against a pool on PostgreSQL?",
         ("NullPool runs queries serially", "Each request pays for a new connection (TCP, auth, "
          "backend process start) instead of reusing one", "NullPool disables async I/O",
@@ -69,13 +85,27 @@ REPOSITORY = (
         "log on the page counts them as they are sent.",
     ),
     Question(
-        "Analyze",
-        "Which strategy loads 20 users and their scores in exactly two statements?",
+        "Apply",
+        "You write a repository method that returns 20 users with their scores. Which loader option "
+        "makes it send exactly two SELECT statements?",
         ("`joinedload`", "`selectinload`", "Lazy loading", "`raiseload`"),
         1,
         "`selectinload` sends the parent query, then one `SELECT ... WHERE user_id IN (...)` for "
         "the children (in batches of 500 parents, so past 500 users it adds a statement per batch). "
-        "`joinedload` uses one statement with a JOIN; `raiseload` loads nothing and raises on access.",
+        "`joinedload` uses one statement with a JOIN; `raiseload` loads nothing and raises on access. "
+        "Around the SELECTs the connection also carries the session's BEGIN and ROLLBACK (and the "
+        "pool's pre-ping at checkout): transaction control, not data statements.",
+    ),
+    Question(
+        "Apply",
+        "A query over users returns 5 users. `User.profile` is left lazy and awaited for each user "
+        "(`awaitable_attrs`), `User.skills` uses `selectinload`, `User.scores` uses `joinedload`, "
+        "and assessments are not loaded. How many SELECT statements are sent?",
+        ("1", "3", "7", "11"),
+        2,
+        "One SELECT for the users, with their scores joined in; one per user for the lazy profile (5); "
+        "one `SELECT ... WHERE user_skills.user_id IN (...)` for all the users' skills: 1 + 5 + 1 = 7. "
+        "A joined relationship adds a JOIN, not a statement.",
     ),
     Question(
         "Understand",
@@ -99,10 +129,12 @@ CACHE = (
     ),
     Question(
         "Analyze",
-        "With T_cache = 0.2 ms, T_database = 1 ms and a hit ratio of 0.9, what is T_avg?",
-        ("0.2 ms", "0.3 ms", "0.92 ms", "1.2 ms"),
-        1,
-        "T_avg = H·T_cache + (1−H)·(T_cache + T_database) = 0.9·0.2 + 0.1·1.2 = 0.18 + 0.12 = 0.30 ms.",
+        "T_cache = 0.2 ms and T_database = 1 ms. Compare two access patterns: one whose reads hit the "
+        "cache 90% of the time, one whose reads hit it 50% of the time. What is T_avg for each?",
+        ("0.30 ms and 0.70 ms", "0.20 ms and 0.60 ms", "0.92 ms and 0.60 ms", "0.30 ms and 0.50 ms"),
+        0,
+        "T_avg = H·T_cache + (1−H)·(T_cache + T_database): 0.9·0.2 + 0.1·1.2 = 0.30 ms, and "
+        "0.5·0.2 + 0.5·1.2 = 0.70 ms. A miss costs the cache lookup and the database read.",
     ),
     Question(
         "Understand",
@@ -157,12 +189,18 @@ MIGRATIONS = (
         "`down_revision` links from there.",
     ),
     Question(
-        "Apply",
-        "What does a drift check (`alembic check`) compare?",
-        ("Two migration files", "The models' metadata against the live schema",
-         "The database against a backup", "alembic.ini against env.py"),
+        "Understand",
+        "What does a drift check (`alembic check`) compare, and what does an empty diff tell you?",
+        ("Two migration files; they are identical",
+         "The models' metadata against the live database's schema; they agree in what autogenerate "
+         "compares (tables, columns with their types and nullability, indexes, unique and foreign-key "
+         "constraints), which leaves out triggers, functions and server defaults",
+         "The database against a backup; nothing was lost",
+         "The migrations against the models; every migration has run"),
         1,
-        "Autogenerate compares `Base.metadata` with what the database reflects; an empty diff means "
-        "the migrations and the models agree.",
+        "Autogenerate reflects the live database and compares it with `Base.metadata`. An empty diff "
+        "says that database and the models agree; it says nothing about another database, and it "
+        "cannot see what autogenerate skips, such as the NOTIFY trigger that revision 0002 adds on "
+        "PostgreSQL.",
     ),
 )

@@ -14,9 +14,16 @@ def schema_diagram(base: Any) -> str:
     for mapper in base.registry.mappers:
         for rel in mapper.relationships:
             if rel.direction.name == "MANYTOONE":
+                one_to_one = _is_one_to_one(rel)
                 for column in rel.local_columns:
-                    edge_labels[column] = f"{mapper.class_.__name__}.{rel.key} (N:1)  /  " \
-                        f"{rel.mapper.class_.__name__}.{rel.back_populates} (1:N)"
+                    edge_labels[column] = f"{mapper.class_.__name__}.{rel.key} ({'1:1' if one_to_one else 'N:1'})  /  " \
+                        f"{rel.mapper.class_.__name__}.{rel.back_populates} ({'1:1' if one_to_one else '1:N'})"
+            elif rel.direction.name == "MANYTOMANY" and rel.secondary is not None:
+                # The association table's foreign key to this mapper's table, labelled from this side.
+                for column in rel.secondary.columns:
+                    if any(fk.column.table is mapper.local_table for fk in column.foreign_keys):
+                        edge_labels[column] = f"{mapper.class_.__name__}.{rel.key}  /  " \
+                            f"{rel.mapper.class_.__name__}.{rel.back_populates} (M:N)"
     lines = [
         "digraph schema {",
         '  rankdir=LR; node [shape=plaintext, fontname="Helvetica", fontsize=11];',
@@ -52,13 +59,24 @@ def relationships(base: Any) -> list[dict[str, str]]:
         for rel in mapper.relationships:
             rows.append({
                 "attribute": f"{mapper.class_.__name__}.{rel.key}",
-                "kind": {"ONETOMANY": "one-to-many", "MANYTOONE": "many-to-one"}.get(
-                    rel.direction.name, rel.direction.name.lower()),
+                "kind": "one-to-one" if _is_one_to_one(rel) else {
+                    "ONETOMANY": "one-to-many", "MANYTOONE": "many-to-one", "MANYTOMANY": "many-to-many",
+                }[rel.direction.name],
                 "target": rel.mapper.class_.__name__,
                 "back_populates": rel.back_populates or "",
                 "foreign key": ", ".join(f"{c.table.name}.{c.name}" for c in rel.remote_side | rel.local_columns
                                          if c.foreign_keys),
                 "cascade": ", ".join(sorted(rel.cascade)),
                 "loading": str(rel.lazy),
+                "passive_deletes": str(rel.passive_deletes),
             })
     return rows
+
+
+def _is_one_to_one(rel: Any) -> bool:
+    """A scalar on both sides: the one-to-many side declared uselist=False (`Mapped[X | None]`)."""
+    if rel.direction.name == "ONETOMANY":
+        return not rel.uselist
+    if rel.direction.name == "MANYTOONE" and rel.back_populates:
+        return not rel.mapper.relationships[rel.back_populates].uselist
+    return False

@@ -6,34 +6,44 @@ import checks
 import ui
 import widgets
 from labbench import diagram
-from source import Assessment, Base, TimestampMixin
+from labbench.relationship_examples import relationship_examples
+from source import Assessment, Base, TimestampMixin, User
 from source.services import create_user
 
 ui.page("1. Data Models")
 st.title("1. Defining the core data schema with SQLAlchemy 2.x")
 st.markdown(
-    "Alex starts with the data itself: user profiles, the assessments they take, the AI-R "
-    "scores those produce, and a table of domain events for telling other services what "
-    "happened. The models use SQLAlchemy 2.x's typed declarative mapping: `Mapped[...]` "
+    "Alex starts with the data itself: users and their profiles and skills, the assessments they "
+    "take, the AI-R scores those produce, and a table of domain events for telling other services "
+    "what happened. The models use SQLAlchemy 2.x's typed declarative mapping: `Mapped[...]` "
     "annotations say what each attribute holds and whether it may be empty, so the type "
     "checker and the database schema agree."
 )
 
 st.subheader("From relational algebra to relationships")
 st.markdown(
-    "A relationship between two tables is a join waiting to happen. All the assessments of a "
-    "user are a projection of the join of `users` and `assessments` on the foreign key:"
+    "A relationship between two tables is a join waiting to happen. The assessments of one user "
+    "$u$ are the join of `users` and `assessments` on the foreign key, restricted to that user, "
+    "projected onto the assessments' columns:"
 )
 st.latex(
-    r"\pi_{\text{assessments.*}}\left(\text{users} \bowtie_{\text{users.id} = "
-    r"\text{assessments.user\_id}} \text{assessments}\right)"
+    r"\pi_{\text{assessments.*}}\left(\sigma_{\text{users.id} = u}\left(\text{users} "
+    r"\bowtie_{\text{users.id} = \text{assessments.user\_id}} \text{assessments}\right)\right)"
 )
 st.markdown(
-    "where $\\pi$ is projection and $\\bowtie$ is the join on that condition. In Python you "
-    "write `user.assessments`; SQLAlchemy derives the join condition from the `ForeignKey`. "
-    "This is the SQL it builds for `select(Assessment).join(Assessment.user)`:"
+    "where $\\sigma$ is selection (the rows that meet a condition), $\\bowtie$ is the join on the "
+    "foreign key and $\\pi$ is projection. SQLAlchemy derives the join condition from the "
+    "`ForeignKey`. This is the SQL it builds for "
+    "`select(Assessment).join(Assessment.user).where(User.id == u)`:"
 )
-st.code(str(select(Assessment).join(Assessment.user)), language="sql")
+st.code(str(select(Assessment).join(Assessment.user).where(User.id == "u")), language="sql")
+st.markdown(
+    "On a loaded user the same rows are `await user.awaitable_attrs.assessments`, or "
+    "`selectinload(User.assessments)` in the query that loads the user. A plain "
+    "`user.assessments` whose rows are not loaded yet raises an error in this lab "
+    "(`MissingGreenlet`, which SQLite's driver hands on wrapped in a `StatementError`): an async "
+    "session cannot wait for the database inside an attribute access."
+)
 
 st.subheader("The models, from the running code")
 st.caption("Read with `inspect` from `source/models.py` as it is loaded now.")
@@ -49,12 +59,40 @@ st.caption("Drawn from `Base.metadata` and the mappers: add a column to a model 
 st.graphviz_chart(diagram.schema_diagram(Base))
 st.dataframe(pd.DataFrame(diagram.relationships(Base)), hide_index=True, width="stretch")
 st.markdown(
-    "Every foreign key points at `users.id`: one user, many assessments and many scores. "
-    "`cascade=\"all, delete-orphan\"` on the `User` side means deleting a user deletes their "
-    "assessments and scores, and a score removed from `user.scores` is deleted rather than "
-    "left without a user. `DomainEvent` has no foreign key on purpose: an event names its "
-    "aggregate (`aggregate_type`, `aggregate_id`) so that it can describe anything."
+    "All four kinds meet at `users`. One user has many assessments and many scores (one-to-many, "
+    "and many-to-one from the other side), at most one profile (one-to-one: "
+    "`user_profiles.user_id` is both its primary key and its foreign key, and "
+    "`Mapped[Profile | None]` makes `User.profile` a single object), and many skills that other "
+    "users share (many-to-many: each row of the association table `user_skills` is one user-skill "
+    "pair). `DomainEvent` has no foreign key on purpose: an event names its aggregate "
+    "(`aggregate_type`, `aggregate_id`) so that it can describe anything."
 )
+st.markdown(
+    "Deleting a user shows two ways to cascade:\n"
+    "- **ORM cascade** on `User.scores` and `User.assessments` (`cascade=\"all, delete-orphan\"`): "
+    "`session.delete(user)` loads both collections and sends a DELETE for their rows before the "
+    "user's, and a score removed from `user.scores` is deleted rather than left without a user. "
+    "Only the session does this: their foreign keys have no `ON DELETE`, so a Core "
+    "`DELETE FROM users` for a user who has scores fails with an integrity error.\n"
+    "- **`ON DELETE CASCADE` with `passive_deletes=True`** on `User.profile`: the database deletes "
+    "the profile with the user, whichever way the user is deleted, and the session does not load "
+    "the profile just to delete it (one it has already loaded, it deletes itself).\n\n"
+    "For `User.skills`, `session.delete(user)` loads the user's skills and deletes their "
+    "`user_skills` rows; the skills stay. Those foreign keys say `ON DELETE CASCADE` too, so a "
+    "Core DELETE cannot leave pairs behind."
+)
+
+st.markdown("**Each kind, loaded live.** Alex's scores, profile and skills, and the user of Alex's "
+            "or Jane's newest score, each awaited on its own with its default (lazy) loader: the one "
+            "SELECT it sent, and what that loaded.")
+if not st.session_state.db_initialized:
+    st.info("Initialise the database in **2. DB Connectivity & Pooling** to see these loaded from the sample data.")
+else:
+    with ui.errors_shown():
+        for example in ui.run(relationship_examples(ui.database())):
+            st.markdown(f"`{example.attribute}` ({example.kind}): {widgets.escape_markdown(example.loaded)}")
+            if example.sql:
+                st.code(example.sql, language="sql")
 
 st.subheader("Try it: create a user")
 if not st.session_state.db_initialized:

@@ -24,7 +24,18 @@ from .config import database_url, mask_url, redis_prefix, redis_url
 from .consumer import ConsumerSettings, event_consumer
 from .database import Database
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
-from .models import AIRScore, Assessment, Base, DomainEvent, InboxEntry, ScoreSummary, TimestampMixin, User
+from .models import (
+    AIRScore,
+    Assessment,
+    Base,
+    DomainEvent,
+    InboxEntry,
+    Profile,
+    ScoreSummary,
+    Skill,
+    TimestampMixin,
+    User,
+)
 from .outbox import RelaySettings, event_publisher, retry_failed_events
 from .outbox_stats import PublisherSnapshot
 from .publisher import Publisher
@@ -40,8 +51,8 @@ from .services import (
 __all__ = [
     "AIRScore", "AIRScoreCalculated", "Assessment", "Base", "CacheStats", "CachedUserRepository",
     "ConsumerSettings", "Database", "DomainEvent", "DomainEventRepository", "DuplicateEmail", "FAKE_SERVER",
-    "InboxEntry", "InvalidInput", "LabError", "Lookup", "NotFound", "Publisher", "PublisherSnapshot",
-    "RedisCache", "RedisTarget", "RelaySettings", "ScoreSummary", "TimestampMixin", "User", "UserRepository",
+    "InboxEntry", "InvalidInput", "LabError", "Lookup", "NotFound", "Profile", "Publisher", "PublisherSnapshot",
+    "RedisCache", "RedisTarget", "RelaySettings", "ScoreSummary", "Skill", "TimestampMixin", "User", "UserRepository",
     "calculate_and_store_airscore", "create_sample_airscore", "database_url", "event_consumer",
     "event_publisher", "make_redis_client", "mask_url", "redis_prefix", "redis_url", "resolve_redis",
     "retry_failed_events", "run_db_setup_and_create_user",

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, MetaData, String, text
+from sqlalchemy import JSON, Column, DateTime, Float, ForeignKey, Index, MetaData, String, Table, text
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -72,6 +72,18 @@ class User(Base, TimestampMixin):
     scores: Mapped[list[AIRScore]] = relationship(
         back_populates="user", cascade="all, delete-orphan", order_by="AIRScore.created_at"
     )
+    # One-to-one: a scalar, not a list (`Profile | None` gives uselist=False). Deleting is left to
+    # the database: the foreign key says ON DELETE CASCADE, and passive_deletes=True tells the
+    # session not to load the profile just to delete it (one it has loaded, it deletes itself).
+    profile: Mapped[Profile | None] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+    # Many-to-many through the user_skills association table. session.delete(user) loads the
+    # user's skills and deletes their user_skills rows itself (passive_deletes=True would skip the
+    # load and leave unloaded pairs to ON DELETE CASCADE); the skills stay.
+    skills: Mapped[list[Skill]] = relationship(
+        secondary=lambda: user_skills, back_populates="users", order_by="Skill.name"
+    )
 
 
 class Assessment(Base, TimestampMixin):
@@ -103,6 +115,40 @@ class AIRScore(Base, TimestampMixin):
     calculation_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     user: Mapped[User] = relationship(back_populates="scores")
+
+
+class Profile(Base, TimestampMixin):
+    """At most one per user: its primary key is the user's ID (revision 0003)."""
+
+    __tablename__ = "user_profiles"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    headline: Mapped[str] = mapped_column(String(200))
+    location: Mapped[str | None] = mapped_column(String(100))
+
+    user: Mapped[User] = relationship(back_populates="profile")
+
+
+# A many-to-many needs a table of pairs and no class: one row says "this user has this skill".
+# Its foreign keys cascade, so a DELETE that SQLAlchemy does not send (Core, or psql) cannot leave
+# pairs that name a deleted user or skill.
+user_skills = Table(
+    "user_skills",
+    Base.metadata,
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("skill_id", ForeignKey("skills.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+class Skill(Base):
+    __tablename__ = "skills"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+    users: Mapped[list[User]] = relationship(
+        secondary=user_skills, back_populates="skills", order_by="User.email"
+    )
 
 
 class DomainEvent(Base, TimestampMixin):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -13,6 +14,28 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from .errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text, clean_years
 from .models import AIRScore, DomainEvent, User
+
+
+class UserRepositoryProtocol(Protocol):
+    """What a caller of a user repository may rely on, and nothing about how it is stored.
+    UserRepository below keeps users in the database; tests/fakes.py keeps them in a dict; one
+    contract suite (tests/test_repository_contract.py) runs against both."""
+
+    async def create(
+        self, *, email: str, name: str, occupation_code: str | None = None,
+        education_level: str | None = None, years_experience: float | None = None,
+    ) -> User: ...
+
+    async def get_by_id(self, user_id: str) -> User | None: ...
+
+    async def get_existing(self, user_id: str) -> User: ...
+
+    async def get_by_email(self, email: str) -> User | None: ...
+
+    async def update(
+        self, user_id: str, *, name: str | None = None, occupation_code: str | None = None,
+        years_experience: float | None = None,
+    ) -> User: ...
 
 
 class UserRepository:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .database import WRITE_TRANSACTION, Database
 from .errors import clean_id, clean_text
-from .models import AIRScore, DomainEvent, User, new_id, utcnow
+from .models import AIRScore, DomainEvent, Profile, Skill, User, new_id, user_skills, utcnow
 from .repositories import DomainEventRepository, UserRepository
 
 PARAMETER_VERSION = "v2.1"
@@ -21,6 +22,15 @@ SAMPLE_USERS = (
     {"email": "jane.doe@innovateai.com", "name": "Jane Doe", "occupation_code": "15-2051",
      "education_level": "PhD", "years_experience": 5.0},
 )
+# Each sample user's one profile (one-to-one) and skills (many-to-many: Python is shared).
+SAMPLE_PROFILES = {
+    "alex.smith@innovateai.com": {"headline": "Software developer moving into ML engineering", "location": "Austin"},
+    "jane.doe@innovateai.com": {"headline": "Data scientist", "location": "Toronto"},
+}
+SAMPLE_SKILLS = {
+    "alex.smith@innovateai.com": ("Python", "SQL", "Machine learning"),
+    "jane.doe@innovateai.com": ("Python", "Statistics"),
+}
 
 
 @dataclass(frozen=True)
@@ -129,9 +139,34 @@ async def get_or_create_users(session: AsyncSession, rows: list[dict]) -> list[U
     return [await repo.get_by_email(row["email"]) for row in rows]
 
 
+async def add_sample_profiles_and_skills(session: AsyncSession, users: list[User]) -> None:
+    """Give each sample user its profile and skills unless it has them; safe when two sessions
+    race (ON CONFLICT DO NOTHING on each table's key)."""
+    dialect_insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    now = utcnow()
+    by_email = {user.email: user for user in users}
+    profiles = [{"user_id": by_email[email].id, "created_at": now, "updated_at": now, **profile}
+                for email, profile in SAMPLE_PROFILES.items() if email in by_email]
+    names = sorted({name for email, skills in SAMPLE_SKILLS.items() if email in by_email for name in skills})
+    if profiles:
+        await session.execute(dialect_insert(Profile).values(profiles).on_conflict_do_nothing(index_elements=["user_id"]))
+    if not names:
+        return
+    await session.execute(
+        dialect_insert(Skill).values([{"id": new_id(), "name": name} for name in names])
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    skill_ids = dict((await session.execute(select(Skill.name, Skill.id).where(Skill.name.in_(names)))).all())
+    pairs = [{"user_id": by_email[email].id, "skill_id": skill_ids[name]}
+             for email, skills in SAMPLE_SKILLS.items() if email in by_email for name in skills]
+    await session.execute(dialect_insert(user_skills).values(pairs).on_conflict_do_nothing())
+
+
 async def run_db_setup_and_create_user(db: Database) -> tuple[User, User]:
-    """Schema to head, then Alex Smith and Jane Doe. Idempotent: a second call creates nothing."""
+    """Schema to head, then Alex Smith and Jane Doe with their profiles and skills. Idempotent:
+    a second call creates nothing."""
     await db.upgrade_to_head()
     async with db.sessions.begin() as session:
         alex, jane = await get_or_create_users(session, [dict(row) for row in SAMPLE_USERS])
+        await add_sample_profiles_and_skills(session, [alex, jane])
     return alex, jane

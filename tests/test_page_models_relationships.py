@@ -1,0 +1,38 @@
+"""Page 1's relationship section on both backend pairs: the four kinds in the diagram and the
+table, each loaded live from the sample data with the SQL it sent, and the algebra's selection."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from tests.pagekit import texts
+
+MODELS = "pages/1_Data_Models.py"
+
+
+def open_models() -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.switch_page(MODELS)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_the_four_kinds_are_drawn_tabled_and_loaded_live(initialised):
+    at = open_models()
+    diagram = at.get("graphviz_chart")[0].proto.spec
+    assert "User.profile (1:1)" in diagram and "Skill.users (M:N)" in diagram and "User.scores (1:N)" in diagram
+    table = at.dataframe[0].value
+    assert set(table["kind"]) == {"one-to-many", "many-to-one", "one-to-one", "many-to-many"}
+    body, code = texts(at.markdown), texts(at.code)
+    assert "`User.profile` (one-to-one): Alex Smith: 'Software developer moving into ML engineering'" in body
+    assert "`User.skills` (many-to-many): Alex Smith: Machine learning, Python, SQL" in body
+    assert "no score of Alex's or Jane's stored yet" in body  # the sample data has no score until section 3 adds one
+    assert "FROM user_profiles" in code and "user_skills" in code
+    assert "WHERE users.id = :id_1" in code  # the selection sigma, as SQL
+    assert not at.error
+
+
+def test_before_initialising_the_live_examples_ask_for_section_2(app_env):
+    at = open_models()
+    assert "to see these loaded from the sample data" in texts(at.info)
