@@ -1,8 +1,12 @@
 """The lab bench: the lab's experiments and instruments, kept apart from the answer key.
 
 recorder.py            the statements a block of code sent (listens on the engine from outside)
-pooling.py             2. the pooling experiment, atomicity shown, the pool's figures
+relationship_examples.py  1. each relationship kind loaded live from the sample data
+pooling.py             2. the pooling experiment, atomicity shown, the pool's settings
+pool_figures.py        2. the pool's open, checked-out, idle and overflow connections
+shared_session.py      2. two tasks on one AsyncSession, against a session per task
 loading.py             3. the N+1 comparison
+workbench.py           3. a users query composed from allow-listed choices, run recorded
 cache_traffic.py       4. skewed traffic through the cache, the demo user's score
 unreachable_redis.py   4. Redis addresses that refuse or hang
 faults.py              5. broker and relay faults, wrapped around the relay's broker client
