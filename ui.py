@@ -10,9 +10,11 @@ click would make a new loop each time and break every pooled connection on the n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import inspect
 import logging
+import math
 import os
 import re
 import sys
@@ -26,8 +28,11 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import DBAPIError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import source
+from labbench import keyguard
+from labbench.singletons import process_wide
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
@@ -52,9 +57,11 @@ SESSION_DEFAULTS: dict[str, Any] = {
 
 
 # --- the event loop and the shared resources ---------------------------------------------
+# Process-wide (labbench.singletons), not st.cache_resource: any browser may send Streamlit's
+# clear_cache message, which would drop them and make a second loop, engine and publisher.
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def event_loop() -> asyncio.AbstractEventLoop:
     """One loop per process, on a daemon thread, for every session."""
     loop = asyncio.new_event_loop()
@@ -76,26 +83,26 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         raise BackendTimeout(f"no answer within {timeout:g} s") from None
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def database() -> source.Database:
     """The app's database. Creating it connects to nothing; connections open on first use,
     on the shared loop, and stay in its pool."""
     return source.Database(source.database_url())
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def redis_target() -> source.RedisTarget:
     return source.resolve_redis()
 
 
 @dataclass(frozen=True)
 class _Held:
-    """A box for an awaitable client: Streamlit refuses to cache awaitable objects as such."""
+    """A box for an awaitable client, so that no caller awaits the cached value by mistake."""
 
     value: Any
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def _redis_client() -> _Held:
     target = redis_target()
 
@@ -110,13 +117,13 @@ def redis_client():
     return _redis_client().value
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def cache_stats() -> source.CacheStats:
     """Counters of every cached read this server process serves, whichever learner asked."""
     return source.CacheStats()
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def _redis_cache(fault: str) -> _Held:
     target, stats = redis_target(), cache_stats()
 
@@ -145,7 +152,7 @@ def redis_cache_target(fault: str) -> source.RedisTarget:
 _publishers: list[source.Publisher] = []  # every publisher made in this process, so that reset stops them
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def publisher() -> source.Publisher:
     """The process's outbox publisher, shared by every session; made stopped. Its thread has its
     own loop, engine and Redis clients, so nothing of the shared loop's is handed to it."""
@@ -480,7 +487,27 @@ def instructor_key_ok(action: str, *, key: str) -> bool:
     if not entered:
         st.caption(f"{action} changes the lab for everyone: it needs the instructor key.")
         return False
-    if not hmac.compare_digest(entered.encode(), expected.encode()):
+    # Wrong keys back off per session and per address (labbench.keyguard). A key left in the box
+    # is checked again at every rerun: only a new wrong value counts as another attempt.
+    session_id, address = _session_id(), st.context.ip_address
+    address = address if isinstance(address, str) else None  # None on loopback (and in AppTest)
+    digest = hashlib.sha256(entered.encode()).hexdigest()
+    if st.session_state.get(f"{key}__wrong") == digest:
         st.error("That is not the instructor key.")
         return False
+    if wait := keyguard.wait_seconds(session_id, address):
+        st.error(f"Too many wrong instructor keys from this browser or address: the key is checked "
+                 f"again in {math.ceil(wait)} s.")
+        return False
+    if not hmac.compare_digest(entered.encode(), expected.encode()):
+        st.session_state[f"{key}__wrong"] = digest
+        wait = keyguard.record_failure(action, session_id, address)
+        st.error(f"That is not the instructor key. The next key is checked in {wait:g} s at the earliest.")
+        return False
+    keyguard.record_success(session_id, address)
     return True
+
+
+def _session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else "none"
