@@ -26,16 +26,17 @@ from typing import Any, TypeVar
 
 import redis
 import streamlit as st
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import source
-from labbench import keyguard
+from labbench import keyguard, numbers
 from labbench.singletons import process_wide
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
+numbers.install()  # NaN or ±inf from a crafted client resets a number input instead of crashing it
 
 SECTIONS = [
     ("app.py", "Introduction"),
@@ -335,11 +336,22 @@ def error_message(exc: BaseException) -> str:
         waited = source.database.SQLITE_BUSY_TIMEOUT_MS / 1000
         return (f"The database ({database().label}) is busy: SQLite lets one connection write at a "
                 f"time, and other writes held it for over {waited:g} s. Try again in a moment.")
+    if _refused_value(exc):  # it answered: the values were wrong, not the connection
+        return f"The database ({database().label}) refused a value in the request; nothing was written."
     if isinstance(exc, (OperationalError, DBAPIError, ConnectionError, OSError)):
         return f"The database ({database().label}) is not reachable or refused the request."
     if isinstance(exc, BackendTimeout):
         return f"The operation timed out ({exc})."
     return f"Something went wrong ({type(exc).__name__}); details are in the server log."
+
+
+def _refused_value(exc: BaseException) -> bool:
+    """A data exception or a broken constraint: SQLAlchemy's DataError or IntegrityError, or on
+    asyncpg (which maps some to its generic Error) SQLSTATE class 22 or 23, e.g. 22021 for NUL."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    return isinstance(exc, DBAPIError) and sqlstate[:2] in ("22", "23")
 
 
 @contextmanager
@@ -349,7 +361,9 @@ def errors_shown(where: Any = st, *, fields: dict[str, Any] | None = None) -> It
     try:
         yield
     except Exception as exc:  # the learner sees a message; the log keeps the details
-        if not isinstance(exc, source.LabError):
+        if _refused_value(exc):
+            log.warning("the database refused a value: %s", str(getattr(exc, "orig", exc)).splitlines()[0][:200])
+        elif not isinstance(exc, source.LabError):
             log.exception("page action failed")
         field = getattr(exc, "field", None)
         # Messages may quote what the learner typed: keep markdown in it inert.

@@ -21,6 +21,7 @@ class Drawn:
     """What one run of a page drew."""
 
     widgets: dict[str, str] = field(default_factory=dict)  # label -> widget ID
+    kinds: dict[str, str] = field(default_factory=dict)  # label -> element kind ("number_input", ...)
     texts: list[str] = field(default_factory=list)  # markdown, captions, alerts, exceptions
     exceptions: list[str] = field(default_factory=list)
 
@@ -63,6 +64,12 @@ class StreamlitClient:
         self.values[widget_id] = WidgetState(id=widget_id, string_value=value)
         return self.run()
 
+    def set_number(self, drawn: Drawn, label: str, value: float) -> Drawn:
+        """Send any double for a number input, NaN and ±inf included (a browser sends neither)."""
+        widget_id = drawn.widgets[label]
+        self.values[widget_id] = WidgetState(id=widget_id, double_value=value)
+        return self.run()
+
     def _read_run(self) -> Drawn:
         drawn, started, deadline = Drawn(), False, time.monotonic() + self.timeout
         while True:
@@ -89,8 +96,9 @@ class StreamlitClient:
             return
         body = getattr(element, kind)
         if kind == "exception":
-            drawn.exceptions.append(f"{body.type}: {body.message}")
+            drawn.exceptions.append(f"{body.type}: {body.message}" + "".join(body.stack_trace))
         if hasattr(body, "id") and hasattr(body, "label") and body.id:
             drawn.widgets[body.label] = body.id
+            drawn.kinds[body.label] = kind
         if hasattr(body, "body") and isinstance(body.body, str):
             drawn.texts.append(body.body)
