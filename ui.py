@@ -172,10 +172,30 @@ def outbox_overview() -> source.outbox.OutboxOverview:
 def reset_lab_data() -> source.ResetReport:
     """Every learner's data back to the start (section 2's reset): the lab's rows, its Redis
     keys, and the process's cache counters."""
-    report = run(source.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
+    try:
+        report = run(source.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
+    except source.services.ResetIncomplete as stopped:
+        backend_status.clear()
+        raise source.LabError(_reset_incomplete(stopped)) from stopped
     cache_stats().reset()
     backend_status.clear()
     return report
+
+
+def _reset_incomplete(stopped: source.services.ResetIncomplete) -> str:
+    """What a reset that stopped part-way did and did not do, backend by backend."""
+    log.warning("reset stopped part-way", exc_info=stopped.cause)
+    cause = error_message(stopped.cause)
+    keys = f"deleted {stopped.keys_deleted} Redis key(s) under the lab's prefix"
+    if isinstance(stopped.cause, redis.RedisError):
+        return (f"The reset stopped part-way: {cause} Done: {keys} before that. Not done: no database row "
+                "was deleted. Reset again once Redis answers.")
+    if stopped.rows_deleted is None:
+        return (f"The reset stopped part-way: {cause} Done: {keys}. Not done: no database row was deleted "
+                "(its transaction did not commit). Reset again once the database answers.")
+    rows = ", ".join(f"{n} {table}" for table, n in stopped.rows_deleted.items() if n) or "no rows"
+    return (f"The reset stopped part-way: {cause} Done: {keys}, and deleted {rows}. Not done: restoring "
+            "Alex and Jane may be unfinished; Initialize in section 2 restores them.")
 
 
 def forget_cached_latest_score(user_id: str) -> None:
@@ -269,6 +289,8 @@ def _sidebar(status: BackendStatus) -> None:
         st.code(db.masked_url, language=None)
         if status.database_busy:
             st.caption("Schema: not checked (the database is busy)")
+        elif not status.database_ok:
+            st.caption("Schema: unknown (database unreachable)")
         else:
             st.caption(
                 f"Schema: revision {status.schema_revision}" if status.schema_revision
