@@ -548,6 +548,11 @@ def _progress() -> None:
 # --- actions that change what everyone sees -----------------------------------------------
 
 
+def instructor_key_set() -> bool:
+    """True when LAB_INSTRUCTOR_KEY is set: shared actions are the instructor's."""
+    return bool(os.environ.get("LAB_INSTRUCTOR_KEY", ""))
+
+
 def instructor_key_ok(action: str, *, key: str) -> bool:
     """Gate for actions that change the lab for every session on this server (resetting data,
     stopping the publisher, injecting a fault, stepping the schema). With LAB_INSTRUCTOR_KEY

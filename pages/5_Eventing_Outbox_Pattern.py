@@ -143,7 +143,8 @@ if event_id := state.get("outbox_event_id"):
         if now is None:  # the lab data was reset
             del state.outbox_event_id
         elif not publisher.running and now.status == "pending":
-            st.caption("Start the publisher to watch it go through.")
+            st.caption("It goes through once the instructor starts the publisher." if ui.instructor_key_set()
+                       else "Start the publisher to watch it go through.")
         elif watching and not now.settled:
             st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
 st.button("Refresh the figures", key="outbox_refresh")

@@ -65,6 +65,11 @@ def test_the_publisher_is_started_and_stopped_only_with_the_key(keyed):
     assert not ui.publisher().running
 
 
+def test_a_learner_is_told_the_instructor_starts_the_publisher(keyed):
+    at = click(open_page(OUTBOX), "outbox_create")
+    assert "It goes through once the instructor starts the publisher." in texts(at.caption)
+
+
 def test_faults_crash_and_retry_need_the_key(keyed):
     shared = {"outbox_broker_down", "outbox_broker_up", "outbox_crash", "outbox_retry"}
     at = open_page(OUTBOX)
