@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 import ui
 from labbench import keyguard
-from source import migrations
-from tests.pagekit import click, open_page, texts
+from source import User, UserRepository, migrations
+from tests.pagekit import click, count, open_page, texts
 
 KEY = "letmein-instructor"
 POOLING = "../pages/2_DB_Connectivity_and_Pooling.py"
@@ -54,6 +54,21 @@ def test_initialize_is_open_at_head_and_needs_the_key_when_it_would_migrate(keye
     assert "Migrating the schema changes the lab for everyone: it needs the instructor key." in texts(at.caption)
     at = click(unlock(at, "init_key"), "init_db")
     assert revision() == head
+
+
+def test_reset_is_refused_without_the_key_and_done_with_it(keyed):
+    async def add_learner():
+        async with ui.database().sessions.begin() as session:
+            await UserRepository(session).create(email="learner@example.com", name="Learner")
+
+    ui.run(add_learner())
+    at = open_page(POOLING)
+    assert not buttons(at) & {"reset_lab"}
+    at = unlock(at, "reset_key")
+    at.checkbox(key="reset_confirm").check().run()
+    at = click(at, "reset_lab")
+    assert "Lab data reset: deleted 1 users" in texts(at.success)
+    assert count(User) == 2
 
 
 def test_the_publisher_is_started_and_stopped_only_with_the_key(keyed):
