@@ -57,12 +57,16 @@ def test_control_and_format_characters_are_refused_and_nothing_is_written(initia
         assert count(User) == 2, what
 
 
-@pytest.mark.parametrize("value", ["\u200b\u200b", "\u0301", " \u200b "])
-def test_a_name_or_email_with_nothing_visible_is_refused(initialised, value):
+@pytest.mark.parametrize(("value", "message"), [
+    ("\u200b\u200b", "contains an invisible or control character (U+200B, ZERO WIDTH SPACE) at position 1"),
+    (" \u2060 ", "contains an invisible or control character (U+2060, WORD JOINER) at position 1"),
+    ("\u0301\u0301", "has no visible character"),  # combining accents with nothing to sit on
+])
+def test_a_name_or_email_with_nothing_visible_is_refused(initialised, value, message):
     at = AppTest.from_file(MODELS, default_timeout=60).run()
-    for field in ("new_user_email", "new_user_name"):
+    for field, label in (("new_user_email", "email"), ("new_user_name", "name")):
         at = submit(at, **{field: value})
-        assert "no visible character" in texts(at.error) or "invisible or control character" in texts(at.error)
+        assert f"The {label} {message}" in texts(at.error), field
         assert count(User) == 2
 
 
