@@ -31,14 +31,15 @@ class Drawn:
 
 class StreamlitClient:
     def __init__(self, url: str, timeout: float = 60.0) -> None:
-        self.ws = connect(url.replace("http://", "ws://") + "/_stcore/stream", subprotocols=["streamlit"],
-                          max_size=None, open_timeout=timeout)
+        self._connection = connect(url.replace("http://", "ws://") + "/_stcore/stream", subprotocols=["streamlit"],
+                                   max_size=None, open_timeout=timeout)
+        self.ws = self._connection.__enter__()  # as `with connect(...)` does; close() exits it
         self.timeout = timeout
         self.page_name = ""
         self.values: dict[str, WidgetState] = {}  # widget states a browser would send with every rerun
 
     def close(self) -> None:
-        self.ws.close()
+        self._connection.__exit__(None, None, None)
 
     def send(self, message: BackMsg) -> None:
         self.ws.send(message.SerializeToString())
