@@ -10,8 +10,10 @@ click would make a new loop each time and break every pooled connection on the n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import math
 import os
 import threading
 from collections.abc import Coroutine, Iterator
@@ -21,18 +23,22 @@ from typing import Any, TypeVar
 
 import redis
 import streamlit as st
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+import number_inputs
 import source
 import widgets
-from labbench import lab_data, outbox_view, recorder
+from labbench import keyguard, lab_data, outbox_view, recorder
 from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
+from labbench.singletons import process_wide
 from labbench.unreachable_redis import unreachable_redis
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
+number_inputs.install()  # NaN or ±inf from a crafted client resets a number input instead of crashing it
 
 SECTIONS = [
     ("app.py", "Introduction"),
@@ -54,9 +60,11 @@ SESSION_DEFAULTS: dict[str, Any] = {
 
 
 # --- the event loop and the shared resources ---------------------------------------------
+# Process-wide (labbench.singletons), not st.cache_resource: any browser may send Streamlit's
+# clear_cache message, which would drop them and make a second loop, engine and publisher.
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def event_loop() -> asyncio.AbstractEventLoop:
     """One loop per process, on a daemon thread, for every session."""
     loop = asyncio.new_event_loop()
@@ -78,7 +86,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         raise BackendTimeout(f"no answer within {timeout:g} s") from None
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def database() -> source.Database:
     """The app's database. Creating it connects to nothing; connections open on first use,
     on the shared loop, and stay in its pool."""
@@ -86,19 +94,19 @@ def database() -> source.Database:
     return source.Database(choice.url, label=choice.label)
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def redis_target() -> source.RedisTarget:
     return source.resolve_redis()
 
 
 @dataclass(frozen=True)
 class _Held:
-    """A box for an awaitable client: Streamlit refuses to cache awaitable objects as such."""
+    """A box for an awaitable client, so that no caller awaits the cached value by mistake."""
 
     value: Any
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def _redis_client() -> _Held:
     target = redis_target()
 
@@ -113,13 +121,13 @@ def redis_client():
     return _redis_client().value
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def cache_stats() -> source.CacheStats:
     """Counters of every cached read this server process serves, whichever learner asked."""
     return source.CacheStats()
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def _redis_cache(fault: str) -> _Held:
     target, stats = redis_target(), cache_stats()
 
@@ -148,7 +156,7 @@ def redis_cache_target(fault: str) -> source.RedisTarget:
 _publishers: list[LabPublisher] = []  # every publisher made in this process, so that reset stops them
 
 
-@st.cache_resource(show_spinner=False)
+@process_wide
 def publisher() -> LabPublisher:
     """The process's outbox publisher, shared by every session; made stopped. Its thread has its
     own loop, engine and Redis clients, so nothing of the shared loop's is handed to it."""
@@ -167,10 +175,30 @@ def outbox_overview() -> outbox_view.OutboxOverview:
 def reset_lab_data() -> lab_data.ResetReport:
     """Every learner's data back to the start (section 2's reset): the lab's rows, its Redis
     keys, and the process's cache counters."""
-    report = run(lab_data.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
+    try:
+        report = run(lab_data.reset_lab_data(database(), redis_client(), prefix=source.redis_prefix()), timeout=60)
+    except lab_data.ResetIncomplete as stopped:
+        backend_status.clear()
+        raise source.LabError(_reset_incomplete(stopped)) from stopped
     cache_stats().reset()
     backend_status.clear()
     return report
+
+
+def _reset_incomplete(stopped: source.services.ResetIncomplete) -> str:
+    """What a reset that stopped part-way did and did not do, backend by backend."""
+    log.warning("reset stopped part-way", exc_info=stopped.cause)
+    cause = error_message(stopped.cause)
+    keys = f"deleted {stopped.keys_deleted} Redis key(s) under the lab's prefix"
+    if isinstance(stopped.cause, redis.RedisError):
+        return (f"The reset stopped part-way: {cause} Done: {keys} before that. Not done: no database row "
+                "was deleted. Reset again once Redis answers.")
+    if stopped.rows_deleted is None:
+        return (f"The reset stopped part-way: {cause} Done: {keys}. Not done: no database row was deleted "
+                "(its transaction did not commit). Reset again once the database answers.")
+    rows = ", ".join(f"{n} {table}" for table, n in stopped.rows_deleted.items() if n) or "no rows"
+    return (f"The reset stopped part-way: {cause} Done: {keys}, and deleted {rows}. Not done: restoring "
+            "Alex and Jane may be unfinished; Initialize in section 2 restores them.")
 
 
 def forget_cached_latest_score(user_id: str) -> None:
@@ -266,6 +294,8 @@ def _sidebar(status: BackendStatus) -> None:
             st.caption(widgets.escape_markdown(choice.note))
         if status.database_busy:
             st.caption("Schema: not checked (the database is busy)")
+        elif not status.database_ok:
+            st.caption("Schema: unknown (database unreachable)")
         else:
             st.caption(
                 f"Schema: revision {status.schema_revision}" if status.schema_revision
@@ -333,11 +363,22 @@ def error_message(exc: BaseException) -> str:
         waited = source.database.SQLITE_BUSY_TIMEOUT_MS / 1000
         return (f"The database ({database().label}) is busy: SQLite lets one connection write at a "
                 f"time, and other writes held it for over {waited:g} s. Try again in a moment.")
+    if _refused_value(exc):  # it answered: the values were wrong, not the connection
+        return f"The database ({database().label}) refused a value in the request; nothing was written."
     if isinstance(exc, (OperationalError, DBAPIError, ConnectionError, OSError)):
         return f"The database ({database().label}) is not reachable or refused the request."
     if isinstance(exc, BackendTimeout):
         return f"The operation timed out ({exc})."
     return f"Something went wrong ({type(exc).__name__}); details are in the server log."
+
+
+def _refused_value(exc: BaseException) -> bool:
+    """A data exception or a broken constraint: SQLAlchemy's DataError or IntegrityError, or on
+    asyncpg (which maps some to its generic Error) SQLSTATE class 22 or 23, e.g. 22021 for NUL."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    return isinstance(exc, DBAPIError) and sqlstate[:2] in ("22", "23")
 
 
 @contextmanager
@@ -347,7 +388,9 @@ def errors_shown(where: Any = st, *, fields: dict[str, Any] | None = None) -> It
     try:
         yield
     except Exception as exc:  # the learner sees a message; the log keeps the details
-        if not isinstance(exc, source.LabError):
+        if _refused_value(exc):
+            log.warning("the database refused a value: %s", str(getattr(exc, "orig", exc)).splitlines()[0][:200])
+        elif not isinstance(exc, source.LabError):
             log.exception("page action failed")
         field = getattr(exc, "field", None)
         # Messages may quote what the learner typed: keep markdown in it inert.
@@ -368,6 +411,11 @@ def run_recorded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> tuple[T
 # --- actions that change what everyone sees -----------------------------------------------
 
 
+def instructor_key_set() -> bool:
+    """True when LAB_INSTRUCTOR_KEY is set: shared actions are the instructor's."""
+    return bool(os.environ.get("LAB_INSTRUCTOR_KEY", ""))
+
+
 def instructor_key_ok(action: str, *, key: str) -> bool:
     """Gate for actions that change the lab for every session on this server (resetting data,
     stopping the publisher, injecting a fault, stepping the schema). With LAB_INSTRUCTOR_KEY
@@ -383,7 +431,27 @@ def instructor_key_ok(action: str, *, key: str) -> bool:
     if not entered:
         st.caption(f"{action} changes the lab for everyone: it needs the instructor key.")
         return False
-    if not hmac.compare_digest(entered.encode(), expected.encode()):
+    # Wrong keys back off per session and per address (labbench.keyguard). A key left in the box
+    # is checked again at every rerun: only a new wrong value counts as another attempt.
+    session_id, address = _session_id(), st.context.ip_address
+    address = address if isinstance(address, str) else None  # None on loopback (and in AppTest)
+    digest = hashlib.sha256(entered.encode()).hexdigest()
+    if st.session_state.get(f"{key}__wrong") == digest:
         st.error("That is not the instructor key.")
         return False
+    if wait := keyguard.wait_seconds(session_id, address):
+        st.error(f"Too many wrong instructor keys from this browser or address: the key is checked "
+                 f"again in {math.ceil(wait)} s.")
+        return False
+    if not hmac.compare_digest(entered.encode(), expected.encode()):
+        st.session_state[f"{key}__wrong"] = digest
+        wait = keyguard.record_failure(action, session_id, address)
+        st.error(f"That is not the instructor key. The next key is checked in {wait:g} s at the earliest.")
+        return False
+    keyguard.record_success(session_id, address)
     return True
+
+
+def _session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else "none"

@@ -14,11 +14,50 @@ import streamlit as st
 
 from labbench.recorder import StatementLog
 
+# Words that Streamlit's markdown turns into something live even when every character is
+# backslash-escaped, since these run on the parsed text: GFM's autolink literals (https://…, www.…,
+# an email address) and remark-emoji's shortcodes (:smile:). Such a word goes in a code span.
+_LIVE_WORD = re.compile(r"://|www\.|@|:[\w+-]+:", re.IGNORECASE)
+# Streamlit's frontend rewrites ":material/" to ":material_" in the raw source, code spans
+# included, before parsing: that text is escaped outside any code span instead.
+_MATERIAL = re.compile(r"(:material/)")
+
+
+def _code_span(text: str) -> str:
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _inert_word(word: str) -> str:
+    parts = []
+    for part in _MATERIAL.split(word):
+        if part == ":material/":
+            parts.append("\\:material\\/")
+        elif _LIVE_WORD.search(part):
+            parts.append(_code_span(part))
+        else:
+            parts.append(_escaped(part))
+    return "".join(parts)
+
+
+def _escaped(text: str) -> str:
+    """Backslashes before what starts markup, math, HTML or an entity, and before a ':' that
+    could open a directive or an icon (":red[", ":material/"; "busy: SQLite" keeps its colon)."""
+    return "".join(
+        "\\" + ch if ch in "\\`*_[]<>$~#|&" or (ch == ":" and i + 1 < len(text)) else ch
+        for i, ch in enumerate(text)
+    )
+
 
 def escape_markdown(text: str) -> str:
-    """User text inline in st.markdown: emphasis, links, images, code, math, colour directives,
-    headings, tables and HTML stay inert, and it stays on one line."""
-    return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in " ".join(str(text).splitlines()))
+    """User text inline in st.markdown, drawn as the characters typed with nothing live: no
+    emphasis, links (URLs and emails included), images, code, math, colour or icon directives,
+    emoji shortcodes, headings, lists, tables or HTML; and it stays on one line."""
+    inert = re.sub(r"\S+", lambda word: _inert_word(word.group()), " ".join(str(text).splitlines()))
+    # At the start of a line, "-", "+", "=" and "1." or "1)" make lists, rules and headings.
+    inert = re.sub(r"^(\s*)([-+=])", r"\1\\\2", inert)
+    return re.sub(r"^(\s*\d+)([.)])", r"\1\\\2", inert)
 
 
 KIND_LABELS = {"data": "statement", "transaction": "transaction control", "ping": "pool pre-ping"}

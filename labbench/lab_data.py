@@ -26,22 +26,41 @@ class ResetReport:
     keys_deleted: int
 
 
+class ResetIncomplete(Exception):
+    """A reset that stopped part-way, with what it had done when `cause` stopped it: the Redis
+    keys it deleted, and the rows it deleted (None: the database's transaction did not commit,
+    so no row was deleted)."""
+
+    def __init__(self, *, keys_deleted: int, rows_deleted: dict[str, int] | None, cause: BaseException) -> None:
+        super().__init__(f"reset stopped after {keys_deleted} key(s): {type(cause).__name__}")
+        self.keys_deleted, self.rows_deleted, self.cause = keys_deleted, rows_deleted, cause
+
+
 async def reset_lab_data(db: Database, redis_client, *, prefix: str) -> ResetReport:
     """Back to the initial state: the rows of the lab's own tables (and nothing else in the
     database), the Redis keys under the lab's prefix (and no other key). Alex and Jane keep their
-    rows, restored to their sample values, so every open session's IDs stay valid."""
-    sample_emails = [row["email"] for row in SAMPLE_USERS]
-    rows: dict[str, int] = {}
-    async with db.sessions.begin() as session:
-        for table in reversed(Base.metadata.sorted_tables):  # children before parents
-            statement = delete(table)
-            if table is User.__table__:
-                statement = statement.where(User.email.not_in(sample_emails))
-            rows[table.name] = (await session.execute(statement)).rowcount
-        for row in SAMPLE_USERS:
-            await session.execute(update(User).where(User.email == row["email"]).values(**row))
-    keys = [key async for key in redis_client.scan_iter(match=f"{prefix}*", count=500)]
-    for start in range(0, len(keys), 500):
-        await redis_client.delete(*keys[start : start + 500])
-    await run_db_setup_and_create_user(db)
-    return ResetReport(rows_deleted=rows, keys_deleted=len(keys))
+    rows, restored to their sample values, so every open session's IDs stay valid.
+
+    Redis goes first: it holds only what can be rebuilt (cached copies, the event stream), so a
+    database that fails next loses nothing. Either failing raises ResetIncomplete, saying what was
+    done before it."""
+    keys_deleted, rows = 0, None
+    try:
+        keys = [key async for key in redis_client.scan_iter(match=f"{prefix}*", count=500)]
+        for start in range(0, len(keys), 500):
+            keys_deleted += await redis_client.delete(*keys[start : start + 500])
+        sample_emails = [row["email"] for row in SAMPLE_USERS]
+        deleting: dict[str, int] = {}
+        async with db.sessions.begin() as session:
+            for table in reversed(Base.metadata.sorted_tables):  # children before parents
+                statement = delete(table)
+                if table is User.__table__:
+                    statement = statement.where(User.email.not_in(sample_emails))
+                deleting[table.name] = (await session.execute(statement)).rowcount
+            for row in SAMPLE_USERS:
+                await session.execute(update(User).where(User.email == row["email"]).values(**row))
+        rows = deleting  # committed
+        await run_db_setup_and_create_user(db)
+    except Exception as exc:
+        raise ResetIncomplete(keys_deleted=keys_deleted, rows_deleted=rows, cause=exc) from exc
+    return ResetReport(rows_deleted=rows, keys_deleted=keys_deleted)

@@ -3,7 +3,7 @@ import streamlit as st
 import checks
 import ui
 import widgets
-from labbench import pooling
+from labbench import migrations, pooling
 from source import run_db_setup_and_create_user
 from views import pooling_views
 
@@ -29,7 +29,12 @@ st.markdown(
     "This runs the Alembic migrations to the newest revision, then creates Alex Smith and Jane "
     "Doe if they do not exist yet. It is safe to click again, or from several browsers at once."
 )
-if st.button(f"Initialize {db.label} & create sample users", key="init_db"):
+# At head, Initialize only creates the sample users if they are missing; below head (or unknown) it
+# migrates the schema for everyone, so it goes through the instructor's gate.
+migrates = ui.backend_status().schema_revision != migrations.revision_history()[-1].revision
+if (not migrates or ui.instructor_key_ok("Migrating the schema", key="init_key")) and st.button(
+    f"Initialize {db.label} & create sample users", key="init_db"
+):
     with ui.errors_shown():
         with st.spinner("Migrating and creating the sample users..."):
             alex, jane = ui.run(run_db_setup_and_create_user(db), timeout=60)

@@ -64,15 +64,13 @@ st.markdown(
     "ID written in the same transaction as the effect (a per-user read model), `XACK` after commit, "
     "and `XAUTOCLAIM` for entries a dead consumer never acknowledged."
 )
-start_col, stop_col = st.columns(2)
-if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):
-    publisher.start()
-    state.outbox_watch = True
-    st.rerun()
-with stop_col:
-    if ui.instructor_key_ok("Stopping the publisher", key="outbox_stop_key") and st.button(
-        "Stop publisher", disabled=not figures.running, key="outbox_stop"
-    ):
+if ui.instructor_key_ok("Starting or stopping the publisher", key="outbox_stop_key"):
+    start_col, stop_col = st.columns(2)
+    if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):
+        publisher.start()
+        state.outbox_watch = True
+        st.rerun()
+    if stop_col.button("Stop publisher", disabled=not figures.running, key="outbox_stop"):
         publisher.stop()
         st.rerun()
 
@@ -84,7 +82,8 @@ if event_id := state.get("outbox_event_id"):
         if now is None:  # the lab data was reset
             del state.outbox_event_id
         elif not publisher.running and now.status == "pending":
-            st.caption("Start the publisher to watch it go through.")
+            st.caption("It goes through once the instructor starts the publisher." if ui.instructor_key_set()
+                       else "Start the publisher to watch it go through.")
         elif watching and not now.settled:
             st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
 st.button("Refresh the figures", key="outbox_refresh")
@@ -99,7 +98,8 @@ st.markdown(
 )
 faults = publisher.faults
 st.markdown(f"The broker is **{'down' if faults.broker_down else 'up'}** for the relay.")
-if ui.instructor_key_ok("Switching the broker fault", key="outbox_fault_key"):
+faults_open = ui.instructor_key_ok("Breaking the relay or retrying failed events", key="outbox_fault_key")
+if faults_open:
     down_col, up_col = st.columns(2)
     if down_col.button("Take the broker down", disabled=faults.broker_down, key="outbox_broker_down"):
         faults.broker_down = True
@@ -107,7 +107,7 @@ if ui.instructor_key_ok("Switching the broker fault", key="outbox_fault_key"):
     if up_col.button("Bring the broker back", disabled=not faults.broker_down, key="outbox_broker_up"):
         faults.broker_down = False
         st.rerun()
-if st.button("Retry failed events", key="outbox_retry"):
+if faults_open and st.button("Retry failed events", key="outbox_retry"):
     with ui.errors_shown():
         st.success(f"{ui.run(retry_failed_events(db=db))} failed event(s) are pending again.")
 st.markdown(
@@ -115,7 +115,7 @@ st.markdown(
     "back, so its events are still pending and the next cycle appends them again. Watch "
     "*Appended* and *Duplicates dropped* rise together while *Applied* counts each event once."
 )
-if st.button("Crash the relay after its next append", key="outbox_crash"):
+if faults_open and st.button("Crash the relay after its next append", key="outbox_crash"):
     faults.arm_crash()
 if faults.crash_armed:
     st.info("Armed: the next batch the relay appends will not be marked published.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import uuid
 
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -31,10 +32,33 @@ class NotFound(LabError):
     pass
 
 
+# Control characters (NUL, newlines, escapes), format characters (bidi overrides and isolates such
+# as U+202E, zero-width spaces and joiners, U+FEFF) and lone surrogates: invisible or reordering
+# text, or refused by PostgreSQL (NUL). `strip()` keeps every one of them.
+HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs"}
+# A visible character: a letter, mark-carrying letter, digit, punctuation or symbol.
+VISIBLE_CATEGORIES = ("L", "N", "P", "S")
+
+
+def check_visible(value: str, *, field: str, label: str) -> str:
+    """InvalidInput for text with a control or format character, or with nothing visible."""
+    for position, ch in enumerate(value, start=1):
+        if unicodedata.category(ch) in HIDDEN_CATEGORIES:
+            name = unicodedata.name(ch, "a control character")
+            raise InvalidInput(
+                f"The {label} contains an invisible or control character (U+{ord(ch):04X}, {name}) at "
+                f"position {position}: type it again without it.", field=field,
+            )
+    if not any(unicodedata.category(ch).startswith(VISIBLE_CATEGORIES) for ch in value):
+        raise InvalidInput(f"The {label} has no visible character.", field=field)
+    return value
+
+
 def clean_email(email: str | None) -> str:
     value = (email or "").strip().lower()
     if not value:
         raise InvalidInput("Enter an email address.", field="email")
+    check_visible(value, field="email", label="email")
     if len(value) > 255:
         raise InvalidInput("The email is longer than 255 characters.", field="email")
     if not EMAIL_PATTERN.match(value):
@@ -48,6 +72,7 @@ def clean_text(value: str | None, *, field: str, label: str, max_length: int, re
         if required:
             raise InvalidInput(f"Enter a {label}.", field=field)
         return None
+    check_visible(value, field=field, label=label)
     if len(value) > max_length:
         raise InvalidInput(
             f"The {label} is {len(value)} characters long; at most {max_length} fit.", field=field

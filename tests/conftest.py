@@ -87,6 +87,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under LAB_REQUIRE_BACKENDS=1: {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def _no_wrong_instructor_keys():
+    """The key guard's back-off is process-wide: each test starts and ends with none."""
+    from labbench import keyguard
+
+    keyguard.forget_all()
+    yield
+    keyguard.forget_all()
+
+
 # --- databases -------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The app as learners use it: `streamlit run app.py` driven by chromium (Playwright), on the
 embedded pair and on PostgreSQL + Redis. One learner walks every section in the spec's order and
 sees each result; a few learners at once each see only their own session, and the database
-holds exactly what they made. The walk itself is in tests/load.py (bench.py's load run uses it
+holds exactly what they made. The walk itself is in harness/browser_walk.py (bench.py's load run uses it
 with 30 learners and prints the times). On failure: screenshots and the server log under
 test-artifacts/."""
 

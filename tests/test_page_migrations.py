@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from streamlit.testing.v1 import AppTest
 
 import checks
@@ -53,6 +55,7 @@ def test_schema_steps_need_the_instructor_key_when_one_is_set(initialised, monke
     at.text_input(key="migrate_key").set_value("wrong").run()
     assert "not the instructor key" in texts(at.error)
     assert not [b for b in at.button if b.key == "downgrade_step"]
+    time.sleep(1.05)  # a first wrong key: no key is checked for 1 s
     at.text_input(key="migrate_key").set_value("letmein").run()
     assert [b for b in at.button if b.key == "downgrade_step"]
 

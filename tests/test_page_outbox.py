@@ -92,6 +92,7 @@ def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instruc
     at = open_page(PAGE)
     assert not [b for b in at.button if b.key in ("outbox_broker_down", "outbox_stop")]
     at.text_input(key="outbox_fault_key").set_value("letmein").run()
+    at.text_input(key="outbox_stop_key").set_value("letmein").run()
     at = click(at, "outbox_broker_down")
     assert "The broker is **down**" in texts(at.markdown)
     at = click(click(at, "outbox_create"), "outbox_start")
