@@ -109,10 +109,10 @@ def folder():
     """A data folder of this test's own; any server left in it is stopped afterwards."""
     base = scratch_folder()
     yield base / "data"
-    pgdata = base / "data" / "pg"
-    for pid in postmasters(pgdata):
-        os.kill(pid, signal.SIGTERM)
-    gone_within(pgdata)
+    for pgdata in base.glob("**/pg"):
+        for pid in postmasters(pgdata):
+            os.kill(pid, signal.SIGTERM)
+        gone_within(pgdata)
     if (base / "data").exists():
         make_writable(base / "data")
     shutil.rmtree(base, ignore_errors=True)
@@ -154,6 +154,25 @@ async def test_first_start_initialises_a_postgresql_18_that_the_app_uses_over_it
     finally:
         server.stop()
     assert gone_within(server.pgdata)
+
+
+def test_a_data_folder_too_deep_for_a_unix_socket_gets_its_socket_in_a_short_folder(folder):
+    deep = folder / ("a-long-course-folder-name-" * 4) / "data"
+    assert len(str(deep / "pg" / ".s.PGSQL.5432")) > embedded_postgres.SOCKET_PATH_MAX
+    first = AppProcess(deep)
+    try:
+        host = first.embedded["url"].split("?host=")[1]
+        assert Path(host).parent == Path(tempfile.gettempdir()).resolve() and Path(host).name.startswith("lab2-pg-")
+        assert (Path(host) / ".s.PGSQL.5432").is_socket()
+        assert first.embedded["backend"] > 0  # it answered over that socket
+        second = AppProcess(deep)
+        assert second.embedded["reused"] and second.embedded["url"] == first.embedded["url"]
+        second.exit()
+    finally:
+        first.exit()
+    assert gone_within(deep / "pg")
+    assert not (Path(host) / ".s.PGSQL.5432").exists()  # the server removed its socket at shutdown
+    shutil.rmtree(host, ignore_errors=True)
 
 
 def test_without_database_url_the_app_resolves_to_the_embedded_server(folder, monkeypatch):
