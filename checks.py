@@ -50,7 +50,7 @@ POOLING = (
     Question(
         "Analyze",
         "In the experiment, why does `NullPool` lose throughput against a pool on PostgreSQL?",
-        ("NullPool runs queries serially", "Each request pays for a new connection (TCP, auth, "
+        ("NullPool runs queries serially", "Each request pays for a new connection (socket connect, auth, "
          "backend process start) instead of reusing one", "NullPool disables async I/O",
          "PostgreSQL rejects NullPool connections"),
         1,

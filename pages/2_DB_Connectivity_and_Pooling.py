@@ -14,7 +14,7 @@ st.markdown(
     "waiting on I/O. Alex uses SQLAlchemy's async engine (`asyncpg` on PostgreSQL, `aiosqlite` "
     "on SQLite) so that one process keeps serving while queries are in flight, and a "
     "**connection pool** so that a request borrows an open connection instead of paying for a "
-    "new one (TCP, authentication and a server process on PostgreSQL) every time."
+    "new one (a socket connect, authentication and a server process on PostgreSQL) every time."
 )
 st.markdown(
     "Of the $N_{\\text{max}}$ = `pool_size + max_overflow` connections the pool may hold, "
@@ -148,12 +148,14 @@ if result := st.session_state.get("pool_experiment"):
             "You are on a SQLite file. A connection here is the file opened inside this process: no "
             "network, no login, no server process. NullPool pays only for aiosqlite's thread per "
             "connection and the PRAGMAs run on connect, so the gap is small and one run can go "
-            "either way. On PostgreSQL every new connection is a TCP handshake, authentication and "
+            "either way. On PostgreSQL every new connection is a socket connect, authentication and "
             "a new server process, and the pool wins clearly: set `DATABASE_URL` to see it."
         )
     else:
+        # The embedded server (and a DATABASE_URL with ?host=/folder) is reached over a Unix socket.
+        connect = "a TCP handshake" if db.url.host else "a connect on the server's Unix socket (no TCP here)"
         st.info(
-            "On PostgreSQL every NullPool request pays for a new connection: a TCP handshake, "
+            f"On PostgreSQL every NullPool request pays for a new connection: {connect}, "
             "authentication and a new server process, which is CPU on both sides. The pool pays "
             "that once per connection and then reuses it."
         )

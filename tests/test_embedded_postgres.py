@@ -397,3 +397,35 @@ def test_the_served_app_killed_with_sigkill_restarts_on_the_same_server_and_stop
         app.process.terminate()  # Streamlit's SIGTERM handler ends the process normally: atexit runs
         app.process.wait(30)
     assert gone_within(folder / "pg", 30), "the last app process did not stop its server at exit"
+
+
+@pytest.mark.browser
+def test_a_learner_walks_every_section_on_the_app_s_own_embedded_postgresql(folder, tmp_path):
+    """The browser walk of tests/test_browser.py on the app's default database: no DATABASE_URL,
+    so the served app runs on the embedded server of its data folder (this test joins it first, so
+    that the database can be read once the app has exited), with the embedded Redis."""
+    import asyncio
+
+    from tests.load import check_database, serve_and_walk
+    from tests.served import CHROMIUM, app_subprocess_env
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}: install it (apt-get install chromium) to run the browser tests")
+    env = app_subprocess_env({"LAB_DATA_DIR": str(folder), "REDIS_URL": "fakeredis://"})
+    env.pop("DATABASE_URL", None)
+    server = EmbeddedPostgres(folder)
+    started = server.ensure_running()
+    try:
+        run = asyncio.run(serve_and_walk(env, tmp_path, sessions=1, alone=True, name="walk-app-default-embedded-pg"))
+        assert not run.errors, "\n".join(run.errors) + f"\nserver log: {run.server_log}"
+        [me] = run.walked
+        assert me.outcomes == ["MISS", "HIT", "MISS"]
+        assert me.statements == {"lazy": 21, "selectin": 2, "joined": 1}
+        log = (tmp_path / next(p.name for p in tmp_path.glob("streamlit-*.log"))).read_text()
+        assert "Traceback" not in log
+        contents = asyncio.run(check_database(started.url, run.walked))
+        assert contents.mismatches == [] and contents.jane_demo_scores == 1
+        assert postmasters(server.pgdata) == [started.postmaster_pid]  # the app used this one server
+    finally:
+        server.stop()
+    assert gone_within(server.pgdata)
