@@ -263,14 +263,23 @@ def make_writable(path: Path) -> None:
         path.chmod(0o755)
 
 
-async def test_an_unwritable_data_folder_gives_the_sqlite_fallback_with_the_reason(folder):
+@pytest.fixture
+def own_tempdir(folder, monkeypatch):
+    """The temporary folder (where a fallback SQLite file goes) is one of this test's own."""
+    where = folder.parent / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+async def test_an_unwritable_data_folder_gives_the_sqlite_fallback_with_the_reason(folder, own_tempdir):
     make_unwritable(folder)
     try:
         choice = resolve_database(folder)
         assert choice.kind == "sqlite-fallback"
         assert f"the data folder {folder} is not writable" in choice.note
         assert "Using the SQLite file" in choice.note and "Traceback" not in choice.note
-        assert choice.url.startswith("sqlite+aiosqlite:///") and str(folder) not in choice.url
+        assert choice.url == f"sqlite+aiosqlite:///{own_tempdir / f'lab2-{os.getuid()}' / 'lab2.db'}"
         db = Database(choice.url)  # the fallback works: it lives in a writable temporary folder
         try:
             await db.upgrade_to_head()
@@ -307,7 +316,7 @@ def test_a_socket_clash_gives_the_sqlite_fallback_with_postgresql_s_reason(folde
         other.wait()
 
 
-def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(folder, monkeypatch):
+def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(folder, own_tempdir, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     import ui
@@ -321,7 +330,7 @@ def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(
         at = AppTest.from_file("../app.py", default_timeout=60).run()
         assert not at.exception
         captions = " ".join(c.value for c in at.sidebar.caption).replace("\\", "")  # markdown escapes
-        assert "SQLite file" in captions
+        assert f"SQLite file {own_tempdir / f'lab2-{os.getuid()}' / 'lab2.db'}" in captions
         assert "Embedded PostgreSQL could not start" in captions and "is not writable" in captions
     finally:
         ui.reset_resources()
@@ -345,6 +354,20 @@ def test_the_sidebar_names_the_embedded_server(folder, monkeypatch):
         assert f"embedded PostgreSQL 18, {folder / 'pg'}" in captions
         assert "No DATABASE_URL: started by this app" in captions
         assert any(f"?host={folder / 'pg'}" in c.value for c in at.sidebar.code)
+        # Section 2 names it too, and initialises it.
+        from tests.pagekit import click, open_page, texts
+
+        at = open_page("../pages/2_DB_Connectivity_and_Pooling.py")
+        assert at.button(key="init_db").label == f"Initialize embedded PostgreSQL 18, {folder / 'pg'} & create sample users"
+        at = click(at, "init_db")
+        assert f"Schema migrated to head on embedded PostgreSQL 18, {folder / 'pg'}" in texts(at.success)
+        for key, value in (("exp_clients", 4), ("exp_per_client", 2), ("exp_pool_size", 2), ("exp_max_overflow", 0)):
+            at.number_input(key=key).set_value(value)
+        at = click(at, "exp_run")
+        assert not at.error
+        assert "a connect on the server's Unix socket (no TCP here)" in texts(at.info)
+        opened = [int(m.value) for m in at.metric if m.label == "Connections opened"]
+        assert opened[1] == 8  # NullPool: one new server connection per request, on the socket
     finally:
         ui.reset_resources()
         embedded_postgres.server(folder).stop()
