@@ -452,7 +452,8 @@ def resolve_database(folder: Path | None = None) -> DatabaseChoice:
             reason = _failures[folder] = f"{type(exc).__name__}: {exc}"
     sqlite_url, path = sqlite_fallback_url(folder)
     return DatabaseChoice(sqlite_url, None, "sqlite-fallback",
-                          f"Embedded PostgreSQL could not start: {reason}. Using the SQLite file {display_path(path)} instead.")
+                          f"Embedded PostgreSQL could not start: {reason}. Using the SQLite file {display_path(path)} "
+                          "instead (restart the app to try the embedded server again).")
 
 
 def forget(folder: Path | None = None) -> None:
