@@ -8,7 +8,8 @@
 
 Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
 a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
-(or --redis) under its own key prefix, and the embedded fakeredis. No figure here is asserted
+(or --redis) under its own key prefix, and the embedded fakeredis. The embedded_postgres section
+starts the app's default server in temporary folders of its own. No figure here is asserted
 by a test: these machines are shared and noisy.
 """
 

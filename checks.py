@@ -66,7 +66,7 @@ POOLING = (
     Question(
         "Understand",
         "In the experiment, why does `NullPool` lose throughput against a pool on PostgreSQL?",
-        ("NullPool runs queries serially", "Each request pays for a new connection (TCP, auth, "
+        ("NullPool runs queries serially", "Each request pays for a new connection (socket connect, auth, "
          "backend process start) instead of reusing one", "NullPool disables async I/O",
          "PostgreSQL rejects NullPool connections"),
         1,

@@ -6,6 +6,8 @@ One server per data folder, shared by every process that uses that folder:
 
     <data>/pg         the cluster (initdb on the first start), its postmaster.pid, socket and
                       server.log; it listens on no TCP address, only on <data>/pg/.s.PGSQL.5432
+                      (in a folder of its own under the temporary folder when that path is too
+                      long for a Unix socket)
     <data>/pg.lock    held (flock) by a process while it starts or stops the server
     <data>/pg.users   each process that uses the server holds a shared flock on it while it runs
 
@@ -26,6 +28,7 @@ POSIX only (Linux, macOS): elsewhere the SQLite fallback is used and says why.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shlex
 import subprocess
@@ -38,7 +41,7 @@ from pathlib import Path
 
 from source import config
 
-PORT = 5432  # the socket's name, .s.PGSQL.5432, in the cluster's own folder: no TCP port is opened
+PORT = 5432  # only in the socket's name, .s.PGSQL.5432, in a folder of the cluster's own: no TCP port is opened
 SOCKET_PATH_MAX = 100  # sun_path holds 104 (macOS) or 108 (Linux) bytes
 START_TIMEOUT = 60.0  # initdb and the first start on a slow laptop stay well inside this
 ROOT_USER = "embedded_postgres"
@@ -164,8 +167,17 @@ class EmbeddedPostgres:
             pass
         return f"embedded PostgreSQL {version}, {display_path(self.pgdata)}"
 
+    @property
+    def socket_dir(self) -> Path:
+        """The cluster's folder, or (when its socket path would be too long) a folder named after
+        it under the temporary folder."""
+        if len(str(self.pgdata / f".s.PGSQL.{PORT}")) <= SOCKET_PATH_MAX:
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()).resolve() / f"lab2-pg-{digest}"
+
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+asyncpg://postgres@/{database}?host={self.pgdata}"
+        return f"postgresql+asyncpg://postgres@/{database}?host={self.socket_dir}"
 
     # --- start -----------------------------------------------------------------------------
 
@@ -209,9 +221,9 @@ class EmbeddedPostgres:
             raise Unavailable(f"the data folder {where} is not writable ({exc.strerror or exc})") from None
         if self.pgdata.exists() and not self.pgdata.is_dir():
             raise Unavailable(f"{display_path(self.pgdata)} exists and is not a folder")
-        if len(str(self.pgdata / f".s.PGSQL.{PORT}")) > SOCKET_PATH_MAX:
-            raise Unavailable(f"the path of {where} is too long for the server's Unix socket "
-                              f"(over {SOCKET_PATH_MAX} characters); set LAB_DATA_DIR to a shorter one")
+        if len(str(self.socket_dir / f".s.PGSQL.{PORT}")) > SOCKET_PATH_MAX:
+            raise Unavailable(f"no folder short enough for the server's Unix socket (over {SOCKET_PATH_MAX} "
+                              "characters); set LAB_DATA_DIR to a shorter path")
 
     def _start_or_adopt(self, began: float, timeout: float) -> Started:
         deadline = time.monotonic() + timeout
@@ -231,7 +243,7 @@ class EmbeddedPostgres:
         start_seconds = self._pg_ctl_start(deadline)
         pid = self._running_postmaster()
         if pid is None or not self._accepts_connections():
-            raise Unavailable(f"the server started but does not answer on {self.pgdata}/.s.PGSQL.{PORT}")
+            raise Unavailable(f"the server started but does not answer on {self.socket_dir}/.s.PGSQL.{PORT}")
         return Started(self.url(), pid, False, False, initdb_seconds, start_seconds, time.perf_counter() - began)
 
     def _running_postmaster(self) -> int | None:
@@ -249,7 +261,7 @@ class EmbeddedPostgres:
                 return info.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
-        for lock in self.pgdata.glob(".s.PGSQL.*.lock"):
+        for lock in self.socket_dir.glob(".s.PGSQL.*.lock"):
             try:
                 if int(lock.read_text().splitlines()[0]) == info.pid:
                     lock.unlink()
@@ -259,13 +271,15 @@ class EmbeddedPostgres:
         return None
 
     def _accepts_connections(self) -> bool:
-        result = self._run(["pg_isready", "-h", str(self.pgdata), "-p", str(PORT), "-U", "postgres",
+        result = self._run(["pg_isready", "-h", str(self.socket_dir), "-p", str(PORT), "-U", "postgres",
                             "-d", "postgres", "-t", "2"], timeout=10, check=False)
         return result.returncode == 0
 
     def _prepare_for_user(self) -> None:
-        """As root: the system user that runs PostgreSQL, owning the cluster's folder."""
+        """The cluster's folder and the socket's; as root, the system user that runs PostgreSQL,
+        owning both."""
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         if self._system_user is None:
             return
         import pwd
@@ -285,8 +299,9 @@ class EmbeddedPostgres:
         utils.ensure_folder_permissions(binaries.parent / "lib", read)
         utils.ensure_folder_permissions(binaries.parent / "share", read)
         entry = pwd.getpwnam(self._system_user)
-        if self.pgdata.stat().st_uid != entry.pw_uid:
-            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        for folder in {self.pgdata, self.socket_dir}:
+            if folder.stat().st_uid != entry.pw_uid:
+                os.chown(folder, entry.pw_uid, entry.pw_gid)
 
     def _initdb(self, deadline: float) -> float:
         began = time.perf_counter()
@@ -298,7 +313,7 @@ class EmbeddedPostgres:
 
     def _pg_ctl_start(self, deadline: float) -> float:
         log = self.pgdata / "server.log"
-        options = f"-c listen_addresses='' -p {PORT} -k {shlex.quote(str(self.pgdata))}"
+        options = f"-c listen_addresses='' -p {PORT} -k {shlex.quote(str(self.socket_dir))}"
         began = time.perf_counter()
         wait = max(int(deadline - time.monotonic()), 5)
         result = self._run(["pg_ctl", "-D", str(self.pgdata), "-l", str(log), "-w", "-t", str(wait),
@@ -437,7 +452,8 @@ def resolve_database(folder: Path | None = None) -> DatabaseChoice:
             reason = _failures[folder] = f"{type(exc).__name__}: {exc}"
     sqlite_url, path = sqlite_fallback_url(folder)
     return DatabaseChoice(sqlite_url, None, "sqlite-fallback",
-                          f"Embedded PostgreSQL could not start: {reason}. Using the SQLite file {display_path(path)} instead.")
+                          f"Embedded PostgreSQL could not start: {reason}. Using the SQLite file {display_path(path)} "
+                          "instead (restart the app to try the embedded server again).")
 
 
 def forget(folder: Path | None = None) -> None:

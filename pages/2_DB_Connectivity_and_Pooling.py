@@ -15,7 +15,7 @@ st.markdown(
     "waiting on I/O. Alex uses SQLAlchemy's async engine (`asyncpg` on PostgreSQL, `aiosqlite` "
     "on SQLite) so that one process keeps serving while queries are in flight, and a "
     "**connection pool** so that a request borrows an open connection instead of paying for a "
-    "new one (TCP, authentication and a server process on PostgreSQL) every time."
+    "new one (a socket connect, authentication and a server process on PostgreSQL) every time."
 )
 st.markdown(
     "Of the $N_{\\text{max}}$ = `pool_size + max_overflow` connections the pool may hold, "
@@ -90,7 +90,7 @@ if run_experiment:
         widgets.mark_done("pooling")
 
 if result := st.session_state.get("pool_experiment"):
-    pooling_views.experiment_result(result)
+    pooling_views.experiment_result(result, db)
 
 st.subheader("Atomicity: all or nothing")
 st.markdown(

@@ -109,10 +109,10 @@ def folder():
     """A data folder of this test's own; any server left in it is stopped afterwards."""
     base = scratch_folder()
     yield base / "data"
-    pgdata = base / "data" / "pg"
-    for pid in postmasters(pgdata):
-        os.kill(pid, signal.SIGTERM)
-    gone_within(pgdata)
+    for pgdata in base.glob("**/pg"):
+        for pid in postmasters(pgdata):
+            os.kill(pid, signal.SIGTERM)
+        gone_within(pgdata)
     if (base / "data").exists():
         make_writable(base / "data")
     shutil.rmtree(base, ignore_errors=True)
@@ -154,6 +154,25 @@ async def test_first_start_initialises_a_postgresql_18_that_the_app_uses_over_it
     finally:
         server.stop()
     assert gone_within(server.pgdata)
+
+
+def test_a_data_folder_too_deep_for_a_unix_socket_gets_its_socket_in_a_short_folder(folder):
+    deep = folder / ("a-long-course-folder-name-" * 4) / "data"
+    assert len(str(deep / "pg" / ".s.PGSQL.5432")) > embedded_postgres.SOCKET_PATH_MAX
+    first = AppProcess(deep)
+    try:
+        host = first.embedded["url"].split("?host=")[1]
+        assert Path(host).parent == Path(tempfile.gettempdir()).resolve() and Path(host).name.startswith("lab2-pg-")
+        assert (Path(host) / ".s.PGSQL.5432").is_socket()
+        assert first.embedded["backend"] > 0  # it answered over that socket
+        second = AppProcess(deep)
+        assert second.embedded["reused"] and second.embedded["url"] == first.embedded["url"]
+        second.exit()
+    finally:
+        first.exit()
+    assert gone_within(deep / "pg")
+    assert not (Path(host) / ".s.PGSQL.5432").exists()  # the server removed its socket at shutdown
+    shutil.rmtree(host, ignore_errors=True)
 
 
 def test_without_database_url_the_app_resolves_to_the_embedded_server(folder, monkeypatch):
@@ -244,14 +263,23 @@ def make_writable(path: Path) -> None:
         path.chmod(0o755)
 
 
-async def test_an_unwritable_data_folder_gives_the_sqlite_fallback_with_the_reason(folder):
+@pytest.fixture
+def own_tempdir(folder, monkeypatch):
+    """The temporary folder (where a fallback SQLite file goes) is one of this test's own."""
+    where = folder.parent / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+async def test_an_unwritable_data_folder_gives_the_sqlite_fallback_with_the_reason(folder, own_tempdir):
     make_unwritable(folder)
     try:
         choice = resolve_database(folder)
         assert choice.kind == "sqlite-fallback"
         assert f"the data folder {folder} is not writable" in choice.note
         assert "Using the SQLite file" in choice.note and "Traceback" not in choice.note
-        assert choice.url.startswith("sqlite+aiosqlite:///") and str(folder) not in choice.url
+        assert choice.url == f"sqlite+aiosqlite:///{own_tempdir / f'lab2-{os.getuid()}' / 'lab2.db'}"
         db = Database(choice.url)  # the fallback works: it lives in a writable temporary folder
         try:
             await db.upgrade_to_head()
@@ -288,7 +316,7 @@ def test_a_socket_clash_gives_the_sqlite_fallback_with_postgresql_s_reason(folde
         other.wait()
 
 
-def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(folder, monkeypatch):
+def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(folder, own_tempdir, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     import ui
@@ -302,7 +330,7 @@ def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(
         at = AppTest.from_file("../app.py", default_timeout=60).run()
         assert not at.exception
         captions = " ".join(c.value for c in at.sidebar.caption).replace("\\", "")  # markdown escapes
-        assert "SQLite file" in captions
+        assert f"SQLite file {own_tempdir / f'lab2-{os.getuid()}' / 'lab2.db'}" in captions
         assert "Embedded PostgreSQL could not start" in captions and "is not writable" in captions
     finally:
         ui.reset_resources()
@@ -326,6 +354,20 @@ def test_the_sidebar_names_the_embedded_server(folder, monkeypatch):
         assert f"embedded PostgreSQL 18, {folder / 'pg'}" in captions
         assert "No DATABASE_URL: started by this app" in captions
         assert any(f"?host={folder / 'pg'}" in c.value for c in at.sidebar.code)
+        # Section 2 names it too, and initialises it.
+        from tests.pagekit import click, open_page, texts
+
+        at = open_page("../pages/2_DB_Connectivity_and_Pooling.py")
+        assert at.button(key="init_db").label == f"Initialize embedded PostgreSQL 18, {folder / 'pg'} & create sample users"
+        at = click(at, "init_db")
+        assert f"Schema migrated to head on embedded PostgreSQL 18, {folder / 'pg'}" in texts(at.success)
+        for key, value in (("exp_clients", 4), ("exp_per_client", 2), ("exp_pool_size", 2), ("exp_max_overflow", 0)):
+            at.number_input(key=key).set_value(value)
+        at = click(at, "exp_run")
+        assert not at.error
+        assert "a connect on the server's Unix socket (no TCP here)" in texts(at.info)
+        opened = [int(m.value) for m in at.metric if m.label == "Connections opened"]
+        assert opened[1] == 8  # NullPool: one new server connection per request, on the socket
     finally:
         ui.reset_resources()
         embedded_postgres.server(folder).stop()
@@ -378,3 +420,35 @@ def test_the_served_app_killed_with_sigkill_restarts_on_the_same_server_and_stop
         app.process.terminate()  # Streamlit's SIGTERM handler ends the process normally: atexit runs
         app.process.wait(30)
     assert gone_within(folder / "pg", 30), "the last app process did not stop its server at exit"
+
+
+@pytest.mark.browser
+def test_a_learner_walks_every_section_on_the_app_s_own_embedded_postgresql(folder, tmp_path):
+    """The browser walk of tests/test_browser.py on the app's default database: no DATABASE_URL,
+    so the served app runs on the embedded server of its data folder (this test joins it first, so
+    that the database can be read once the app has exited), with the embedded Redis."""
+    import asyncio
+
+    from tests.load import check_database, serve_and_walk
+    from tests.served import CHROMIUM, app_subprocess_env
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}: install it (apt-get install chromium) to run the browser tests")
+    env = app_subprocess_env({"LAB_DATA_DIR": str(folder), "REDIS_URL": "fakeredis://"})
+    env.pop("DATABASE_URL", None)
+    server = EmbeddedPostgres(folder)
+    started = server.ensure_running()
+    try:
+        run = asyncio.run(serve_and_walk(env, tmp_path, sessions=1, alone=True, name="walk-app-default-embedded-pg"))
+        assert not run.errors, "\n".join(run.errors) + f"\nserver log: {run.server_log}"
+        [me] = run.walked
+        assert me.outcomes == ["MISS", "HIT", "MISS"]
+        assert me.statements == {"lazy": 21, "selectin": 2, "joined": 1}
+        log = (tmp_path / next(p.name for p in tmp_path.glob("streamlit-*.log"))).read_text()
+        assert "Traceback" not in log
+        contents = asyncio.run(check_database(started.url, run.walked))
+        assert contents.mismatches == [] and contents.jane_demo_scores == 1
+        assert postmasters(server.pgdata) == [started.postmaster_pid]  # the app used this one server
+    finally:
+        server.stop()
+    assert gone_within(server.pgdata)

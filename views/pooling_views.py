@@ -43,7 +43,7 @@ def app_pool(db: Database) -> None:
     )
 
 
-def experiment_result(result: ExperimentResult) -> None:
+def experiment_result(result: ExperimentResult, db: Database) -> None:
     runs = (result.pooled, result.null_pool)
     for column, run in zip(st.columns(2), runs, strict=True):
         with column:
@@ -98,12 +98,14 @@ def experiment_result(result: ExperimentResult) -> None:
             "You are on a SQLite file. A connection here is the file opened inside this process: no "
             "network, no login, no server process. NullPool pays only for aiosqlite's thread per "
             "connection and the PRAGMAs run on connect, so the gap is small and one run can go "
-            "either way. On PostgreSQL every new connection is a TCP handshake, authentication and "
+            "either way. On PostgreSQL every new connection is a socket connect, authentication and "
             "a new server process, and the pool wins clearly: set `DATABASE_URL` to see it."
         )
     else:
+        # The embedded server (and a DATABASE_URL with ?host=/folder) is reached over a Unix socket.
+        connect = "a TCP handshake" if db.url.host else "a connect on the server's Unix socket (no TCP here)"
         st.info(
-            "On PostgreSQL every NullPool request pays for a new connection: a TCP handshake, "
+            f"On PostgreSQL every NullPool request pays for a new connection: {connect}, "
             "authentication and a new server process, which is CPU on both sides. The pool pays "
             "that once per connection and then reuses it."
         )
