@@ -132,7 +132,7 @@ def test_the_repository_its_protocol_and_the_fake_are_shown(ready):
     assert "class UserRepositoryProtocol(Protocol):" in shown
     assert "class UserRepository:" in shown or "class UserRepository(" in shown
     assert "class InMemoryUserRepository:" in shown
-    held = re.search(r"holds (\d+) contract tests, and each runs three times", texts(ready.markdown))
+    held = re.search(r"(\d+) contract tests take a repository, and each runs against three: the fake", texts(ready.markdown))
     suite = (Path(__file__).parent / "test_repository_contract.py").read_text()
     with_repo = re.findall(r"^async def test_\w+\(repo", suite, flags=re.M)
     assert held and int(held[1]) == len(with_repo) >= 5

@@ -71,10 +71,12 @@ def shared_session_demo(results: tuple[DemoResult, ...]) -> None:
     for result in results:
         st.markdown(f"**{result.mode}**: users written {result.users_written} of 2")
         st.dataframe(pd.DataFrame(
-            {"task": o.task, "returned": "yes" if o.succeeded else "raised", "its user is in the database":
-             "yes" if o.row_written else "no", "error": o.error_class or "", "message": o.error_message or ""}
+            {"task": o.task, "returned": "yes" if o.succeeded else f"raised {o.error_class}",
+             "its user is in the database": "yes" if o.row_written else "no"}
             for o in result.outcomes
         ), hide_index=True, width="stretch")
+        for failed in (o for o in result.outcomes if not o.succeeded):
+            st.code(f"{failed.task}: {failed.error_class}: {failed.error_message}", language=None, wrap_lines=True)
     st.caption(
         "The errors are SQLAlchemy's own, raised in the second task. On a session that already held its "
         "connection the first task's commit wrote the second task's user too, though the second task "

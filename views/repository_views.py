@@ -36,9 +36,9 @@ def contract_tests(text: str) -> list[str]:
 
 def repository_code() -> None:
     st.markdown(
-        "The service layer asks for users through an interface, `UserRepositoryProtocol`: a `typing.Protocol`, "
-        "so any class with these methods fits, with no base class to inherit. `UserRepository` implements it "
-        "on an `AsyncSession`; the test suite's `InMemoryUserRepository` implements it on a dict."
+        "`UserRepositoryProtocol` states what a caller may rely on: it is a `typing.Protocol`, so any class "
+        "with these methods fits it without inheriting from it. `UserRepository` implements it on an "
+        "`AsyncSession`; the tests' `InMemoryUserRepository` implements it on a dict."
     )
     for cls, title in ((UserRepositoryProtocol, "The interface"), (UserRepository, "The SQLAlchemy repository")):
         line, code = widgets.class_source(cls)
@@ -50,10 +50,11 @@ def repository_code() -> None:
     widgets.code_expander("The fake: `InMemoryUserRepository` (tests/fakes.py)", fake)
     names = contract_tests(contract)
     st.markdown(
-        f"**Why the pattern pays:** tests/test_repository_contract.py holds {len(names)} contract tests, and "
-        "each runs three times: on the fake, and on `UserRepository` over SQLite and over PostgreSQL. While "
-        "all pass, a test of a service can take the fake and run with no database at all, and the one place "
-        "that knows SQL stays small enough to read."
+        f"**Why the pattern pays:** in tests/test_repository_contract.py, {len(names)} contract tests take a "
+        "repository, and each runs against three: the fake, and `UserRepository` over SQLite and over PostgreSQL. Code "
+        "written against the Protocol can take the fake in a test and run with no database, and while the "
+        "suite passes, the fake does what the real one does in everything the suite checks. (The lab's own "
+        "services build a `UserRepository` on the session they open.)"
     )
     st.caption("Contract tests: " + ", ".join(f"`{name}`" for name in names))
 
@@ -98,23 +99,26 @@ def workbench_form(db) -> None:
         )
         with ui.errors_shown(fields=slots):
             result = ui.run(workbench.run(db, composition))
-            state.wb_result = (result, workbench.predicted_statements(composition, len(result.rows)))
+            state.wb_result = (result, composition, workbench.predicted_statements(composition, len(result.rows)))
     if (shown := state.get("wb_result")) is not None:
         workbench_result(*shown)
 
 
-def workbench_result(result: workbench.WorkbenchResult, predicted: int) -> None:
+def workbench_result(result: workbench.WorkbenchResult, composition: workbench.Composition, predicted: int) -> None:
     st.markdown("**The first statement, as this database's dialect writes it**")
     st.code(result.sql, language="sql", wrap_lines=True)
     if result.parameters:
         st.caption("Bound parameters: " + ", ".join(f"`{k}` = `{v!r}`" for k, v in result.parameters.items()))
     widgets.show_statements(result.log, label="Data statements the workbench sent")
+    lazy = sum(loader == "lazy" for loader in composition.loaders.values())
+    selectin = sum(loader == "select-in" for loader in composition.loaders.values()) if result.rows else 0
+    n = len(result.rows)
     st.caption(
-        f"What the loaders predict for {len(result.rows)} row{'s' * (len(result.rows) != 1)}: 1 for the query, "
-        f"1 per row per lazy relationship, 1 per select-in relationship (when there is a row), 0 per joined one "
-        f"= {predicted}. {result.seconds * 1000:.1f} ms from the first statement sent to the last row's last "
-        "relationship loaded."
+        f"What the loaders predict for {n} row{'s' * (n != 1)}: 1 query + {n} × {lazy} lazy relationship"
+        f"{'s' * (lazy != 1)} + {selectin} select-in (joined ones add none) = {predicted}."
     )
+    st.caption(f"Time: {result.seconds * 1000:.1f} ms from sending the first statement to the last row's last "
+               "relationship loaded, the ORM's work included.")
     if result.rows:
         st.dataframe(pd.DataFrame(result.rows), hide_index=True, width="stretch")
     else:
