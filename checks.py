@@ -98,9 +98,10 @@ REPOSITORY = (
     ),
     Question(
         "Apply",
-        "A query over users returns 5 users. `User.profile` is left lazy and awaited for each user "
-        "(`awaitable_attrs`), `User.skills` uses `selectinload`, `User.scores` uses `joinedload`, "
-        "and assessments are not loaded. How many SELECT statements are sent?",
+        "In the query workbench on this page, with its starting loaders (profile lazy, skills select-in, scores "
+        "joined, assessments not loaded), no filter and the limit set to 5, the query returns 5 users (set up "
+        "your cohort first). The lazy profile is awaited for each user (`awaitable_attrs`). Predict it before "
+        "you run it: how many data statements does the workbench report?",
         ("1", "3", "7", "11"),
         2,
         "One SELECT for the users, with their scores joined in; one per user for the lazy profile (5); "

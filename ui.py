@@ -91,7 +91,8 @@ def database() -> source.Database:
     """The app's database. Creating it connects to nothing; connections open on first use,
     on the shared loop, and stay in its pool."""
     choice = resolve_database()  # DATABASE_URL, else the embedded PostgreSQL (SQLite when it cannot start)
-    return source.Database(choice.url, label=choice.label)
+    # The process id in the name tells this app's connections in pg_stat_activity from another app process's.
+    return source.Database(choice.url, label=choice.label, application_name=f"lab2-app-{os.getpid()}")
 
 
 @process_wide

@@ -44,6 +44,7 @@ class Walked:
     outcomes: list[str] = field(default_factory=list)  # section 4's cache lookups, in order
     degraded: list[str] = field(default_factory=list)  # Redis too late for the cache: served from the database
     statements: dict[str, int] = field(default_factory=dict)  # section 3: strategy -> statements
+    workbench: dict[str, int] = field(default_factory=dict)  # section 3: rows, statements sent and predicted
     clicks: list[Click] = field(default_factory=list)
     first_page_seconds: float = 0.0
     error: str | None = None
@@ -136,6 +137,12 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
            f"statements per strategy {me.statements}, expected lazy {COHORT_USERS + 1}, selectin 2, joined 1")
     expect(f"All three returned the same {COHORT_USERS} users and {COHORT_USERS * COHORT_SCORES} scores" in many,
            "the strategies did not return the same data")
+    await learner.click("Run the query")  # the workbench as it starts: profile lazy, skills select-in, limit 10
+    ran = await learner.wait_for("the workbench's query", matches(
+        r"(?s)Data statements the workbench sent: (\d+).*?What the loaders predict for (\d+) rows?\b.*?= (\d+)\."))
+    me.workbench = {"rows": int(ran[2]), "sent": int(ran[1]), "predicted": int(ran[3])}
+    expect(me.workbench["sent"] == me.workbench["predicted"] == 1 + me.workbench["rows"] + 1,
+           f"the workbench {me.workbench}: expected 1 query + 1 lazy profile per row + 1 select-in for skills")
 
     # With others on the server, their reads warm and empty the same cache; and on a busy
     # machine Redis can miss the cache client's 50 ms deadline as the app's event loop sees it:

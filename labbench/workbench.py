@@ -19,7 +19,7 @@ from source.database import Database
 from source.errors import InvalidInput
 from source.models import User
 
-from .recorder import record
+from .recorder import StatementLog, record
 
 # The columns a learner may filter or order by, and the kind of value each holds.
 TEXT_FIELDS = ("email", "name", "occupation_code", "education_level")
@@ -65,6 +65,7 @@ class WorkbenchResult:
     rows: list[dict[str, Any]]
     statements: list[str]  # every data statement sent, in order (BEGIN is not one)
     seconds: float  # from sending the first statement to the last row's last relationship
+    log: StatementLog  # everything the session sent: pre-ping, BEGIN, the data statements, ROLLBACK
 
 
 def _choice(value: Any, allowed: tuple[str, ...], *, field: str, label: str) -> str:
@@ -176,8 +177,8 @@ async def run(db: Database, composition: Composition) -> WorkbenchResult:
     own, await the lazy relationships row by row, and report what was sent."""
     built = build(composition)
     sql, parameters = compiled_sql(db, built.statement)
-    async with db.sessions() as session:  # never committed: closing it rolls back
-        with record(db) as log:
+    with record(db) as log:
+        async with db.sessions() as session:  # never committed: closing it rolls back
             started = time.perf_counter()
             result = await session.execute(built.statement)
             users = list(result.unique().scalars())  # unique(): a joined collection repeats the user
@@ -191,4 +192,4 @@ async def run(db: Database, composition: Composition) -> WorkbenchResult:
              **{relationship: _summary(u, relationship) for relationship in built.shown}}
             for u in users
         ]
-    return WorkbenchResult(sql=sql, parameters=parameters, rows=rows, statements=log.sql, seconds=seconds)
+    return WorkbenchResult(sql=sql, parameters=parameters, rows=rows, statements=log.sql, seconds=seconds, log=log)

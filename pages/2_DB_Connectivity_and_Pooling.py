@@ -1,9 +1,11 @@
+import warnings
+
 import streamlit as st
 
 import checks
 import ui
 import widgets
-from labbench import migrations, pooling
+from labbench import migrations, pooling, shared_session
 from source import run_db_setup_and_create_user
 from views import pooling_views
 
@@ -57,6 +59,22 @@ elif not st.session_state.db_initialized:
 
 st.subheader("The engine, the session factory and the pool")
 pooling_views.engine_and_sessions(db)
+
+st.subheader("Two tasks, one session")
+st.markdown(
+    "Two tasks register a user at the same time with `UserRepository(session).create(...)` and "
+    "`commit()`: first sharing one `AsyncSession` (fresh, then one that already holds its connection), "
+    "then each with a session of its own, as `create_user` opens one per call."
+)
+if st.button("Run the two tasks", key="shared_session", disabled=not st.session_state.db_initialized):
+    with ui.errors_shown(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SQLAlchemy also warns of Session.add() during a flush
+        st.session_state.shared_session_demo = (
+            ui.run(shared_session.two_tasks_one_session(db)), ui.run(shared_session.two_tasks_one_session(db, warm=True)),
+            ui.run(shared_session.one_session_per_task(db)),
+        )
+if demo := st.session_state.get("shared_session_demo"):
+    pooling_views.shared_session_demo(demo)
 
 st.subheader("The app's pool, now")
 st.button("Read the pool again", key="pool_refresh")

@@ -5,6 +5,7 @@ import checks
 import ui
 import widgets
 from labbench import loading
+from views import repository_views
 
 ui.page("3. Repository Pattern & N+1")
 st.title("3. The Repository Pattern and the N+1 Problem")
@@ -13,7 +14,8 @@ st.markdown(
     "methods such as `get_by_id` and `get_user_with_scores_eager`, and never commits, so the "
     "caller decides what one transaction covers. Its load methods are also where the classic ORM "
     "trap is decided: load $N$ users, then touch each user's scores, and a lazy relationship sends "
-    "$1 + N$ statements. `selectinload` needs $2$ whatever $N$ is, `joinedload` $1$."
+    "$1 + N$ statements. `selectinload` needs $2$ for up to 500 users (it sends one `IN` list per 500), "
+    "`joinedload` $1$."
 )
 ui.require_initialized()
 db = ui.database()
@@ -28,6 +30,9 @@ def show_run(run: loading.LoadRun) -> None:
     loaded = f"{len(run.users)} user{'s' * (len(run.users) != 1)}, {run.score_count} scores loaded"
     st.caption(f"{run.seconds * 1000:.1f} ms, session open to data in hand ({runs}) · {loaded}")
 
+
+st.subheader("The repository, its interface and its fake")
+repository_views.repository_code()
 
 st.subheader("Add sample scores")
 score_user_id = st.text_input("User ID to add scores for", value=state.user_alex_id or "", key="n1_user_id_input")
@@ -113,6 +118,15 @@ if runs := state.get("n1_runs"):
             f"{joined.commands} vs {selectin.commands} commands in all, since each session also sends "
             "its BEGIN, its COMMIT or ROLLBACK and the pool's pre-ping."
         )
+
+st.subheader("Query workbench: compose a query, see what it sends")
+st.markdown(
+    "Choose a filter, an order, a limit and a loader for each relationship of `User`; the workbench "
+    "builds the `select()` from your choices (nothing you type runs as code: the value is a bound "
+    "parameter), shows its SQL, runs it in a read-only session and lists every statement sent. Predict "
+    "the count of data statements before you run it. The rows are every learner's users on this server."
+)
+repository_views.workbench_form(db)
 
 st.subheader("Why not just read user.scores?")
 st.markdown(

@@ -44,6 +44,7 @@ class Database:
         pool_recycle: int = 1800,
         null_pool: bool = False,
         label: str | None = None,
+        application_name: str | None = None,
     ) -> None:
         self.url = make_url(url)
         self._label = label
@@ -65,6 +66,11 @@ class Database:
             options.update(
                 pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle
             )
+        # PostgreSQL lists each connection in pg_stat_activity under the name it gave at login
+        # (asyncpg sends server_settings in its startup message).
+        self.application_name = application_name if self.url.get_driver_name() == "asyncpg" else None
+        if self.application_name:
+            options["connect_args"] = {"server_settings": {"application_name": self.application_name}}
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         # expire_on_commit=False: objects stay readable after commit. In async code an
         # expired attribute would need a query on access, which cannot happen implicitly.

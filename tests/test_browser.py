@@ -40,6 +40,8 @@ def test_a_learner_walks_every_section_and_sees_each_result(served_env, app_env,
     [me] = run.walked
     assert me.outcomes == ["MISS", "HIT", "MISS"]
     assert me.statements == {"lazy": 21, "selectin": 2, "joined": 1}
+    # Alex, Jane, my user and my cohort of 20: the workbench's limit of 10 applies
+    assert me.workbench == {"rows": 10, "sent": 12, "predicted": 12}
     contents = asyncio.run(check_database(os.environ["DATABASE_URL"], run.walked))
     assert contents.mismatches == []
     assert contents.jane_demo_scores == 1

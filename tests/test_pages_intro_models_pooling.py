@@ -11,11 +11,13 @@ import threading
 import uuid
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 import ui
 import widgets
+from labbench.pool_figures import pool_figures
 from labbench.pooling import pool_status
 from labbench.recorder import record
 from source import AIRScore, Database, User, run_db_setup_and_create_user
@@ -203,19 +205,22 @@ def test_a_second_session_picks_up_the_sample_users_another_created(initialised)
 def test_pool_figures_are_read_from_the_apps_pool(initialised):
     at = open_page(POOLING)
     figures = {m.label: m.value for m in at.metric}
-    status = pool_status(ui.database())
-    assert figures["Available"] == f"{status.available} of {status.maximum}"
-    assert figures["pool_size (open, kept)"] == str(status.size)
+    now = pool_figures(ui.database())
+    assert figures["Open"] == str(now.open) and figures["Idle in the pool"] == str(now.idle)
+    assert figures["Overflow in use"] == f"0 of {now.max_overflow}"
 
     async def check_out():
-        return await ui.database().engine.connect()
+        conn = await ui.database().engine.connect()
+        await conn.execute(text("SELECT 1"))
+        return conn
 
     held = ui.run(check_out())  # a connection some other learner's request holds
     try:
         at = click(at, "pool_refresh")
         figures = {m.label: m.value for m in at.metric}
-        assert figures["Checked out now"] == "1"
-        assert figures["Available"] == f"{status.maximum - 1} of {status.maximum}"
+        assert figures["Checked out"] == "1"
+        assert figures["Open"] == str(pool_figures(ui.database()).open)
+        assert f"{now.limit} − 1 = {now.limit - 1}" in texts(at.caption)
     finally:
         ui.run(held.close())
 

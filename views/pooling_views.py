@@ -8,8 +8,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+import ui
 import widgets
-from labbench.pooling import AtomicityResult, ExperimentResult, pool_settings, pool_status
+from labbench import server_connections
+from labbench.pool_figures import pool_figures
+from labbench.pooling import AtomicityResult, ExperimentResult, pool_settings
+from labbench.shared_session import DemoResult
 from source.database import Database
 
 
@@ -30,16 +34,53 @@ def engine_and_sessions(db: Database) -> None:
 
 
 def app_pool(db: Database) -> None:
-    """The app's own pool as this page runs."""
-    status = pool_status(db)
-    cols = st.columns(4)
-    cols[0].metric("pool_size (open, kept)", status.size)
-    cols[1].metric("Checked out now", status.checked_out)
-    cols[2].metric("Overflow in use", f"{status.overflow} of {status.max_overflow}")
-    cols[3].metric("Available", f"{status.available} of {status.maximum}")
+    """The app's own pool as this page runs, and (on PostgreSQL) the server's list of its connections."""
+    figures = pool_figures(db)
+    widgets.metric_row([
+        ("Open", figures.open), ("Checked out", figures.checked_out), ("Idle in the pool", figures.idle),
+        ("Overflow in use", f"{figures.in_use_beyond_pool_size} of {figures.max_overflow}"),
+    ])
     st.caption(
-        f"Read from the app's own pool as this page ran: N_avail = N_max − checked out = {status.maximum} − "
-        f"{status.checked_out} = {status.available}. Every learner on this server shares this pool."
+        f"Read from the app's pool as this page ran. Open = checked out + idle; the pool keeps up to "
+        f"pool_size = {figures.pool_size} idle, and overflow in use counts checkouts beyond pool_size. "
+        f"N_avail = pool_size + max_overflow − checked out = {figures.limit} − {figures.checked_out} = "
+        f"{figures.limit - figures.checked_out}. Every learner on this server shares this pool."
+    )
+    if db.application_name is None:
+        st.caption("A SQLite file has no server that lists connections: these figures are the pool's alone.")
+        return
+    view = None
+    with ui.errors_shown():
+        view = ui.run(server_connections.app_connections(db))
+    if view is None:
+        return
+    widgets.metric_row([
+        ("PostgreSQL: open", view.open), ("PostgreSQL: in a transaction or running", view.busy),
+        ("PostgreSQL: idle", view.idle),
+    ], columns=4)
+    st.caption(
+        f"PostgreSQL's own count: the rows of `pg_stat_activity` with application_name `{view.application_name}` "
+        "(this app process's engine logs in under it), read a moment later on a connection of its own. A "
+        "connection checked out but not yet in a transaction is idle to PostgreSQL; another learner's "
+        "request between the two reads can make them differ."
+    )
+
+
+def shared_session_demo(results: tuple[DemoResult, ...]) -> None:
+    """What each task got, for two tasks sharing a session (cold, warm) and a session per task."""
+    for result in results:
+        st.markdown(f"**{result.mode}**: users written {result.users_written} of 2")
+        st.dataframe(pd.DataFrame(
+            {"task": o.task, "returned": "yes" if o.succeeded else f"raised {o.error_class}",
+             "its user is in the database": "yes" if o.row_written else "no"}
+            for o in result.outcomes
+        ), hide_index=True, width="stretch")
+        for failed in (o for o in result.outcomes if not o.succeeded):
+            st.code(f"{failed.task}: {failed.error_class}: {failed.error_message}", language=None, wrap_lines=True)
+    st.caption(
+        "The errors are SQLAlchemy's own, raised in the second task. On a session that already held its "
+        "connection the first task's commit wrote the second task's user too, though the second task "
+        "raised. The demo's users (emails under example.invalid) are deleted again."
     )
 
 
