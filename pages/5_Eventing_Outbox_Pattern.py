@@ -120,6 +120,15 @@ if st.button("Crash the relay after its next append", key="outbox_crash"):
 if faults.crash_armed:
     st.info("Armed: the next batch the relay appends will not be marked published.")
 
+st.markdown(
+    "**A poison entry**: one the consumer cannot apply. Each entry is applied in its own savepoint, so "
+    "it undoes only itself: the good entries of its batch commit and are acknowledged. It stays "
+    "unacknowledged, is claimed again after "
+    f"{publisher.consumer_settings.claim_min_idle:g} s idle, and after {publisher.consumer_settings.max_deliveries} "
+    "deliveries (the count Redis keeps per entry) moves to the dead letters with its error."
+)
+outbox_views.consumer_health(publisher, user_id=users[name])
+
 st.subheader("4. What is guaranteed")
 st.markdown(
     "- **No loss**: an event exists if and only if its score committed, and stays pending until a "

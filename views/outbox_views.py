@@ -10,8 +10,10 @@ import streamlit as st
 
 import ui
 import widgets
+from labbench import outbox_health
 from labbench.faults import Faults, LabPublisher
 from labbench.outbox_view import EventProgress, event_progress
+from source.consumer import dead_letter_key, replay_dead_letter
 from source.database import Database
 
 
@@ -75,3 +77,57 @@ def pipeline_figures(publisher: LabPublisher, *, faults: Faults) -> None:
         left.dataframe(pd.DataFrame(view.events), hide_index=True, width="stretch")
         right.markdown("**Read model** (what the consumer applied)")
         right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
+
+
+def consumer_health(publisher: LabPublisher, *, user_id: str) -> None:
+    """The consumer's pending-entries list, lag, oldest pending entry and dead letters, read now
+    from Redis; a poison entry to append, and a dead letter to replay."""
+    redis_client, stream = ui.inspect_client(), publisher.stream
+    settings, figures = publisher.consumer_settings, publisher.snapshot()
+    health = None
+    with ui.errors_shown():
+        health = ui.run(outbox_health.consumer_health(redis_client=redis_client, stream=stream))
+        row = st.columns(4)
+        row[0].metric("Unacknowledged (pending-entries list)", health.pending)
+        row[1].metric("Lag (not yet delivered)", "-" if health.lag is None else health.lag)
+        row[2].metric("Oldest pending entry", "-" if health.oldest_pending_age is None
+                      else f"{health.oldest_pending_age:.1f} s")
+        row[3].metric("Dead letters", health.dead_letter_count)
+        st.caption(
+            f"Read now: `XPENDING`, `XINFO GROUPS` and `XINFO CONSUMERS` on `{stream}`, the age from the oldest "
+            f"pending entry's ID and the server's `TIME`, the dead letters from `{dead_letter_key(stream)}`. "
+            f"Since the publisher started: {figures.claimed} entries claimed with `XAUTOCLAIM`, "
+            f"{figures.dead_lettered} dead-lettered, {figures.consumers_removed} idle consumers removed."
+        )
+        if figures.consumer_error:
+            when = figures.consumer_error_at.strftime("%H:%M:%S UTC") if figures.consumer_error_at else ""
+            st.warning(f"The consumer's last error ({when}): {widgets.escape_markdown(figures.consumer_error)}")
+        left, right = st.columns(2)
+        left.markdown("**Pending entries** (oldest first)")
+        left.dataframe(pd.DataFrame(health.pending_entries), hide_index=True, width="stretch")
+        right.markdown("**Consumers in the group**")
+        right.dataframe(pd.DataFrame(health.consumers), hide_index=True, width="stretch")
+        st.markdown("**Dead letters** (newest first)")
+        st.dataframe(pd.DataFrame(health.dead_letters), hide_index=True, width="stretch")
+    poison_col, replay_col = st.columns(2)
+    with poison_col:
+        kind = st.selectbox("A poison entry", list(outbox_health.POISONS), key="outbox_poison_kind")
+        if st.button("Append it to the stream", key="outbox_poison"):
+            with ui.errors_shown():
+                entry = ui.run(outbox_health.append_poison(
+                    redis_client=redis_client, stream=stream, kind=kind, user_id=user_id
+                ))
+                st.success(f"Appended `{entry}`. The consumer fails it, delivers it again after "
+                           f"{settings.claim_min_idle:g} s idle, and dead-letters it after "
+                           f"{settings.max_deliveries} deliveries.")
+    with replay_col:
+        choices = [letter["dead letter"] for letter in health.dead_letters] if health else []
+        dead_id = st.selectbox("A dead letter", choices, key="outbox_dead_letter")
+        if st.button("Replay it", disabled=dead_id is None, key="outbox_replay"):
+            with ui.errors_shown():
+                new_entry = ui.run(replay_dead_letter(redis_client=redis_client, stream=stream, dead_id=dead_id))
+                if new_entry is None:
+                    st.info("That dead letter is gone (replayed already?).")
+                else:
+                    st.success(f"Appended again as `{new_entry}`; applied once if its cause is fixed, "
+                               "dead-lettered again if not.")

@@ -1,0 +1,78 @@
+"""Section 5's view of the consumer's health, read now from Redis: the pending-entries list
+(delivered, not acknowledged), the lag, the age of the oldest pending entry, the dead letters;
+and the lab's poison entries, appended to the stream as a broken producer would."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from source.consumer import CONSUMER_GROUP, dead_letter_key
+from source.models import new_id
+
+
+@dataclass(frozen=True)
+class ConsumerHealth:
+    pending: int  # entries delivered to a consumer and not acknowledged (the PEL)
+    lag: int | None  # entries in the stream not yet delivered to the group (None: Redis cannot tell)
+    oldest_pending_age: float | None  # seconds since the oldest unacknowledged entry was appended
+    consumers: list[dict] = field(default_factory=list)
+    pending_entries: list[dict] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
+    dead_letter_count: int = 0
+
+
+def _entry_ms(entry_id: str) -> int:
+    return int(entry_id.split("-")[0])
+
+
+async def consumer_health(*, redis_client: aioredis.Redis, stream: str, limit: int = 10) -> ConsumerHealth:
+    """Raises redis.RedisError / OSError if Redis does not answer."""
+    dead = dead_letter_key(stream)
+    letters = [
+        {"dead letter": dead_id, "stream entry": f.get("dead_stream_id", ""), "event": f.get("event_id", "-")[:8],
+         "deliveries": f.get("dead_deliveries", ""), "error": f.get("dead_error", "")}
+        for dead_id, f in await redis_client.xrevrange(dead, count=limit)
+    ]
+    dead_count = await redis_client.xlen(dead)
+    if not await redis_client.exists(stream):
+        return ConsumerHealth(0, 0, None, dead_letters=letters, dead_letter_count=dead_count)
+    group = next((g for g in await redis_client.xinfo_groups(stream) if g["name"] == CONSUMER_GROUP), None)
+    if group is None:
+        return ConsumerHealth(0, None, None, dead_letters=letters, dead_letter_count=dead_count)
+    seconds, micros = await redis_client.time()  # the server's clock, the one entry IDs are made from
+    now_ms = seconds * 1000 + micros // 1000
+    summary = await redis_client.xpending(stream, CONSUMER_GROUP)
+    oldest = (now_ms - _entry_ms(summary["min"])) / 1000 if summary["pending"] else None
+    entries = [
+        {"entry": p["message_id"], "consumer": p["consumer"], "deliveries": p["times_delivered"],
+         "idle (s)": round(p["time_since_delivered"] / 1000, 1)}
+        for p in await redis_client.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=limit)
+    ]
+    consumers = [
+        {"consumer": c["name"], "pending": c["pending"], "idle (s)": round(c["idle"] / 1000, 1)}
+        for c in await redis_client.xinfo_consumers(stream, CONSUMER_GROUP)
+    ]
+    return ConsumerHealth(
+        pending=summary["pending"], lag=group.get("lag"), oldest_pending_age=oldest, consumers=consumers,
+        pending_entries=entries, dead_letters=letters, dead_letter_count=dead_count,
+    )
+
+
+POISONS = {
+    "payload is not JSON": {"payload": "not json"},
+    "no score_id": {"payload": json.dumps({"air_score": 50.0})},
+    "air_score is not a number": {"payload": json.dumps({"score_id": "s-1", "air_score": "high"})},
+    "an 80-character event ID": {"event_id": "x" * 80},
+}
+
+
+async def append_poison(*, redis_client: aioredis.Redis, stream: str, kind: str, user_id: str) -> str:
+    """Append an entry the consumer cannot apply (as a broken producer might); its stream ID."""
+    fields = {
+        "event_id": new_id(), "event_type": "AIRScoreCalculated", "aggregate_type": "User", "aggregate_id": user_id,
+        "created_at": "2026-01-01T00:00:00+00:00", "payload": json.dumps({"score_id": new_id(), "air_score": 50.0}),
+    }
+    return await redis_client.xadd(stream, {**fields, **POISONS[kind]})
