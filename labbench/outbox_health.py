@@ -1,16 +1,21 @@
 """Section 5's view of the consumer's health, read now from Redis: the pending-entries list
 (delivered, not acknowledged), the lag, the age of the oldest pending entry, the dead letters;
-and the lab's poison entries, appended to the stream as a broken producer would."""
+the lab's poison entries, appended to the stream as a broken producer would; and the aggregates
+whose events wait behind a parked or retrying event."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import aliased
 
 from source.consumer import CONSUMER_GROUP, dead_letter_key
-from source.models import new_id
+from source.database import Database
+from source.models import DomainEvent, new_id
 
 
 @dataclass(frozen=True)
@@ -76,3 +81,33 @@ async def append_poison(*, redis_client: aioredis.Redis, stream: str, kind: str,
         "created_at": "2026-01-01T00:00:00+00:00", "payload": json.dumps({"score_id": new_id(), "air_score": 50.0}),
     }
     return await redis_client.xadd(stream, {**fields, **POISONS[kind]})
+
+
+async def blocked_aggregates(*, db: Database, limit: int = 10) -> list[dict]:
+    """Aggregates whose later events wait: behind an event parked as failed, or behind one that
+    waits for its retry. One row per blocking event, with how many events wait behind it."""
+    now = datetime.now(UTC)
+    later = aliased(DomainEvent)
+    behind = (
+        select(func.count())
+        .where(
+            later.aggregate_type == DomainEvent.aggregate_type, later.aggregate_id == DomainEvent.aggregate_id,
+            later.status == "pending",
+            or_(later.created_at > DomainEvent.created_at,
+                and_(later.created_at == DomainEvent.created_at, later.id > DomainEvent.id)),
+        )
+        .scalar_subquery()
+    )
+    blocking = or_(DomainEvent.status == "failed",
+                   and_(DomainEvent.status == "pending", DomainEvent.next_attempt_at > now))
+    async with db.sessions() as session:
+        rows = (await session.execute(
+            select(DomainEvent, behind).where(blocking).order_by(DomainEvent.created_at, DomainEvent.id).limit(limit)
+        )).all()
+    return [
+        {"user": event.aggregate_id[:8], "blocking event": event.id[:8],
+         "why": ("parked as failed: retry or discard it" if event.status == "failed"
+                 else f"waits for its retry at {event.next_attempt_at:%H:%M:%S} UTC"),
+         "events waiting behind it": waiting, "last error": event.last_error or ""}
+        for event, waiting in rows
+    ]

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 
+import fakeredis
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from source import InboxEntry, ScoreSummary
+from labbench import outbox_health
+from labbench.faults import Faults, FaultyBroker, LabPublisher
+from source import DomainEvent, InboxEntry, RelaySettings, ScoreSummary, event_publisher, retry_failed_events
 from source.consumer import (
     CONSUMER_GROUP,
     ConsumerSettings,
@@ -21,9 +25,9 @@ from source.consumer import (
     replay_dead_letter,
 )
 from source.models import new_id
-from source.outbox import stream_key
+from source.outbox import discard_failed_events, relay_batch, resend_unapplied, stream_key
 from source.outbox_stats import Stats
-from tests.test_outbox import add_events, drain, make_users, wait_until
+from tests.test_outbox import add_events, drain, make_users, status_counts, wait_until
 
 
 @pytest.fixture
@@ -35,6 +39,13 @@ def redis_kind(backend):
 @pytest.fixture
 def stream(key_prefix):
     return stream_key(key_prefix)
+
+
+@pytest.fixture
+def embedded_server(monkeypatch, fake_server):
+    """The publisher thread finds the embedded server at start; point it at this test's."""
+    monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fake_server)
+    return fake_server
 
 
 CONSUMER = ConsumerSettings(block=0.05, claim_min_idle=0.2, claim_interval=0.1, max_deliveries=3)
@@ -87,8 +98,6 @@ async def test_poison_entries_are_dead_lettered_after_n_deliveries_and_every_goo
     no_score = await add_events(db, users=users[:1], count=1)
     good += await add_events(db, users=users, count=19)
     async with db.sessions.begin() as session:
-        from source import DomainEvent
-
         (await session.get(DomainEvent, no_score[0])).payload = {"air_score": 1.0}
     await drain(db, redis_client, stream)
     assert await redis_client.xlen(stream) == 40  # one relay batch of 40
@@ -180,3 +189,178 @@ async def test_idle_consumers_with_nothing_pending_are_removed_at_start(db, redi
     await run_consumer(db, redis_client, stream, started, settings=settings, stats=stats, name="fresh")
     names = Counter(c["name"] for c in await redis_client.xinfo_consumers(stream, CONSUMER_GROUP))
     assert "holder" in names and not {"dead-1", "dead-2"} & set(names)  # the one holding an entry stays
+
+
+# --- order that holds ---------------------------------------------------------------------
+
+
+async def statuses(db, ids) -> list[str]:
+    async with db.sessions() as session:
+        found = dict((await session.execute(select(DomainEvent.id, DomainEvent.status).where(DomainEvent.id.in_(ids)))).all())
+    return [found[i] for i in ids]
+
+
+@pytest.mark.parametrize("release", ["retry", "discard"])
+async def test_a_parked_event_holds_its_users_later_events_until_retried_or_discarded(db, redis_client, stream, release):
+    alex, jane = await make_users(db, 2)
+    [first] = await add_events(db, users=[alex], count=1)
+    faults = Faults()
+    faults.broker_refusing = True
+    settings = RelaySettings(max_attempts=1)
+    assert (await relay_batch(db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream,
+                              settings=settings)).failed == 1
+    faults.broker_refusing = False
+    later = await add_events(db, users=[alex], count=2)
+    [other] = await add_events(db, users=[jane], count=1)
+    assert (await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings)).published == 1
+    assert await stream_ids(redis_client, stream) == [other]  # Jane's went; Alex's wait
+    assert await statuses(db, [first, *later]) == ["failed", "pending", "pending"]
+    [blocked] = await outbox_health.blocked_aggregates(db=db)
+    assert (blocked["user"], blocked["blocking event"], blocked["events waiting behind it"]) == (alex[:8], first[:8], 2)
+    assert blocked["why"].startswith("parked as failed") and "refused" in blocked["last error"]
+
+    if release == "retry":
+        assert await retry_failed_events(db=db) == 1
+        await drain(db, redis_client, stream)
+        assert await stream_ids(redis_client, stream) == [other, first, *later]  # in commit order
+    else:
+        assert await discard_failed_events(db=db) == 1
+        await drain(db, redis_client, stream)
+        assert await stream_ids(redis_client, stream) == [other, *later]
+        assert await statuses(db, [first]) == ["discarded"]
+    assert await outbox_health.blocked_aggregates(db=db) == []
+
+
+async def stream_ids(client, stream) -> list[str]:
+    return [f["event_id"] for _, f in await client.xrange(stream)] if await client.exists(stream) else []
+
+
+async def test_a_30_s_outage_drains_by_itself_with_none_parked_and_order_kept(db, redis_client, stream):
+    """The app's own back-off (0.5 s doubling, capped at 10 s, 6 attempts): before, an outage
+    longer than ~8 s parked events for good."""
+    users = await make_users(db, 4)
+    settings = RelaySettings(poll_interval=0.05, notify_fallback_poll=0.5)
+    assert (settings.backoff_max, settings.max_attempts) == (10.0, 6)
+    faults, stats, stop = Faults(), Stats(), asyncio.Event()
+    faults.broker_down = True
+    relay = asyncio.create_task(event_publisher(
+        db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, stop=stop, settings=settings, stats=stats
+    ))
+    ids: list[str] = []
+    try:
+        outage_ends = time.monotonic() + 30
+        while time.monotonic() < outage_ends:  # events keep coming during the outage
+            ids += await add_events(db, users=users, count=4, per_transaction=4)
+            await asyncio.sleep(1.0)
+        faults.broker_down = False
+        await wait_until(lambda: _counts_are(db, published=len(ids)), timeout=settings.backoff_max + 10)
+    finally:
+        stop.set()
+        await relay
+    assert (await status_counts(db))["failed"] == 0
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.max(DomainEvent.attempts))) >= settings.max_attempts  # no parking
+    published = await redis_client.xrange(stream)
+    assert sorted(f["event_id"] for _, f in published) == sorted(ids)  # each once
+    for user in users:
+        # Each add_events call above wrote one event per user, in the order of `users`.
+        assert [f["event_id"] for _, f in published if f["aggregate_id"] == user] == [
+            i for n, i in enumerate(ids) if users[n % 4] == user
+        ]
+    assert stats.snapshot().failed == 0 and stats.snapshot().retries_scheduled > 0
+
+
+async def _counts_are(db, **expected) -> bool:
+    counts = await status_counts(db)
+    return all(counts[k] == v for k, v in expected.items())
+
+
+async def test_a_hung_broker_never_marks_a_delivered_event_failed(db, redis_client, stream):
+    users = await make_users(db, 2)
+    ids = await add_events(db, users=users, count=5)
+    faults = Faults()
+    faults.broker_hung = True  # Redis runs the XADDs; the relay's read of the replies times out
+    settings = RelaySettings(max_attempts=1, backoff_base=0.01, backoff_max=0.02)
+    result = await relay_batch(db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, settings=settings)
+    assert (result.retried, result.failed) == (5, 0)  # unknown outcome: not refused, so never parked
+    assert await stream_ids(redis_client, stream) == ids  # it was delivered
+    async with db.sessions() as session:
+        events = (await session.scalars(select(DomainEvent))).all()
+    assert {e.status for e in events} == {"pending"}
+    assert all(e.last_error.startswith("outcome unknown, sent again") for e in events)
+    faults.broker_hung = False
+    await asyncio.sleep(0.05)
+    await drain(db, redis_client, stream, settings=settings)
+    assert await stream_ids(redis_client, stream) == ids + ids  # sent again: at least once
+    await run_consumer(db, redis_client, stream, lambda: _applied_count(db, 5))
+    await wait_until(lambda: _group_idle(redis_client, stream))
+    assert sum((await applied_per_user(db)).values()) == 5  # the repeats were no-ops
+    assert await status_counts(db) == Counter(published=5)
+
+
+async def _group_idle(client, stream) -> bool:
+    [group] = [g for g in await client.xinfo_groups(stream) if g["name"] == CONSUMER_GROUP]
+    return group["pending"] == 0 and group.get("lag") == 0
+
+
+# --- no loss when the broker forgets ------------------------------------------------------
+
+
+async def test_a_broker_that_restarts_empty_loses_no_event(
+    db, db_url, redis_target, redis_client, embedded_server, stream, backend, monkeypatch
+):
+    users = await make_users(db, 5)
+    settings = RelaySettings(poll_interval=0.02, notify_fallback_poll=0.5)
+    publisher = LabPublisher(database_url=db_url, redis_target=redis_target, stream=stream,
+                             settings=settings, consumer_settings=CONSUMER)
+    ids = await add_events(db, users=users, count=100)
+    publisher.start()
+    try:
+        await wait_until(lambda: _applied_count(db, 100))
+    finally:
+        assert publisher.stop()
+    # The relay alone publishes 50 more (the consumer is away); then the broker loses everything.
+    ids += await add_events(db, users=users, count=50)
+    await drain(db, redis_client, stream)
+    assert (await status_counts(db))["published"] == 150 and len(await applied_ids(db)) == 100
+    if backend == "sqlite":  # the embedded Redis after a restart: a new, empty server
+        monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fakeredis.FakeServer())
+    else:  # a Redis that keeps nothing across a restart (or FLUSHALL): our keys are gone
+        await redis_client.delete(stream, dead_letter_key(stream))
+    publisher.start()
+    try:
+        await wait_until(lambda: _applied_count(db, 150))
+        await asyncio.sleep(0.3)  # would a repeat be applied?
+    finally:
+        assert publisher.stop()
+    assert await applied_ids(db) == set(ids)
+    assert await applied_per_user(db) == Counter(users[i % 5] for i in range(100)) + Counter(
+        users[i % 5] for i in range(50))  # each event applied once
+    assert publisher.snapshot().resent == 50 and await status_counts(db) == Counter(published=150)
+
+
+async def test_a_stream_flushed_while_the_consumer_runs_loses_no_event(db, redis_client, stream):
+    users = await make_users(db, 3)
+    stats, stop, resent = Stats(), asyncio.Event(), []
+
+    async def broker_forgot():
+        resent.append(await resend_unapplied(db=db))
+
+    consumer = asyncio.create_task(event_consumer(
+        db=db, redis_client=redis_client, stream=stream, stop=stop, settings=CONSUMER, stats=stats,
+        name="c1", on_group_created=broker_forgot,
+    ))
+    try:
+        ids = await add_events(db, users=users, count=30)
+        await drain(db, redis_client, stream)
+        await wait_until(lambda: _applied_count(db, 30))
+        assert resent == [0]  # it created the group at start: nothing was published unapplied then
+        await redis_client.delete(stream)  # flushed: the stream and its group are gone ...
+        ids += await add_events(db, users=users, count=30)
+        await drain(db, redis_client, stream)  # ... and the relay's next appends make a new stream, no group
+        await wait_until(lambda: _applied_count(db, 60))
+    finally:
+        stop.set()
+        await consumer
+    assert resent[0] == 0 and sum(resent) == 30 and await applied_ids(db) == set(ids)
+    assert sum((await applied_per_user(db)).values()) == 60

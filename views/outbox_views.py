@@ -131,3 +131,28 @@ def consumer_health(publisher: LabPublisher, *, user_id: str) -> None:
                 else:
                     st.success(f"Appended again as `{new_entry}`; applied once if its cause is fixed, "
                                "dead-lettered again if not.")
+
+
+def broker_fault_switches(faults: Faults) -> None:
+    """Two more ways a broker fails, beside "down" (the connection fails): it refuses (an error
+    reply, as Redis's OOM), or it hangs (it runs the commands; the reply times out)."""
+    refuse_col, hang_col = st.columns(2)
+    if refuse_col.toggle("The broker refuses (OOM error reply)", value=faults.broker_refusing,
+                         key="outbox_broker_refusing") != faults.broker_refusing:
+        faults.broker_refusing = not faults.broker_refusing
+        st.rerun()
+    if hang_col.toggle("The broker hangs (runs the commands, the reply times out)", value=faults.broker_hung,
+                       key="outbox_broker_hung") != faults.broker_hung:
+        faults.broker_hung = not faults.broker_hung
+        st.rerun()
+
+
+def blocked(db: Database) -> None:
+    """The users whose later events wait behind a parked or retrying event, and why."""
+    with ui.errors_shown():
+        rows = ui.run(outbox_health.blocked_aggregates(db=db))
+        if rows:
+            st.markdown("**Held back**: these users' later events wait, so that each user's events go out in order")
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        else:
+            st.caption("No user's events are held back: no event is parked or waiting for its retry.")
