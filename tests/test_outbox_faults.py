@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
+import signal
+import sys
 import time
 from collections import Counter
 
 import fakeredis
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
 from labbench import outbox_health
@@ -27,6 +31,7 @@ from source.consumer import (
 from source.models import new_id
 from source.outbox import discard_failed_events, relay_batch, resend_unapplied, stream_key
 from source.outbox_stats import Stats
+from tests.conftest import need
 from tests.test_outbox import add_events, drain, make_users, status_counts, wait_until
 
 
@@ -48,6 +53,7 @@ def embedded_server(monkeypatch, fake_server):
     return fake_server
 
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 CONSUMER = ConsumerSettings(block=0.05, claim_min_idle=0.2, claim_interval=0.1, max_deliveries=3)
 
 
@@ -364,3 +370,46 @@ async def test_a_stream_flushed_while_the_consumer_runs_loses_no_event(db, redis
         await consumer
     assert resent[0] == 0 and sum(resent) == 30 and await applied_ids(db) == set(ids)
     assert sum((await applied_per_user(db)).values()) == 60
+
+
+# --- a relay process SIGKILLed mid-batch --------------------------------------------------
+
+
+async def test_a_relay_process_sigkilled_mid_batch_loses_nothing_and_applies_nothing_twice(db, db_url, key_prefix):
+    """A real child process, killed with SIGKILL after its pipeline appended a batch and before its
+    transaction committed the mark. Both databases; Redis is the server (a child process cannot
+    reach the in-process fakeredis)."""
+    redis_url = need("LAB_TEST_REDIS_URL")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    stream = stream_key(key_prefix)
+    try:
+        users = await make_users(db, 10)
+        ids = await add_events(db, users=users, count=600, per_transaction=100)
+        command = [sys.executable, "-m", "labbench.relay_process", db_url, redis_url, stream, "--hold", "0.3"]
+        kills = 0
+        for _ in range(6):
+            child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, cwd=REPO)
+            while not (line := await asyncio.wait_for(child.stdout.readline(), 30)).startswith(b"appended"):
+                assert line, "the relay process ended"
+            child.send_signal(signal.SIGKILL)  # appended, not yet marked published
+            assert await child.wait() == -signal.SIGKILL
+            kills += 1
+        appended_before = await client.xlen(stream)
+        assert appended_before == 50 * kills  # each killed batch reached the stream ...
+        assert (await status_counts(db))["published"] == 0  # ... and none was marked published
+        child = await asyncio.create_subprocess_exec(*command, "--hold", "0", stdout=asyncio.subprocess.DEVNULL, cwd=REPO)
+        try:
+            await wait_until(lambda: _counts_are(db, published=600), timeout=60)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+        await run_consumer(db, client, stream, lambda: _applied_count(db, 600), timeout=60)
+        await wait_until(lambda: _group_idle(client, stream))
+        assert await applied_ids(db) == set(ids)  # none lost
+        assert await applied_per_user(db) == Counter(users[i % 10] for i in range(600))  # none applied twice
+        async with db.sessions() as session:
+            deliveries = await session.scalar(select(func.sum(InboxEntry.deliveries)))
+        assert await client.xlen(stream) == deliveries == 600 + 50 * kills  # the repeats, dropped by the inbox
+    finally:
+        await client.delete(stream, dead_letter_key(stream))
+        await client.aclose()
