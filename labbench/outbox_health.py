@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import redis
 import redis.asyncio as aioredis
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import aliased
@@ -111,3 +112,36 @@ async def blocked_aggregates(*, db: Database, limit: int = 10) -> list[dict]:
          "events waiting behind it": waiting, "last error": event.last_error or ""}
         for event, waiting in rows
     ]
+
+
+@dataclass(frozen=True)
+class BrokerDurability:
+    """What the server says about keeping the stream: None where it would not say (the embedded
+    Redis has no CONFIG; a managed Redis may refuse it)."""
+
+    maxmemory_policy: str | None
+    maxmemory: int | None
+    appendonly: str | None
+    appendfsync: str | None
+
+    @property
+    def may_evict_the_stream(self) -> bool | None:
+        """allkeys-* policies evict any key, the stream included, once maxmemory is reached;
+        volatile-* ones only keys with a TTL (the stream has none); noeviction refuses writes."""
+        if self.maxmemory_policy is None:
+            return None
+        return self.maxmemory_policy.startswith("allkeys")
+
+
+async def broker_durability(*, redis_client: aioredis.Redis) -> BrokerDurability:
+    values = {}
+    for name in ("maxmemory-policy", "maxmemory", "appendonly", "appendfsync"):
+        try:
+            values[name] = (await redis_client.config_get(name)).get(name)
+        except redis.ResponseError:  # CONFIG unknown or not allowed
+            values[name] = None
+    return BrokerDurability(
+        maxmemory_policy=values["maxmemory-policy"],
+        maxmemory=None if values["maxmemory"] is None else int(values["maxmemory"]),
+        appendonly=values["appendonly"], appendfsync=values["appendfsync"],
+    )

@@ -89,6 +89,7 @@ if event_id := state.get("outbox_event_id"):
             st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
 st.button("Refresh the figures", key="outbox_refresh")
 outbox_views.pipeline_figures(publisher, faults=publisher.faults)
+outbox_views.retention_figures(publisher)
 
 st.subheader("3. Break it")
 relay_settings = publisher.settings
@@ -143,21 +144,7 @@ st.markdown(
 outbox_views.consumer_health(publisher, user_id=users[name])
 
 st.subheader("4. What is guaranteed")
-st.markdown(
-    "- **No loss**: an event exists if and only if its score committed, and stays pending until a "
-    "relay has appended it *and* committed the mark.\n"
-    "- **At-least-once delivery, effect exactly once**: a crash between append and mark repeats "
-    "the event; the inbox (primary key = event ID, inserted with the effect) drops the repeat.\n"
-    "- **Order per user, with one relay**: claims go oldest first, and an event waits while an "
-    "earlier event of its user waits for a retry or is parked as failed. One process has one relay. On SQLite, relays "
-    "in several processes take turns on the write lock, so order holds there too.\n"
-    "- **Several processes on PostgreSQL**: relays run concurrently, and `SKIP LOCKED` keeps them "
-    "from ever claiming the same event, so a fault-free run publishes nothing twice. They do *not* "
-    "keep one user's order: two relays can hold two events of one user at once. Per-aggregate "
-    "order then needs one relay per aggregate (e.g. a PostgreSQL advisory lock per user, which "
-    "this lab does not take); the read model instead keeps the newest score by the event's time, "
-    "whatever order events arrive in."
-)
+outbox_views.guarantees(publisher, backend=db.backend)
 with st.expander("The relay's cycle: `relay_batch`"):
     st.code(inspect.getsource(relay_batch), language="python")
 with st.expander("The migration that added attempts, retries, the failed status and the inbox (0002)"):

@@ -18,6 +18,7 @@ from .database import Database
 from .outbox import RelaySettings, event_publisher, resend_unapplied, wake_mode
 from .outbox_stats import PublisherSnapshot, Stats, describe
 from .redis_setup import RedisTarget
+from .retention import RetentionSettings, retention_loop
 
 
 class Publisher:
@@ -34,12 +35,14 @@ class Publisher:
         settings: RelaySettings | None = None,
         consumer_settings: ConsumerSettings | None = None,
         wrap_broker: Callable[[aioredis.Redis], aioredis.Redis] | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.database_url = database_url
         self.redis_target = redis_target
         self.stream = stream
         self.settings = settings or RelaySettings()
         self.consumer_settings = consumer_settings or ConsumerSettings()
+        self.retention = retention or RetentionSettings()
         # The relay's broker client passes through this (the lab bench wraps it to inject faults).
         self.wrap_broker = wrap_broker or (lambda client: client)
         self.stats = Stats()
@@ -121,6 +124,7 @@ class Publisher:
                 event_consumer(redis_client=consume_client, settings=self.consumer_settings,
                                on_group_created=broker_forgot, **common)
             ),
+            asyncio.create_task(retention_loop(redis_client=consume_client, settings=self.retention, **common)),
         ]
         stopping = asyncio.create_task(self._stop.wait())
         try:

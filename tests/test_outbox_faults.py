@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
@@ -31,6 +32,7 @@ from source.consumer import (
 from source.models import new_id
 from source.outbox import discard_failed_events, relay_batch, resend_unapplied, stream_key
 from source.outbox_stats import Stats
+from source.retention import RetentionSettings, prune_tables, trim_stream
 from tests.conftest import need
 from tests.test_outbox import add_events, drain, make_users, status_counts, wait_until
 
@@ -413,3 +415,76 @@ async def test_a_relay_process_sigkilled_mid_batch_loses_nothing_and_applies_not
     finally:
         await client.delete(stream, dead_letter_key(stream))
         await client.aclose()
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+async def test_trimming_keeps_every_entry_a_group_has_not_acknowledged(db, redis_client, stream):
+    users = await make_users(db, 2)
+    await add_events(db, users=users, count=10)
+    await drain(db, redis_client, stream)
+    await ensure_group(redis_client, stream=stream)
+    read = await redis_client.xreadgroup(CONSUMER_GROUP, "c1", {stream: ">"}, count=6)
+    delivered = [entry_id for entry_id, _ in read[0][1]]
+    await redis_client.xack(stream, CONSUMER_GROUP, *delivered[:3], delivered[4])  # 3rd of 6 left unacknowledged
+    assert await trim_stream(redis_client=redis_client, stream=stream, keep_for=0) == 3  # the first 3 only
+    remaining = [entry_id for entry_id, _ in await redis_client.xrange(stream)]
+    assert remaining[0] == delivered[3] and len(remaining) == 7  # the pending one and all after it
+    await redis_client.xack(stream, CONSUMER_GROUP, delivered[3], delivered[5])
+    assert await trim_stream(redis_client=redis_client, stream=stream, keep_for=0) == 3
+    assert len(await redis_client.xrange(stream)) == 4  # the 4 never delivered stay
+    assert await trim_stream(redis_client=redis_client, stream=stream, keep_for=3600) == 0  # too young
+
+
+async def test_an_inbox_row_outlives_its_outbox_row(db, redis_client, stream):
+    users = await make_users(db, 1)
+    await add_events(db, users=users, count=3)
+    await drain(db, redis_client, stream)
+    await run_consumer(db, redis_client, stream, lambda: _applied_count(db, 3))
+    async with db.sessions.begin() as session:  # one event keeps its outbox row (say, published later)
+        kept = (await session.scalars(select(DomainEvent).limit(1))).one()
+        kept.published_at = datetime.now(UTC) + timedelta(hours=1)
+    await asyncio.sleep(0.05)
+    assert await prune_tables(db=db, keep_for=0) == (2, 2)
+    assert await applied_ids(db) == {kept.id}
+    assert await resend_unapplied(db=db) == 0  # so it is not sent again as "never applied"
+
+
+async def test_retention_keeps_tables_and_stream_bounded_under_a_long_run(
+    db, db_url, redis_target, redis_client, embedded_server, stream
+):
+    users = await make_users(db, 10)
+    publisher = LabPublisher(
+        database_url=db_url, redis_target=redis_target, stream=stream, consumer_settings=CONSUMER,
+        settings=RelaySettings(poll_interval=0.02, notify_fallback_poll=0.5),
+        retention=RetentionSettings(keep_for=0.5, interval=0.25),
+    )
+    sizes = []
+    publisher.start()
+    try:
+        total = 0
+        for _ in range(60):  # 600 events over about 6 s or more
+            total += len(await add_events(db, users=users, count=10, per_transaction=10))
+            await asyncio.sleep(0.1)
+            sizes.append(await _sizes(db, redis_client, stream))
+        await wait_until(lambda: _all_applied(publisher, total))
+    finally:
+        assert publisher.stop()
+    figures = publisher.snapshot()
+    late = sizes[20:]  # once the first events are older than keep_for
+    assert max(s[0] for s in late) < 250 and max(s[1] for s in late) < 250 and max(s[2] for s in late) < 250
+    assert figures.pruned_outbox > 300 and figures.pruned_inbox > 300 and figures.trimmed_entries > 300
+    assert figures.applied == total and figures.duplicates == 0 and figures.retention_error is None
+    assert sum((await applied_per_user(db)).values()) == total  # the read model kept every event, once
+
+
+async def _sizes(db, client, stream) -> tuple[int, int, int]:
+    async with db.sessions() as session:
+        outbox = await session.scalar(select(func.count()).select_from(DomainEvent))
+        inbox = await session.scalar(select(func.count()).select_from(InboxEntry))
+    return outbox, inbox, await client.xlen(stream)
+
+
+async def _all_applied(publisher, total) -> bool:
+    return publisher.snapshot().applied == total

@@ -156,3 +156,70 @@ def blocked(db: Database) -> None:
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         else:
             st.caption("No user's events are held back: no event is parked or waiting for its retry.")
+
+
+def retention_figures(publisher: LabPublisher) -> None:
+    keep, now = publisher.retention, publisher.snapshot()
+    hours = keep.keep_for / 3600
+    st.caption(
+        f"Retention: every {keep.interval:g} s the publisher deletes published outbox rows and inbox rows older "
+        f"than {hours:g} h (an inbox row only once its event's outbox row is gone) and trims the stream "
+        "(`XTRIM MINID`) below the oldest entry the group has not acknowledged. Since it started: "
+        f"{now.pruned_outbox} outbox rows, {now.pruned_inbox} inbox rows, {now.trimmed_entries} stream entries; "
+        f"{now.resent} published events sent again because the broker had lost its stream."
+        + (f" Last pruning error: {widgets.escape_markdown(now.retention_error)}" if now.retention_error else "")
+    )
+
+
+def guarantees(publisher: LabPublisher, *, backend: str) -> None:
+    durability = None
+    with ui.errors_shown():
+        durability = ui.run(outbox_health.broker_durability(redis_client=ui.inspect_client()))
+    keep_hours = publisher.retention.keep_for / 3600
+    st.markdown(
+        "- **No loss in the database**: an event exists if and only if its score committed, and stays "
+        "pending until a relay has appended it *and* committed the mark.\n"
+        "- **What \"appended\" means**: Redis acknowledges `XADD` once the entry is in its memory. Whether it "
+        "survives a restart depends on the server: with AOF off a restart loses the stream; with "
+        "`appendfsync everysec`, up to about a second of writes; with `always`, every write is fsynced to the AOF. "
+        "Replicas copy writes asynchronously, so a failover can lose acknowledged entries. `WAIT` blocks until "
+        "replicas have a connection's writes and `WAITAOF` (Redis 7.2+) until they are fsynced to the AOF, "
+        "locally or on replicas; this "
+        "relay calls neither.\n"
+        "- **A broker that forgets**: when the consumer has to create its group (the embedded Redis keeps "
+        "nothing across a restart; a Redis without persistence or a flushed one neither), the published "
+        "events the inbox has no row for go back to pending and are sent again. This does not cover a Redis "
+        "that comes back with its group but without its last entries (AOF `everysec` after a crash): those "
+        "stay published and unapplied.\n"
+        "- **At-least-once delivery, effect exactly once**: a crash between append and mark, or a broker "
+        "that times out after running the commands, repeats the event; the inbox (primary key = event ID, "
+        "inserted with the effect) drops the repeat. A poison entry is dead-lettered and acknowledged; the "
+        "good entries beside it are applied.\n"
+        "- **Order per user, with one relay**: claims go oldest first, and an event waits while an earlier "
+        "event of its user waits for a retry or is parked as failed (until it is retried or discarded). On "
+        "SQLite, relays in several processes take turns on the write lock, so order holds there too.\n"
+        "- **Several processes on PostgreSQL**: relays run concurrently, and `SKIP LOCKED` keeps them from "
+        "ever claiming the same event, so a fault-free run publishes nothing twice. They do *not* keep one "
+        "user's order: two relays can hold two events of one user at once. Per-aggregate order then needs one "
+        "relay per aggregate (e.g. a PostgreSQL advisory lock per user, which this lab does not take); the "
+        "read model instead keeps the newest score by the event's time, whatever order events arrive in.\n"
+        f"- **Bounded storage**: published outbox rows and inbox rows are kept {keep_hours:g} h, and the stream "
+        "is trimmed only below what the group has acknowledged. The dead letters stay until replayed."
+    )
+    if durability is None:
+        return
+    if durability.maxmemory_policy is None:
+        st.caption("This Redis does not answer `CONFIG GET` (the embedded one has no such command): its "
+                   "eviction policy and persistence are unknown here. The embedded Redis keeps nothing across "
+                   "a restart of the app.")
+        return
+    said = (f"This Redis: `maxmemory-policy` **{durability.maxmemory_policy}**, `maxmemory` "
+            f"{durability.maxmemory or 'unset (no limit)'}, `appendonly` {durability.appendonly}, "
+            f"`appendfsync` {durability.appendfsync}. The cache and the stream share it.")
+    if durability.may_evict_the_stream:
+        st.warning(said + " An `allkeys` policy evicts any key once memory is full, the stream included: "
+                   "events already marked published would be lost to the consumer.")
+    else:
+        st.caption(said + " This policy never evicts the stream (it has no TTL); when memory is full, writes "
+                   "are refused with an OOM error, which the relay records as a refusal: after "
+                   f"{publisher.settings.max_attempts} failed attempts the event is parked.")
