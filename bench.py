@@ -273,6 +273,8 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
         figures.append(Figure("outbox", f"{db_name}+{redis_name}", "relay throughput, batch 100", published / seconds, "events/s"))
 
     if "postgresql" in bench.databases:
+        figures += await _relay_against_minimal(bench)
+    if "postgresql" in bench.databases:
         db, client = bench.databases["postgresql"], bench.redis["redis" if "redis" in bench.redis else "fakeredis"]
         alex, _ = await run_db_setup_and_create_user(db)
         modes = {
@@ -293,6 +295,56 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
             stop.set()
             await relay
             figures += latency_figures("outbox", f"postgresql+{'redis' if 'redis' in bench.redis else 'fakeredis'}", f"commit-to-stream, {mode} (n={n})", samples)
+    return figures
+
+
+async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Figure]:
+    """The lab's relay_batch against a minimal raw-asyncpg relay (labbench/minimal_relay.py) in the
+    same run, on the same table: batches alternate between the two until no event is pending."""
+    import asyncpg
+
+    from labbench.minimal_relay import minimal_relay_batch
+    from source import DomainEvent, RelaySettings
+    from source.models import new_id
+    from source.outbox import relay_batch
+
+    db, redis_name = bench.databases["postgresql"], "redis" if "redis" in bench.redis else "fakeredis"
+    client, stream = bench.redis[redis_name], f"{bench.key_prefix}outbox-anchor"
+    users = [new_id() for _ in range(200)]
+    for start in range(0, events, 1000):
+        async with db.sessions.begin() as session:
+            session.add_all(
+                DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=users[i % 200],
+                            payload={"score_id": new_id(), "air_score": 70.0})
+                for i in range(start, start + 1000)
+            )
+    connection = await asyncpg.connect(db.url.set(drivername="postgresql").render_as_string(hide_password=False))
+    await connection.execute("ANALYZE domain_events")  # as autovacuum soon would: plans for 20,000 rows
+    figures = []
+    try:
+        for batch in (100, 500):
+            settings, spent, done = RelaySettings(batch_size=batch), {"lab": 0.0, "minimal": 0.0}, {"lab": 0, "minimal": 0}
+            budget = events // 2 if batch == 100 else events
+            while sum(done.values()) < budget:
+                started = time.perf_counter()
+                result = await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)
+                spent["lab"] += time.perf_counter() - started
+                started = time.perf_counter()
+                minimal = await minimal_relay_batch(connection, client, stream, batch_size=batch)
+                spent["minimal"] += time.perf_counter() - started
+                done["lab"] += result.published
+                done["minimal"] += minimal
+                if not (result.claimed or minimal):
+                    break
+            rates = {name: done[name] / spent[name] for name in spent}
+            backend = f"postgresql+{redis_name}"
+            figures += [
+                Figure("outbox", backend, f"lab relay_batch, batch {batch}, interleaved", rates["lab"], "events/s"),
+                Figure("outbox", backend, f"minimal raw-asyncpg relay, batch {batch}, interleaved", rates["minimal"], "events/s"),
+                Figure("outbox", backend, f"lab relay / minimal relay, batch {batch}", rates["lab"] / rates["minimal"], "x"),
+            ]
+    finally:
+        await connection.close()
     return figures
 
 

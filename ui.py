@@ -123,6 +123,22 @@ def redis_client():
 
 
 @process_wide
+def _inspect_client() -> _Held:
+    target = redis_target()
+
+    async def make():
+        return source.make_redis_client(target, timeout=2.0)
+
+    return _Held(run(make()))
+
+
+def inspect_client():
+    """A Redis client for the pages' reads of the stream (XPENDING, XINFO, dead letters): the
+    cache's client fails open after 50 ms, too short for these on a busy server."""
+    return _inspect_client().value
+
+
+@process_wide
 def cache_stats() -> source.CacheStats:
     """Counters of every cached read this server process serves, whichever learner asked."""
     return source.CacheStats()
@@ -216,7 +232,8 @@ def reset_resources() -> None:
         _publishers.pop().stop()
     # Close the old engine's connections on the loop they belong to, not later in a GC pass.
     run(database().dispose(), timeout=10)
-    for cached in (database, redis_target, _redis_client, backend_status, cache_stats, _redis_cache, publisher):
+    for cached in (database, redis_target, _redis_client, _inspect_client, backend_status, cache_stats, _redis_cache,
+                   publisher):
         cached.clear()
 
 

@@ -1,5 +1,6 @@
 """Faults for section 5, injected from outside the relay: the relay is handed a broker client whose
-pipeline refuses while the broker is "down", or appends and then dies as if the process had."""
+pipeline cannot connect while the broker is "down", gets an error reply while it "refuses", runs
+the commands and then times out while it is "hung", or appends and then dies as if the process had."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class Faults:
     def __init__(self, *, broker_failure_rate: float = 0.0, crash_rate: float = 0.0, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self.broker_down = False  # only the relay's publish path refuses: the cache keeps working
+        self.broker_down = False  # only the relay's publish path fails: the cache keeps working
+        self.broker_refusing = False  # an error reply (as Redis's OOM when maxmemory is reached)
+        self.broker_hung = False  # Redis runs the commands, the reply never comes in time
         self.broker_failure_rate = broker_failure_rate
         self.crash_rate = crash_rate
         self._crashes_armed = 0
@@ -84,7 +87,11 @@ class _FaultyPipeline:
     async def execute(self, *args, **kwargs):
         if self.faults.broker_refuses():
             raise redis.ConnectionError("broker unreachable (fault switched on in the lab)")
+        if self.faults.broker_refusing:
+            raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory' (lab fault)")
         replies = await self.pipeline.execute(*args, **kwargs)
+        if self.faults.broker_hung:  # the commands ran; the relay never hears back
+            raise redis.TimeoutError("Timeout reading from the broker (lab fault: it ran the commands)")
         if self.faults.crash_now():
             raise SimulatedCrash(len(replies))  # the relay's transaction rolls back: still pending
         return replies

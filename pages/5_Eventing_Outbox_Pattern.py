@@ -7,7 +7,7 @@ import ui
 import widgets
 from labbench import migrations
 from source import calculate_and_store_airscore, retry_failed_events
-from source.outbox import relay_batch
+from source.outbox import discard_failed_events, relay_batch
 from views import outbox_views
 
 ui.page("5. Eventing (Outbox Pattern)")
@@ -88,16 +88,24 @@ if event_id := state.get("outbox_event_id"):
             st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
 st.button("Refresh the figures", key="outbox_refresh")
 outbox_views.pipeline_figures(publisher, faults=publisher.faults)
+outbox_views.retention_figures(publisher)
 
 st.subheader("3. Break it")
+relay_settings = publisher.settings
 st.markdown(
-    "**Broker down**: the relay's own publish path refuses (the cache and everyone's other Redis "
-    "traffic keep working). Events stay pending; each failed attempt is recorded with its error and "
-    f"a retry time that doubles, with jitter; after {publisher.settings.max_attempts} attempts an "
-    "event is parked as *failed*. Bring the broker back and pending events drain on the next cycles."
+    "**Broker down**: the relay's own publish path cannot connect (the cache and everyone's other "
+    "Redis traffic keep working). Events stay pending; each failed attempt is recorded with its error "
+    f"and a retry time that doubles, with jitter, up to {relay_settings.backoff_max:g} s; a failed "
+    "connection never parks an event, so after an outage of any length the events drain by "
+    f"themselves within about {relay_settings.backoff_max:g} s. **Refusing** (an error reply): after "
+    f"{relay_settings.max_attempts} failed attempts the event is parked as *failed*, and its user's "
+    "later events wait behind it until it is retried or discarded. **Hung** (Redis runs the "
+    "commands, the reply times out): the outcome is unknown, so the events stay pending and go out "
+    "again; the inbox drops the repeats."
 )
 faults = publisher.faults
-st.markdown(f"The broker is **{'down' if faults.broker_down else 'up'}** for the relay.")
+st.markdown(f"The broker is **{'down' if faults.broker_down else 'up'}** for the relay"
+            + (" and **refuses**" if faults.broker_refusing else "") + (" and **hangs**" if faults.broker_hung else "") + ".")
 faults_open = ui.instructor_key_ok("Breaking the relay or retrying failed events", key="outbox_fault_key")
 if faults_open:
     down_col, up_col = st.columns(2)
@@ -107,9 +115,15 @@ if faults_open:
     if up_col.button("Bring the broker back", disabled=not faults.broker_down, key="outbox_broker_up"):
         faults.broker_down = False
         st.rerun()
-if faults_open and st.button("Retry failed events", key="outbox_retry"):
+    outbox_views.broker_fault_switches(faults)
+outbox_views.blocked(db)
+retry_col, discard_col = st.columns(2)
+if faults_open and retry_col.button("Retry failed events", key="outbox_retry"):
     with ui.errors_shown():
         st.success(f"{ui.run(retry_failed_events(db=db))} failed event(s) are pending again.")
+if faults_open and discard_col.button("Discard failed events", key="outbox_discard"):
+    with ui.errors_shown():
+        st.success(f"{ui.run(discard_failed_events(db=db))} failed event(s) discarded: never sent.")
 st.markdown(
     "**The relay dies after appending, before marking published**: the batch's transaction rolls "
     "back, so its events are still pending and the next cycle appends them again. Watch "
@@ -120,22 +134,17 @@ if faults_open and st.button("Crash the relay after its next append", key="outbo
 if faults.crash_armed:
     st.info("Armed: the next batch the relay appends will not be marked published.")
 
-st.subheader("4. What is guaranteed")
 st.markdown(
-    "- **No loss**: an event exists if and only if its score committed, and stays pending until a "
-    "relay has appended it *and* committed the mark.\n"
-    "- **At-least-once delivery, effect exactly once**: a crash between append and mark repeats "
-    "the event; the inbox (primary key = event ID, inserted with the effect) drops the repeat.\n"
-    "- **Order per user, with one relay**: claims go oldest first, and an event waits while an "
-    "earlier event of its user waits for a retry. One process has one relay. On SQLite, relays "
-    "in several processes take turns on the write lock, so order holds there too.\n"
-    "- **Several processes on PostgreSQL**: relays run concurrently, and `SKIP LOCKED` keeps them "
-    "from ever claiming the same event, so a fault-free run publishes nothing twice. They do *not* "
-    "keep one user's order: two relays can hold two events of one user at once. Per-aggregate "
-    "order then needs one relay per aggregate (e.g. a PostgreSQL advisory lock per user, which "
-    "this lab does not take); the read model instead keeps the newest score by the event's time, "
-    "whatever order events arrive in."
+    "**A poison entry**: one the consumer cannot apply. Each entry is applied in its own savepoint, so "
+    "it undoes only itself: the good entries of its batch commit and are acknowledged. It stays "
+    "unacknowledged, is claimed again after "
+    f"{publisher.consumer_settings.claim_min_idle:g} s idle, and after {publisher.consumer_settings.max_deliveries} "
+    "deliveries (the count Redis keeps per entry) moves to the dead letters with its error."
 )
+outbox_views.consumer_health(publisher, user_id=users[name])
+
+st.subheader("4. What is guaranteed")
+outbox_views.guarantees(publisher, backend=db.backend)
 with st.expander("The relay's cycle: `relay_batch`"):
     st.code(inspect.getsource(relay_batch), language="python")
 with st.expander("The migration that added attempts, retries, the failed status and the inbox (0002)"):

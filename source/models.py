@@ -161,7 +161,7 @@ class DomainEvent(Base, TimestampMixin):
     aggregate_type: Mapped[str] = mapped_column(String(100))
     aggregate_id: Mapped[str] = mapped_column(String(36), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, published, failed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, published, failed, discarded
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The relay's bookkeeping (revision 0002): a broker error schedules a retry with back-off;
     # after too many attempts the event is parked as "failed" until someone retries it.

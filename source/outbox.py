@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 
 from . import config
 from .database import WRITE_TRANSACTION, Database
-from .models import DomainEvent
+from .models import DomainEvent, InboxEntry
 from .outbox_stats import Stats, describe
 from .repositories import DomainEventRepository
 
@@ -65,13 +65,13 @@ class BatchResult:
 
 def due_events(*, now: datetime, limit: int):
     """Pending events that are due, oldest first, except those queued behind an earlier event
-    of the same aggregate that waits for its retry: one relay keeps each aggregate in order."""
+    of the same aggregate that waits for its retry or is parked as failed: one relay keeps each
+    aggregate in order, and a parked event holds its aggregate until it is retried or discarded."""
     earlier = aliased(DomainEvent)
     waits_behind_a_retry = exists().where(
         earlier.aggregate_type == DomainEvent.aggregate_type,
         earlier.aggregate_id == DomainEvent.aggregate_id,
-        earlier.status == "pending",
-        earlier.next_attempt_at > now,
+        or_(earlier.status == "failed", and_(earlier.status == "pending", earlier.next_attempt_at > now)),
         or_(
             earlier.created_at < DomainEvent.created_at,
             and_(earlier.created_at == DomainEvent.created_at, earlier.id < DomainEvent.id),
@@ -138,18 +138,33 @@ async def relay_batch(
     return BatchResult(claimed=len(events), published=len(events))
 
 
+def refused(error: BaseException) -> bool:
+    """Did the broker answer "no" (an error reply, e.g. OOM)? A connection that fails is not a
+    refusal, and a timeout is not either: its outcome is unknown, since Redis may have run the
+    commands and only the reply was lost. Only refusals count toward parking an event."""
+    return isinstance(error, redis.ResponseError)
+
+
 def schedule_retries(
     events: Sequence[DomainEvent], *, error: BaseException, now: datetime, settings: RelaySettings,
     rng: random.Random,
 ) -> BatchResult:
-    """Record the error on each event; retry later, or park it as failed after max_attempts.
-    (The changes commit with the claiming transaction.)"""
+    """Record the error on each event and retry later, with back-off capped at backoff_max, so
+    events drain by themselves after an outage of any length. Park an event as failed only when
+    the broker refused it and it has max_attempts failed attempts. (The changes commit with the
+    claiming transaction.)"""
     retried = failed = 0
     next_retry: datetime | None = None
+    if isinstance(error, redis.TimeoutError | TimeoutError):
+        note = "outcome unknown, sent again (the inbox drops a repeat): "
+    elif refused(error):
+        note = "refused: "
+    else:
+        note = "broker unreachable: "
     for event in events:
         event.attempts += 1
-        event.last_error = describe(error)
-        if event.attempts >= settings.max_attempts:
+        event.last_error = (note + describe(error))[:500]
+        if refused(error) and event.attempts >= settings.max_attempts:
             event.status = "failed"
             failed += 1
         else:
@@ -162,12 +177,41 @@ def schedule_retries(
 
 
 async def retry_failed_events(*, db: Database) -> int:
-    """Give failed events a fresh set of attempts; returns how many."""
+    """Give failed events a fresh set of attempts; returns how many. Each goes out before the
+    later events of its aggregate, which waited behind it."""
     async with db.sessions.begin() as session:
         result = await session.execute(
             update(DomainEvent)
             .where(DomainEvent.status == "failed")
             .values(status="pending", attempts=0, next_attempt_at=None, last_error=None)
+        )
+    return result.rowcount
+
+
+async def resend_unapplied(*, db: Database) -> int:
+    """Put published events that were never applied back to pending, so that the relay sends them
+    again; returns how many. For a broker that lost its stream: one that keeps nothing across a
+    restart (the embedded Redis, a Redis without persistence) or was flushed. The consumer calls
+    it when it has to create its group again. Repeats of events that were in flight are dropped
+    by the inbox. (Here the consumer's inbox is in the relay's database; across services, the
+    consumer would report which events it has applied.)"""
+    async with db.sessions.begin() as session:
+        await session.connection(execution_options=WRITE_TRANSACTION)
+        result = await session.execute(
+            update(DomainEvent)
+            .where(DomainEvent.status == "published", ~exists().where(InboxEntry.event_id == DomainEvent.id))
+            .values(status="pending", published_at=None, next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return result.rowcount
+
+
+async def discard_failed_events(*, db: Database) -> int:
+    """Give up on failed events (they stay in the table as discarded, never sent); returns how
+    many. The later events of their aggregates are no longer held back."""
+    async with db.sessions.begin() as session:
+        result = await session.execute(
+            update(DomainEvent).where(DomainEvent.status == "failed").values(status="discarded", next_attempt_at=None)
         )
     return result.rowcount
 

@@ -26,8 +26,16 @@ class PublisherSnapshot:
     delivered: int = 0
     applied: int = 0
     duplicates: int = 0
-    claimed: int = 0
+    claimed: int = 0  # entries taken over with XAUTOCLAIM (abandoned, or failed and delivered again)
+    dead_lettered: int = 0
+    consumers_removed: int = 0  # idle consumers with nothing pending, removed at start
+    resent: int = 0  # published events sent again because the broker lost them
+    pruned_outbox: int = 0  # retention: published outbox rows deleted
+    pruned_inbox: int = 0
+    trimmed_entries: int = 0  # stream entries removed with XTRIM MINID
+    retention_error: str | None = None
     consumer_error: str | None = None
+    consumer_error_at: datetime | None = None
 
 
 class Stats:

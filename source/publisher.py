@@ -13,11 +13,12 @@ import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
 from . import redis_setup
-from .consumer import ConsumerSettings, event_consumer
+from .consumer import ConsumerSettings, ensure_group, event_consumer
 from .database import Database
-from .outbox import RelaySettings, event_publisher, wake_mode
+from .outbox import RelaySettings, event_publisher, resend_unapplied, wake_mode
 from .outbox_stats import PublisherSnapshot, Stats, describe
 from .redis_setup import RedisTarget
+from .retention import RetentionSettings, retention_loop
 
 
 class Publisher:
@@ -34,12 +35,14 @@ class Publisher:
         settings: RelaySettings | None = None,
         consumer_settings: ConsumerSettings | None = None,
         wrap_broker: Callable[[aioredis.Redis], aioredis.Redis] | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.database_url = database_url
         self.redis_target = redis_target
         self.stream = stream
         self.settings = settings or RelaySettings()
         self.consumer_settings = consumer_settings or ConsumerSettings()
+        self.retention = retention or RetentionSettings()
         # The relay's broker client passes through this (the lab bench wraps it to inject faults).
         self.wrap_broker = wrap_broker or (lambda client: client)
         self.stats = Stats()
@@ -103,13 +106,25 @@ class Publisher:
         )
         self.stats.set(started_at=datetime.now(UTC), wake_mode=self.wake_mode)
         common = {"db": db, "stream": self.stream, "stop": self._stop, "stats": self.stats}
+
+        async def broker_forgot() -> None:  # the group had to be created: the stream is new or lost
+            self.stats.add(resent=await resend_unapplied(db=db))
+
+        try:  # before the relay starts, so that nothing it appends now is sent twice
+            if await ensure_group(consume_client, stream=self.stream):
+                await broker_forgot()
+        except Exception as exc:  # Redis or the database is down: the consumer tries again
+            self.stats.set(consumer_error=describe(exc), consumer_error_at=datetime.now(UTC))
+
         tasks = [
             asyncio.create_task(
                 event_publisher(redis_client=self.wrap_broker(publish_client), settings=self.settings, **common)
             ),
             asyncio.create_task(
-                event_consumer(redis_client=consume_client, settings=self.consumer_settings, **common)
+                event_consumer(redis_client=consume_client, settings=self.consumer_settings,
+                               on_group_created=broker_forgot, **common)
             ),
+            asyncio.create_task(retention_loop(redis_client=consume_client, settings=self.retention, **common)),
         ]
         stopping = asyncio.create_task(self._stop.wait())
         try:

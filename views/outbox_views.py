@@ -10,8 +10,10 @@ import streamlit as st
 
 import ui
 import widgets
+from labbench import outbox_health
 from labbench.faults import Faults, LabPublisher
 from labbench.outbox_view import EventProgress, event_progress
+from source.consumer import dead_letter_key, replay_dead_letter
 from source.database import Database
 
 
@@ -77,3 +79,149 @@ def pipeline_figures(publisher: LabPublisher, *, faults: Faults) -> None:
         left.dataframe(pd.DataFrame(view.events), hide_index=True, width="stretch")
         right.markdown("**Read model** (what the consumer applied)")
         right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
+
+
+def consumer_health(publisher: LabPublisher, *, user_id: str) -> None:
+    """The consumer's pending-entries list, lag, oldest pending entry and dead letters, read now
+    from Redis; a poison entry to append, and a dead letter to replay."""
+    redis_client, stream = ui.inspect_client(), publisher.stream
+    settings, figures = publisher.consumer_settings, publisher.snapshot()
+    health = None
+    with ui.errors_shown():
+        health = ui.run(outbox_health.consumer_health(redis_client=redis_client, stream=stream))
+        row = st.columns(4)
+        row[0].metric("Unacknowledged (pending-entries list)", health.pending)
+        row[1].metric("Lag (not yet delivered)", "-" if health.lag is None else health.lag)
+        row[2].metric("Oldest pending entry", "-" if health.oldest_pending_age is None
+                      else f"{health.oldest_pending_age:.1f} s")
+        row[3].metric("Dead letters", health.dead_letter_count)
+        st.caption(
+            f"Read now: `XPENDING`, `XINFO GROUPS` and `XINFO CONSUMERS` on `{stream}`, the age from the oldest "
+            f"pending entry's ID and the server's `TIME`, the dead letters from `{dead_letter_key(stream)}`. "
+            f"Since the publisher started: {figures.claimed} entries claimed with `XAUTOCLAIM`, "
+            f"{figures.dead_lettered} dead-lettered, {figures.consumers_removed} idle consumers removed."
+        )
+        if figures.consumer_error:
+            when = figures.consumer_error_at.strftime("%H:%M:%S UTC") if figures.consumer_error_at else ""
+            st.warning(f"The consumer's last error ({when}): {widgets.escape_markdown(figures.consumer_error)}")
+        left, right = st.columns(2)
+        left.markdown("**Pending entries** (oldest first)")
+        left.dataframe(pd.DataFrame(health.pending_entries), hide_index=True, width="stretch")
+        right.markdown("**Consumers in the group**")
+        right.dataframe(pd.DataFrame(health.consumers), hide_index=True, width="stretch")
+        st.markdown("**Dead letters** (newest first)")
+        st.dataframe(pd.DataFrame(health.dead_letters), hide_index=True, width="stretch")
+    poison_col, replay_col = st.columns(2)
+    with poison_col:
+        kind = st.selectbox("A poison entry", list(outbox_health.POISONS), key="outbox_poison_kind")
+        if st.button("Append it to the stream", key="outbox_poison"):
+            with ui.errors_shown():
+                entry = ui.run(outbox_health.append_poison(
+                    redis_client=redis_client, stream=stream, kind=kind, user_id=user_id
+                ))
+                st.success(f"Appended `{entry}`. The consumer fails it, delivers it again after "
+                           f"{settings.claim_min_idle:g} s idle, and dead-letters it after "
+                           f"{settings.max_deliveries} deliveries.")
+    with replay_col:
+        choices = [letter["dead letter"] for letter in health.dead_letters] if health else []
+        dead_id = st.selectbox("A dead letter", choices, key="outbox_dead_letter")
+        if st.button("Replay it", disabled=dead_id is None, key="outbox_replay"):
+            with ui.errors_shown():
+                new_entry = ui.run(replay_dead_letter(redis_client=redis_client, stream=stream, dead_id=dead_id))
+                if new_entry is None:
+                    st.info("That dead letter is gone (replayed already?).")
+                else:
+                    st.success(f"Appended again as `{new_entry}`; applied once if its cause is fixed, "
+                               "dead-lettered again if not.")
+
+
+def broker_fault_switches(faults: Faults) -> None:
+    """Two more ways a broker fails, beside "down" (the connection fails): it refuses (an error
+    reply, as Redis's OOM), or it hangs (it runs the commands; the reply times out)."""
+    refuse_col, hang_col = st.columns(2)
+    if refuse_col.toggle("The broker refuses (OOM error reply)", value=faults.broker_refusing,
+                         key="outbox_broker_refusing") != faults.broker_refusing:
+        faults.broker_refusing = not faults.broker_refusing
+        st.rerun()
+    if hang_col.toggle("The broker hangs (runs the commands, the reply times out)", value=faults.broker_hung,
+                       key="outbox_broker_hung") != faults.broker_hung:
+        faults.broker_hung = not faults.broker_hung
+        st.rerun()
+
+
+def blocked(db: Database) -> None:
+    """The users whose later events wait behind a parked or retrying event, and why."""
+    with ui.errors_shown():
+        rows = ui.run(outbox_health.blocked_aggregates(db=db))
+        if rows:
+            st.markdown("**Held back**: these users' later events wait, so that each user's events go out in order")
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        else:
+            st.caption("No user's events are held back: no event is parked or waiting for its retry.")
+
+
+def retention_figures(publisher: LabPublisher) -> None:
+    keep, now = publisher.retention, publisher.snapshot()
+    hours = keep.keep_for / 3600
+    st.caption(
+        f"Retention: every {keep.interval:g} s the publisher deletes published outbox rows and inbox rows older "
+        f"than {hours:g} h (an inbox row only once its event's outbox row is gone) and trims the stream "
+        "(`XTRIM MINID`) below the oldest entry the group has not acknowledged. Since it started: "
+        f"{now.pruned_outbox} outbox rows, {now.pruned_inbox} inbox rows, {now.trimmed_entries} stream entries; "
+        f"{now.resent} published events sent again because the broker had lost its stream."
+        + (f" Last pruning error: {widgets.escape_markdown(now.retention_error)}" if now.retention_error else "")
+    )
+
+
+def guarantees(publisher: LabPublisher, *, backend: str) -> None:
+    durability = None
+    with ui.errors_shown():
+        durability = ui.run(outbox_health.broker_durability(redis_client=ui.inspect_client()))
+    keep_hours = publisher.retention.keep_for / 3600
+    st.markdown(
+        "- **No loss in the database**: an event exists if and only if its score committed, and stays "
+        "pending until a relay has appended it *and* committed the mark.\n"
+        "- **What \"appended\" means**: Redis acknowledges `XADD` once the entry is in its memory. Whether it "
+        "survives a restart depends on the server: with AOF off a restart loses the stream; with "
+        "`appendfsync everysec`, up to about a second of writes; with `always`, every write is fsynced to the AOF. "
+        "Replicas copy writes asynchronously, so a failover can lose acknowledged entries. `WAIT` blocks until "
+        "replicas have a connection's writes and `WAITAOF` (Redis 7.2+) until they are fsynced to the AOF, "
+        "locally or on replicas; this "
+        "relay calls neither.\n"
+        "- **A broker that forgets**: when the consumer has to create its group (the embedded Redis keeps "
+        "nothing across a restart; a Redis without persistence or a flushed one neither), the published "
+        "events the inbox has no row for go back to pending and are sent again. This does not cover a Redis "
+        "that comes back with its group but without its last entries (AOF `everysec` after a crash): those "
+        "stay published and unapplied.\n"
+        "- **At-least-once delivery, effect exactly once**: a crash between append and mark, or a broker "
+        "that times out after running the commands, repeats the event; the inbox (primary key = event ID, "
+        "inserted with the effect) drops the repeat. A poison entry is dead-lettered and acknowledged; the "
+        "good entries beside it are applied.\n"
+        "- **Order per user, with one relay**: claims go oldest first, and an event waits while an earlier "
+        "event of its user waits for a retry or is parked as failed (until it is retried or discarded). On "
+        "SQLite, relays in several processes take turns on the write lock, so order holds there too.\n"
+        "- **Several processes on PostgreSQL**: relays run concurrently, and `SKIP LOCKED` keeps them from "
+        "ever claiming the same event, so a fault-free run publishes nothing twice. They do *not* keep one "
+        "user's order: two relays can hold two events of one user at once. Per-aggregate order then needs one "
+        "relay per aggregate (e.g. a PostgreSQL advisory lock per user, which this lab does not take); the "
+        "read model instead keeps the newest score by the event's time, whatever order events arrive in.\n"
+        f"- **Bounded storage**: published outbox rows and inbox rows are kept {keep_hours:g} h, and the stream "
+        "is trimmed only below what the group has acknowledged. The dead letters stay until replayed."
+    )
+    if durability is None:
+        return
+    if durability.maxmemory_policy is None:
+        st.caption("This Redis does not answer `CONFIG GET` (the embedded one has no such command): its "
+                   "eviction policy and persistence are unknown here. The embedded Redis keeps nothing across "
+                   "a restart of the app.")
+        return
+    said = (f"This Redis: `maxmemory-policy` **{durability.maxmemory_policy}**, `maxmemory` "
+            f"{durability.maxmemory or 'unset (no limit)'}, `appendonly` {durability.appendonly}, "
+            f"`appendfsync` {durability.appendfsync}. The cache and the stream share it.")
+    if durability.may_evict_the_stream:
+        st.warning(said + " An `allkeys` policy evicts any key once memory is full, the stream included: "
+                   "events already marked published would be lost to the consumer.")
+    else:
+        st.caption(said + " This policy never evicts the stream (it has no TTL); when memory is full, writes "
+                   "are refused with an OOM error, which the relay records as a refusal: after "
+                   f"{publisher.settings.max_attempts} failed attempts the event is parked.")

@@ -1,0 +1,59 @@
+"""The bench's anchor for the relay: a minimal correct relay on a raw asyncpg connection, on the
+lab's own migrated table, keeping the lab relay's guarantees: the due filter, the wait behind an
+earlier event of the aggregate that is retrying or parked, FOR UPDATE SKIP LOCKED, the same
+stream fields, one XADD pipeline, the pending guard on the UPDATE, one transaction per batch, and
+a retry record per event when the broker fails. PostgreSQL only. Not for learners: relay_batch
+is the readable one; this one says how fast the same work can go."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import redis
+import redis.asyncio as aioredis
+
+CLAIM = """
+SELECT e.id, e.event_type, e.aggregate_type, e.aggregate_id, e.created_at, e.payload, e.attempts
+FROM domain_events e
+WHERE e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1)
+  AND NOT EXISTS (
+    SELECT 1 FROM domain_events w
+    WHERE w.aggregate_type = e.aggregate_type AND w.aggregate_id = e.aggregate_id
+      AND (w.status = 'failed' OR (w.status = 'pending' AND w.next_attempt_at > $1))
+      AND (w.created_at < e.created_at OR (w.created_at = e.created_at AND w.id < e.id)))
+ORDER BY e.created_at, e.id
+LIMIT $2
+FOR UPDATE OF e SKIP LOCKED
+"""
+MARK = "UPDATE domain_events SET status = 'published', published_at = $2 WHERE id = ANY($1::varchar[]) AND status = 'pending'"
+RETRY = """UPDATE domain_events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
+WHERE id = ANY($1::varchar[])"""
+
+
+async def minimal_relay_batch(
+    connection: asyncpg.Connection, redis_client: aioredis.Redis, stream: str, *, batch_size: int = 100,
+) -> int:
+    """One batch; the number of events published (0: nothing due)."""
+    now = datetime.now(UTC)
+    async with connection.transaction():
+        rows = await connection.fetch(CLAIM, now, batch_size)
+        if not rows:
+            return 0
+        try:
+            async with redis_client.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    pipe.xadd(stream, {
+                        "event_id": row["id"], "event_type": row["event_type"], "aggregate_type": row["aggregate_type"],
+                        "aggregate_id": row["aggregate_id"], "created_at": row["created_at"].isoformat(),
+                        "payload": json.dumps(json.loads(row["payload"]), sort_keys=True),
+                    })
+                await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            later = now + timedelta(seconds=0.5 * random.uniform(0.5, 1.0))
+            await connection.execute(RETRY, [row["id"] for row in rows], f"{type(exc).__name__}: {exc}"[:500], later)
+            return 0
+        await connection.execute(MARK, [row["id"] for row in rows], now)
+    return len(rows)

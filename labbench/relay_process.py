@@ -1,0 +1,67 @@
+"""A relay in a process of its own, for the tests that SIGKILL it: `python -m labbench.relay_process
+DATABASE_URL REDIS_URL STREAM`. After each pipeline has appended its batch it prints "appended N"
+and waits `--hold` seconds before the relay marks the batch published, so that a test can kill
+it between the append and the commit: mid-batch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import redis.asyncio as aioredis
+
+from source.database import Database
+from source.outbox import RelaySettings, event_publisher
+
+
+class _HoldingPipeline:
+    def __init__(self, pipeline, hold: float) -> None:
+        self.pipeline, self.hold = pipeline, hold
+
+    async def __aenter__(self):
+        await self.pipeline.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.pipeline.__aexit__(*exc_info)
+
+    def __getattr__(self, name: str):
+        return getattr(self.pipeline, name)
+
+    async def execute(self, *args, **kwargs):
+        replies = await self.pipeline.execute(*args, **kwargs)
+        print(f"appended {len(replies)}", flush=True)
+        await asyncio.sleep(self.hold)
+        return replies
+
+
+class HoldingBroker:
+    def __init__(self, client: aioredis.Redis, hold: float) -> None:
+        self.client, self.hold = client, hold
+
+    def pipeline(self, *args, **kwargs) -> _HoldingPipeline:
+        return _HoldingPipeline(self.client.pipeline(*args, **kwargs), self.hold)
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+
+async def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("database_url")
+    parser.add_argument("redis_url")
+    parser.add_argument("stream")
+    parser.add_argument("--hold", type=float, default=0.2)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args(argv)
+    db = Database(args.database_url)
+    client = aioredis.Redis.from_url(args.redis_url, decode_responses=True)
+    settings = RelaySettings(batch_size=args.batch, poll_interval=0.02, notify_fallback_poll=0.5)
+    print("ready", flush=True)
+    await event_publisher(db=db, redis_client=HoldingBroker(client, args.hold), stream=args.stream,
+                          stop=asyncio.Event(), settings=settings)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
