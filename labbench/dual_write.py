@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 
-from labbench.event_design import Scratch
-from source.database import Database
+from labbench.event_design import Scratch, writing
+from source.database import WRITE_TRANSACTION, Database
 
 STRATEGIES = ("dual write", "publish after commit", "outbox")
 
@@ -82,16 +82,17 @@ async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy:
                 try:
                     if strategy == "dual write":
                         async with db.engine.connect() as conn:  # a crash before commit: rolled back
+                            conn = await conn.execution_options(**WRITE_TRANSACTION)
                             transaction = await conn.begin()
                             await conn.execute(insert(scores).values(id=score_id, air_score=70 + number))
                             await publish(score_id)
                             await crash.wrap(number, transaction.commit)()
                     elif strategy == "publish after commit":
-                        async with db.engine.begin() as conn:
+                        async with writing(db) as conn:
                             await conn.execute(insert(scores).values(id=score_id, air_score=70 + number))
                         await crash.wrap(number, lambda score_id=score_id: publish(score_id))()
                     else:
-                        async with db.engine.begin() as conn:
+                        async with writing(db) as conn:
                             await conn.execute(insert(scores).values(id=score_id, air_score=70 + number))
 
                             async def event_row(conn=conn, score_id=score_id) -> None:
@@ -101,7 +102,7 @@ async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy:
                 except SimulatedCrash:
                     pass  # the process is gone; the next operation is the restarted process's
             if strategy == "outbox":  # the relay: publish what is pending, then mark it
-                async with db.engine.begin() as conn:
+                async with writing(db) as conn:
                     for (score_id,) in (await conn.execute(select(outbox.c.score_id)
                                                            .where(outbox.c.status == "pending"))).all():
                         await publish(score_id)

@@ -18,7 +18,8 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +40,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeEngine
 
 from labbench.recorder import record
@@ -209,6 +211,17 @@ def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@asynccontextmanager
+async def writing(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A transaction that may read, then write. On SQLite it takes the write lock at BEGIN: a
+    deferred transaction reads a snapshot, and a write after someone else's commit on it fails at
+    once with "database is locked" (the section 5 publisher commits all the time)."""
+    async with db.engine.connect() as conn:
+        conn = await conn.execution_options(**WRITE_TRANSACTION)
+        async with conn.begin():
+            yield conn
+
+
 class Scratch:
     """Tables made for one run (names prefixed `evd_<run>_`), dropped on exit."""
 
@@ -216,12 +229,12 @@ class Scratch:
         self.db, self.metadata = db, metadata
 
     async def __aenter__(self) -> Scratch:
-        async with self.db.engine.begin() as conn:
+        async with writing(self.db) as conn:
             await conn.run_sync(self.metadata.create_all)
         return self
 
     async def __aexit__(self, *exc) -> None:
-        async with self.db.engine.begin() as conn:
+        async with writing(self.db) as conn:
             await conn.run_sync(self.metadata.drop_all)
 
 
@@ -276,13 +289,13 @@ async def retention_experiment(db: Database, *, keeps_status: bool, events: int 
     broker = FlakyBroker(fail_every)
     async with Scratch(db, metadata):
         start = _now()
-        async with db.engine.begin() as conn:
+        async with writing(db) as conn:
             await conn.execute(insert(table), [
                 {"id": f"{n:04d}-{run}", "aggregate_id": "user-1", "event_type": "AIRScoreCalculated",
                  "payload": {"n": n}, "created_at": start + timedelta(milliseconds=n)} for n in range(1, events + 1)
             ])
         for _cycle in range(10):  # the relay: each cycle publishes what is pending, oldest first
-            async with db.engine.begin() as conn:
+            async with writing(db) as conn:
                 query = select(table.c.id, table.c.payload).order_by(table.c.created_at)
                 if keeps_status:
                     query = query.where(table.c.status == "pending")
@@ -345,25 +358,23 @@ async def ordering_experiment(db: Database, *, skew_ms: float = 50.0, per_writer
     committed: list[str] = []  # event ids in the order their transactions took the lock
     writer_of: dict[str, str] = {}
     async with Scratch(db, metadata):
-        async with db.engine.begin() as conn:
+        async with writing(db) as conn:
             await conn.execute(insert(counter).values(aggregate_id=aggregate, last_sequence=0))
 
         async def writer(name: str, offset: timedelta) -> None:
             for n in range(per_writer):
                 event_id = f"{name}{n:03d}-{run}"
                 created_at = _now() - offset  # this writer's app clock
-                async with db.engine.connect() as conn:
-                    conn = await conn.execution_options(**WRITE_TRANSACTION)
-                    async with conn.begin():
-                        sequence = (await conn.execute(
-                            update(counter).where(counter.c.aggregate_id == aggregate)
-                            .values(last_sequence=counter.c.last_sequence + 1).returning(counter.c.last_sequence)
-                        )).scalar_one()
-                        committed.append(event_id)
-                        writer_of[event_id] = name
-                        await conn.execute(insert(table).values(
-                            id=event_id, aggregate_id=aggregate, event_type="AIRScoreCalculated",
-                            payload={"writer": name}, created_at=created_at, sequence=sequence))
+                async with writing(db) as conn:
+                    sequence = (await conn.execute(
+                        update(counter).where(counter.c.aggregate_id == aggregate)
+                        .values(last_sequence=counter.c.last_sequence + 1).returning(counter.c.last_sequence)
+                    )).scalar_one()
+                    committed.append(event_id)
+                    writer_of[event_id] = name
+                    await conn.execute(insert(table).values(
+                        id=event_id, aggregate_id=aggregate, event_type="AIRScoreCalculated",
+                        payload={"writer": name}, created_at=created_at, sequence=sequence))
                 await asyncio.sleep(random.uniform(0, 0.003))  # think time: the writers interleave
 
         await asyncio.gather(writer("A", timedelta(0)), writer("B", timedelta(milliseconds=skew_ms)))
@@ -429,7 +440,7 @@ async def versioning_experiment(db: Database, *, versioned: bool, old_events: in
                        causation_id=None if cause is None else chain_ids[cause])
         rows.append(row)
     async with Scratch(db, metadata):
-        async with db.engine.begin() as conn:
+        async with writing(db) as conn:
             await conn.execute(insert(table), rows)
         applied = upcasted = rejected = 0
         async with db.engine.connect() as conn:
@@ -506,7 +517,7 @@ async def wake_experiment(db: Database, redis_client, *, prefix: str, mode: str 
         with record(db) as log:
             while not stop.is_set():
                 woken.clear()  # before looking: a commit's notification after this wakes the next look
-                async with db.engine.begin() as conn:
+                async with writing(db) as conn:
                     rows = (await conn.execute(select(table.c.id).where(table.c.status == "pending")
                                                .order_by(table.c.created_at))).all()
                     for (event_id,) in rows:

@@ -153,3 +153,41 @@ async def test_a_crash_between_the_two_writes_loses_or_invents_events_except_wit
     assert (result.scores_committed, result.events_in_stream, result.lost, result.phantom) == (
         committed, in_stream, lost, phantom)
     assert [k async for k in redis_client.scan_iter(match=f"{key_prefix}*")] == []
+
+
+async def test_the_experiments_survive_other_writers_committing_meanwhile(bare_db, redis_client, key_prefix):
+    """Learners share the database (the section 5 publisher writes all the time): on SQLite a
+    transaction that reads and then writes must take the write lock at BEGIN, or a commit by anyone
+    between its read and its write makes the write fail at once with 'database is locked'."""
+    import asyncio
+
+    stop = asyncio.Event()
+    commits = 0
+
+    async def someone_else() -> None:
+        nonlocal commits
+        async with bare_db.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE other_writer (n INTEGER)"))
+        while not stop.is_set():
+            async with bare_db.engine.begin() as conn:
+                await conn.execute(text("INSERT INTO other_writer VALUES (1)"))
+            commits += 1
+            await asyncio.sleep(0.001)
+
+    writer = asyncio.create_task(someone_else())
+    try:
+        for keeps in (True, False):
+            assert (await event_design.retention_experiment(bare_db, keeps_status=keeps)).published == 20
+        assert (await event_design.versioning_experiment(bare_db, versioned=True)).applied == 13
+        assert (await event_design.ordering_experiment(bare_db, per_writer=5)).sequence_inversions == 0
+        for strategy in dual_write.STRATEGIES:
+            await dual_write.crash_experiment(bare_db, redis_client, prefix=key_prefix, strategy=strategy)
+        result = await event_design.wake_experiment(bare_db, redis_client, prefix=key_prefix, interval=0.1,
+                                                    idle_seconds=0.3, events=3)
+        assert result.appended == 3
+    finally:
+        stop.set()
+        await writer
+        async with bare_db.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE other_writer"))
+    assert commits > 10
