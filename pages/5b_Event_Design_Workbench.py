@@ -10,7 +10,7 @@ ui.page("5b. Event Table Design (Create)")
 st.title("5b. Design the event table and its delivery")
 st.markdown(
     "Section 5 showed one finished design. Here you choose: each choice below changes the table "
-    "definition, and the lab runs the same workload through both alternatives of each choice, on "
+    "definition, and the lab runs the same workload through both alternatives of each choice (where the database offers both), on "
     "throwaway tables in the lab's database (dropped afterwards; the lab's `domain_events` table is "
     "never touched), and measures what happens. Your choice is marked in each result."
 )
@@ -37,14 +37,14 @@ interval = right.number_input("Polling interval (s)", min_value=0.1, max_value=2
 design = event_design.Design(status_column=finish.startswith("Mark"), sequence=order.startswith("A sequence"),
                              versioned=versioned, wake="notify" if wake == "LISTEN/NOTIFY" else "poll")
 
-code_col, ddl_col = st.columns(2)
-code_col.markdown("**As SQLAlchemy models**")
-code_col.code(event_design.model_code(design), language="python")
-ddl_col.markdown(f"**As the DDL Alembic emits for {db.backend}** (`op.create_table`, offline mode)")
-ddl_col.code(event_design.alembic_ddl(design, db.backend), language="sql")
+code_tab, ddl_tab = st.tabs(["As SQLAlchemy models", f"As the DDL Alembic emits for {db.backend}"])
+code_tab.code(event_design.model_code(design), language="python")
+ddl_tab.caption("What `op.create_table` emits for these tables in Alembic's offline (SQL) mode, for the "
+                "database this lab is on.")
+ddl_tab.code(event_design.alembic_ddl(design, db.backend), language="sql")
 if design.wake == "notify":
-    ddl_col.caption("Waking on NOTIFY adds no column: the writer calls `pg_notify` in its transaction "
-                    "(or a trigger does, as the lab's revision 0002 does), delivered at commit.")
+    st.caption("Waking on NOTIFY adds no column: the writer calls `pg_notify` in its transaction "
+               "(or a trigger does, as the lab's revision 0002 does), delivered at commit.")
 
 st.subheader("2. Run the workload through each design")
 st.markdown(
@@ -61,7 +61,8 @@ st.subheader("3. Pub/Sub or Streams: a subscriber goes away")
 st.markdown(
     "The introduction names Redis as *Cache + Pub/Sub*, yet the lab's relay appends to a **stream**. Why: "
     "the same events are published both ways (`PUBLISH` to a channel and `XADD` to a stream) while a "
-    "Pub/Sub subscriber and a stream consumer are stopped for a second, then back."
+    "Pub/Sub subscriber is unsubscribed and a stream consumer stops reading for at least a second, then both "
+    "come back."
 )
 if st.button("Publish both ways with the subscriber away", key="evd_pubsub"):
     with ui.errors_shown(), st.spinner("Publishing…"):

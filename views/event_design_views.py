@@ -76,7 +76,7 @@ def workbench_results(design: event_design.Design) -> None:
     ]), hide_index=True, width="stretch")
     st.caption("Delete-on-publish keeps the table small, but a published event leaves no row: nothing to "
                "replay, audit or count, and a retry leaves no trace. The status column keeps every row "
-               "(a purge job then bounds the table by age).")
+               "(a purge job by age would then bound the table; this workbench runs none).")
 
     order = found["ordering"]
     st.markdown(f"**Ordering: `created_at` vs a sequence number** ({order.events} events from two writers racing "
