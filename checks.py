@@ -167,8 +167,8 @@ MIGRATIONS = (
     ),
 )
 
-# Section 5b: given a requirement, pick the design. `why` names the learner's own measured figures
-# ({name} fields, filled in by views/event_design_views.with_figures from what they ran).
+# Section 5b: given a requirement, pick the design. `why` ends with the learner's own measured figures
+# from "In your run" on ({name} fields, filled in by views/event_design_views.with_figures).
 EVENT_DESIGN = (
     Question(
         "Create",
@@ -212,8 +212,8 @@ EVENT_DESIGN = (
         ("Publish inside the transaction, then commit (dual write)", "Commit, then publish",
          "An outbox row in the same transaction, published by a relay", "Commit, then publish with 3 retries"),
         2,
-        "Two writes to two systems cannot commit together; one transaction can. With {crashes} crashes injected "
-        "between the two writes: dual write announced {dual_phantom} phantom scores, publish-after-commit lost "
+        "Two writes to two systems cannot commit together; one transaction can. In your run, with {crashes} "
+        "crashes injected between the two writes: dual write announced {dual_phantom} phantom scores, publish-after-commit lost "
         "{after_lost} events, the outbox lost {outbox_lost} and invented {outbox_phantom}. (Retries do not "
         "help a process that died before it retried.)",
     ),
@@ -226,7 +226,8 @@ EVENT_DESIGN = (
         1,
         "A version tells the consumer which upcaster applies; without it an old payload looks like a broken "
         "one. In your run the versioned consumer upcast {upcast} old events and rejected {versioned_rejected}; "
-        "without a version it rejected {bare_rejected}. The correlation id found the request's chain.",
+        "without a version it rejected {bare_rejected}. The correlation id found the request's {chain_length} events "
+        "and the causation ids their order; without them, {bare_chain_length}.",
     ),
     Question(
         "Create",

@@ -533,42 +533,47 @@ async def wake_experiment(db: Database, redis_client, *, prefix: str, mode: str 
                 except TimeoutError:
                     pass
 
+    task: asyncio.Task | None = None
     try:
         async with Scratch(db, metadata):
-            if mode == "notify":
-                import asyncpg
+            try:
+                if mode == "notify":
+                    import asyncpg
 
-                listener = await asyncpg.connect(_asyncpg_dsn(db))
-                await listener.add_listener(channel, lambda *_: woken.set())
-            task = asyncio.create_task(relay())
-            await asyncio.wait_for(looked.wait(), 10)  # the relay's first look, before the idle window
-            before = counted["queries"]
-            await asyncio.sleep(idle_seconds)
-            idle = counted["queries"] - before
-            for n in range(events):
-                await asyncio.sleep(random.uniform(0.05, max(0.1, interval)))
-                event_id = f"w{n:03d}-{run}"
-                async with db.engine.connect() as conn:
-                    conn = await conn.execution_options(**WRITE_TRANSACTION)
-                    async with conn.begin() as transaction:
+                    listener = await asyncpg.connect(_asyncpg_dsn(db))
+                    await listener.add_listener(channel, lambda *_: woken.set())
+                task = asyncio.create_task(relay())
+                await _first(looked.wait(), asyncio.shield(task))  # the relay's first look, before the idle window
+                if task.done():
+                    task.result()  # the relay failed: raise its error
+                before = counted["queries"]
+                await asyncio.sleep(idle_seconds)
+                idle = counted["queries"] - before
+                for n in range(events):
+                    await asyncio.sleep(random.uniform(0.05, max(0.1, interval)))
+                    event_id = f"w{n:03d}-{run}"
+                    async with writing(db) as conn:
                         await conn.execute(insert(table).values(
                             id=event_id, aggregate_id="user-1", event_type="AIRScoreCalculated",
                             payload={"n": n}, created_at=_now()))
                         if mode == "notify":
                             await conn.execute(text("SELECT pg_notify(:channel, :id)"),
                                                {"channel": channel, "id": event_id})
-                        committing[event_id] = time.perf_counter()
-                        await transaction.commit()
-            deadline = time.perf_counter() + wait + 5
-            while len(appended_at) < events and time.perf_counter() < deadline:
-                await asyncio.sleep(0.01)
-            stop.set()
-            await task
-            length = await redis_client.xlen(stream)
+                        committing[event_id] = time.perf_counter()  # the block's end sends COMMIT
+                deadline = time.perf_counter() + wait + 5
+                while len(appended_at) < events and time.perf_counter() < deadline and not task.done():
+                    await asyncio.sleep(0.01)
+                stop.set()
+                await task
+                length = await redis_client.xlen(stream)
+            finally:  # the relay and the listener stop before their table goes
+                stop.set()
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                if listener is not None:
+                    await listener.close()
     finally:
-        stop.set()
-        if listener is not None:
-            await listener.close()
         await redis_client.delete(stream)
     latencies = [(appended_at[i] - committing[i]) * 1000 for i in committing if i in appended_at]
     return WakeResult(mode, wait, idle_seconds, idle, latencies, length)

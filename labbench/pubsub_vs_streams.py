@@ -10,6 +10,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import redis
+
 GROUP = "billing"
 
 
@@ -55,7 +57,7 @@ class Subscriber:
             message = await self.pubsub.get_message(timeout=0.1)
             if message and message["type"] == "subscribe":
                 return
-        raise TimeoutError("the subscription was not confirmed")
+        raise redis.TimeoutError("the subscription was not confirmed within 5 s")
 
     async def drain(self, settle: float = 0.3) -> None:
         """Take what has arrived, until nothing comes for `settle` seconds."""

@@ -191,3 +191,23 @@ async def test_the_experiments_survive_other_writers_committing_meanwhile(bare_d
         async with bare_db.engine.begin() as conn:
             await conn.execute(text("DROP TABLE other_writer"))
     assert commits > 10
+
+
+@pytest.mark.parametrize("experiment", ["wake", "crash", "pubsub"])
+async def test_an_unreachable_redis_fails_the_run_with_a_redis_error_and_leaves_no_table(bare_db, experiment):
+    import redis
+    import redis.asyncio as aioredis
+
+    nobody = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2, decode_responses=True)
+    runs = {
+        "wake": lambda: event_design.wake_experiment(bare_db, nobody, prefix="x:", interval=0.1, idle_seconds=0.2,
+                                                     events=1),
+        "crash": lambda: dual_write.crash_experiment(bare_db, nobody, prefix="x:", strategy="outbox"),
+        "pubsub": lambda: pubsub_vs_streams(nobody, prefix="x:"),
+    }
+    try:
+        with pytest.raises(redis.RedisError):
+            await runs[experiment]()
+    finally:
+        await nobody.aclose()
+    # bare_db's teardown checks that no throwaway table is left

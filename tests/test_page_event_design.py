@@ -12,6 +12,7 @@ import checks
 import ui
 from labbench import event_design
 from tests.pagekit import click, open_page, texts
+from views import event_design_views as views
 
 PAGE = "../pages/5b_Event_Design_Workbench.py"
 
@@ -43,6 +44,10 @@ def test_the_table_definition_follows_the_choices(app_env):
     assert not any("status VARCHAR" in code or "schema_version" in code for code in codes(at))
     wake = at.radio(key="evd_wake")
     assert list(wake.options) == (["Polling", "LISTEN/NOTIFY"] if backend == "postgresql" else ["Polling"])
+    # Answered before anything was measured, the feedback says so instead of citing figures.
+    at = answer(at, [q.answer for q in checks.EVENT_DESIGN])
+    feedback = texts(at.success)
+    assert feedback.count(views.NOT_MEASURED) == len(checks.EVENT_DESIGN) and "{" not in feedback
 
 
 def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_env):
@@ -77,5 +82,6 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     assert f"ordering 40 events by `created_at` put {by_time} pairs out of commit order" in feedback
     assert "Pub/Sub lost 5, the stream lost 0" in feedback
     assert "dual write announced 2 phantom scores, publish-after-commit lost 2 events, the outbox lost 0" in feedback
-    assert "not measured yet" not in feedback
+    assert views.NOT_MEASURED not in feedback and "{" not in feedback
+    assert "found the request's 3 events and the causation ids their order; without them, 0." in feedback
     assert re.search(r"polling sent \d+\.\d\d queries per idle second", feedback)

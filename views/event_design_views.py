@@ -177,13 +177,11 @@ def crash_results() -> None:
 # --- 4. knowledge checks with the learner's own figures ---------------------------------------------
 
 
-class _Figures(dict):
-    def __missing__(self, key: str) -> str:
-        return "(not measured yet: run the experiments above)"
+NOT_MEASURED = "Run the experiments above to see your own figures here."
 
 
 def figures() -> dict[str, Any]:
-    found, out = results(), _Figures()
+    found, out = results(), {}
     if "ordering" in found:
         order = found["ordering"]
         out.update(skew_ms=f"{order.skew_ms:g}", events=order.events,
@@ -194,7 +192,8 @@ def figures() -> dict[str, Any]:
                    attempts_recorded=keep.attempts_recorded, failed_attempts=keep.failed_attempts)
     if "versioning" in found:
         versioned, bare = found["versioning"]
-        out.update(upcast=versioned.upcast, versioned_rejected=versioned.rejected, bare_rejected=bare.rejected)
+        out.update(upcast=versioned.upcast, versioned_rejected=versioned.rejected, bare_rejected=bare.rejected,
+                   chain_length=len(versioned.chain), bare_chain_length=len(bare.chain))
     if "wake" in found:
         poll = found["wake"][0]
         out.update(poll_qps=f"{poll.idle_queries_per_second:.2f}", poll_median=f"{poll.median_ms:.0f}")
@@ -215,6 +214,14 @@ def figures() -> dict[str, Any]:
 
 
 def with_figures(questions) -> tuple:
-    """The questions with the learner's measured figures put into their feedback."""
+    """The questions with the learner's measured figures put into their feedback; where a figure
+    is not measured yet, the feedback stops before "In your run" and says how to measure it."""
     values = figures()
-    return tuple(dataclasses.replace(q, why=string.Formatter().vformat(q.why, (), values)) for q in questions)
+
+    def why(text: str) -> str:
+        needed = {field for _, field, _, _ in string.Formatter().parse(text) if field}
+        if needed <= values.keys():
+            return text.format(**values)
+        return text.split("In your run")[0] + NOT_MEASURED
+
+    return tuple(dataclasses.replace(q, why=why(q.why)) for q in questions)
