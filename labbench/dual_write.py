@@ -25,6 +25,7 @@ from labbench.event_design import Scratch, writing
 from source.database import WRITE_TRANSACTION, Database
 
 STRATEGIES = ("dual write", "publish after commit", "outbox")
+OPERATIONS, CRASH_ON = 10, frozenset({3, 7})  # the page's run: operations 3 and 7 crash
 
 
 class SimulatedCrash(Exception):
@@ -58,8 +59,8 @@ class CrashResult:
     phantom: int  # events in the stream whose score was never committed
 
 
-async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy: str, operations: int = 10,
-                           crash_on: frozenset[int] = frozenset({3, 7})) -> CrashResult:
+async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy: str, operations: int = OPERATIONS,
+                           crash_on: frozenset[int] = CRASH_ON) -> CrashResult:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     run = uuid.uuid4().hex[:10]

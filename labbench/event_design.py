@@ -266,6 +266,9 @@ class RetentionResult:
     attempts_recorded: int  # failed attempts the table records
 
 
+FAIL_EVERY = 5  # the page's run: the broker refuses the first attempt of every 5th event
+
+
 class FlakyBroker:
     """Refuses the first attempt of every `fail_every`-th event (a broker blip), accepts the rest."""
 
@@ -282,7 +285,7 @@ class FlakyBroker:
 
 
 async def retention_experiment(db: Database, *, keeps_status: bool, events: int = 20,
-                               fail_every: int = 5) -> RetentionResult:
+                               fail_every: int = FAIL_EVERY) -> RetentionResult:
     run = run_id()
     design = Design(status_column=keeps_status, sequence=False, versioned=False)
     metadata, table, _ = scratch_metadata(design, run, "keep" if keeps_status else "delete")
@@ -401,6 +404,7 @@ class VersioningResult:
     upcast: int  # old-version events the consumer converted to the current shape
     rejected: int
     chain: list[str]  # the request's events, found by correlation id, in causation order
+    old_events: int  # written in version 1's shape
 
 
 def upcast(version: int, payload: dict) -> dict:
@@ -464,7 +468,7 @@ async def versioning_experiment(db: Database, *, versioned: bool, old_events: in
                 while step is not None:
                     linked.append(step.event_type)
                     step = caused_by.get(step.id)
-    return VersioningResult(versioned, len(rows), applied, upcasted, rejected, linked)
+    return VersioningResult(versioned, len(rows), applied, upcasted, rejected, linked, old_events)
 
 
 # --- 4. how the relay wakes: polling vs LISTEN/NOTIFY ------------------------------------------

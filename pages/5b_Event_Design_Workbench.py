@@ -3,16 +3,17 @@ import streamlit as st
 import checks
 import ui
 import widgets
-from labbench import event_design
+from labbench import dual_write, event_design
 from views import event_design_views as views
 
 ui.page("5b. Event Table Design (Create)")
 st.title("5b. Design the event table and its delivery")
 st.markdown(
-    "Section 5 showed one finished design. Here you choose: each choice below changes the table "
-    "definition, and the lab runs the same workload through both alternatives of each choice (where the database offers both), on "
-    "throwaway tables in the lab's database (dropped afterwards; the lab's `domain_events` table is "
-    "never touched), and measures what happens. Your choice is marked in each result."
+    "Section 5 showed one finished design. Here you choose: your choices for the table change its "
+    "definition below, and the lab runs the same workload through both alternatives of each choice "
+    "(where the database offers both) on throwaway tables in the lab's database, dropped afterwards "
+    "(the lab's `domain_events` table is never touched), and measures what happens. Your choice is "
+    "marked in each result."
 )
 if not ui.backend_status().database_ok:
     st.stop()
@@ -71,8 +72,9 @@ views.pubsub_results()
 
 st.subheader("4. Why the outbox: a crash between the two writes")
 st.markdown(
-    "Ten scores stored three ways; the process is made to crash between the two writes of operations 3 "
-    "and 7 (an exception raised from outside, by a wrapper around the second step). Then the database "
+    f"{dual_write.OPERATIONS} scores stored three ways; the process is made to crash between the two writes of "
+    f"operations {' and '.join(map(str, sorted(dual_write.CRASH_ON)))} (an exception raised from outside, by a "
+    "wrapper around the second step). Then the database "
     "and the stream are compared: a *lost* event is a committed score the stream never announced, a "
     "*phantom* one announces a score that was never committed.\n\n"
     "- **Dual write**: insert the score, publish, commit.\n"

@@ -65,7 +65,8 @@ def workbench_results(design: event_design.Design) -> None:
         st.caption("These figures are from your previous choices: run again to measure the current ones.")
     keep, drop = found["retention"]
     st.markdown("**A status column vs delete-on-publish** "
-                f"({keep.events} events; the broker refused the first attempt of every 5th, {keep.failed_attempts} in all)")
+                f"({keep.events} events; the broker refused the first attempt of every "
+                f"{event_design.FAIL_EVERY}th, {keep.failed_attempts} in all)")
     st.dataframe(pd.DataFrame([
         {"design": f"status column{yours(design.status_column)}", "published": keep.published,
          "rows left": keep.rows_left, "published events still listed": keep.history_rows,
@@ -93,8 +94,9 @@ def workbench_results(design: event_design.Design) -> None:
     st.dataframe(pd.DataFrame(order.first_rows), hide_index=True, width="stretch")
 
     versioned, bare = found["versioning"]
-    st.markdown(f"**Schema version and correlation/causation ids** ({versioned.events} events: 5 written by "
-                "the old producer in version 1's shape, the rest in version 2's; one request made a chain of 3)")
+    st.markdown(f"**Schema version and correlation/causation ids** ({versioned.events} events: "
+                f"{versioned.old_events} written by the old producer in version 1's shape, the rest in version 2's; "
+                "one request made a chain of 3 of them)")
     st.dataframe(pd.DataFrame([
         {"table": f"with schema_version, correlation_id, causation_id{yours(design.versioned)}",
          "applied": versioned.applied, "upcast from v1": versioned.upcast, "rejected": versioned.rejected,
