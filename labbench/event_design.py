@@ -102,7 +102,7 @@ def event_columns(design: Design) -> list[ColumnSpec]:
     if design.status_column:
         columns += [
             ColumnSpec("status", "String(20)", String(20), "str", server_default="pending",
-                       comment="pending -> published (or failed); rows stay as history"),
+                       comment="pending -> published; published rows stay as history"),
             ColumnSpec("attempts", "Integer", Integer(), "int", server_default="0"),
             _when("published_at", nullable=True),
         ]
