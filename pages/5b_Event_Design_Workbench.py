@@ -56,6 +56,7 @@ st.markdown(
 if st.button("Run my design's workload", key="evd_run"):
     with ui.errors_shown(), st.spinner("Measuring…"):
         views.run_workbench(design, skew_ms=float(skew_ms), interval=float(interval))
+        widgets.mark_done("event_design")
 views.workbench_results(design)
 
 st.subheader("3. Pub/Sub or Streams: a subscriber goes away")

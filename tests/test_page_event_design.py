@@ -54,7 +54,9 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     at = open_page(PAGE)
     before = texts(at.markdown)
     assert "pairs out of commit order" not in str(frames(at))
+    assert "○ 5b. Event Table Design (Create)" in texts(at.sidebar.caption)
     at = click(at, "evd_run")
+    assert at.session_state["done_event_design"] is True
     tables = frames(at)
     retention, ordering = tables[0], tables[1]
     assert [row["rows left"] for row in retention] == [20, 0]
@@ -79,6 +81,8 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     at = answer(at, [q.answer for q in checks.EVENT_DESIGN])
     feedback = texts(at.success)
     assert feedback.count("right.") == len(checks.EVENT_DESIGN)
+    # The sidebar is drawn before the check is marked, as on every page: the next run shows it.
+    assert "✓ 5b. Event Table Design (Create)" in texts(at.run().sidebar.caption)
     assert f"ordering 40 events by `created_at` put {by_time} pairs out of commit order" in feedback
     assert "Pub/Sub lost 5, the stream lost 0" in feedback
     assert "dual write announced 2 phantom scores, publish-after-commit lost 2 events, the outbox lost 0" in feedback
