@@ -1,208 +1,31 @@
-"""5b. The event-table design workbench: the learner's choices become a table definition (model
-code and the DDL Alembic emits), and each choice's consequence is measured by running the same
-workload on throwaway tables of its own, in the app's database, dropped afterwards. Nothing here
-touches the lab's domain_events table.
+"""5b. The event-table workbench: each table choice's consequence, measured by running the same
+workload on throwaway tables of its own (named `evd_<run>_...`) in the app's database, dropped
+afterwards. Nothing here touches the lab's domain_events table.
 
 - retention: a status column vs delete-on-publish (rows left, history, retries recorded);
 - ordering: `created_at` from the writers' clocks vs a per-aggregate sequence number assigned in
   the transaction, with two writers racing on one aggregate, one of them with a skewed clock;
-- versioning: a schema version and correlation/causation ids, and what a consumer does with them;
-- waking: a polling relay vs LISTEN/NOTIFY (PostgreSQL), commit-to-stream latency and idle queries.
+- versioning: a schema version and correlation/causation ids, and what a consumer does with them.
+
+How the relay wakes is measured in relay_wake.py; the definition itself is event_table.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    UniqueConstraint,
-    delete,
-    func,
-    insert,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import MetaData, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import TypeEngine
 
-from labbench.recorder import record
+from labbench.event_table import Design, build_metadata
 from source.database import WRITE_TRANSACTION, Database
-
-# --- the learner's choices -----------------------------------------------------------------
-
-TABLE = "outbox_events"
-COUNTER_TABLE = "event_aggregates"
-
-
-@dataclass(frozen=True)
-class Design:
-    status_column: bool = True  # False: the relay deletes a row once it is published
-    sequence: bool = True  # False: consumers order by created_at from the writer's clock
-    versioned: bool = True  # schema_version, correlation_id and causation_id
-    wake: str = "poll"  # "poll" or "notify" (LISTEN/NOTIFY, PostgreSQL only): a relay setting
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    name: str
-    type_code: str  # as the generated code spells it
-    type_: TypeEngine
-    annotation: str
-    nullable: bool = False
-    primary_key: bool = False
-    server_default: str | None = None
-    comment: str = ""  # a code comment in the generated model, not a database comment
-
-
-def _text_id(name: str, **kw) -> ColumnSpec:
-    return ColumnSpec(name, "String(36)", String(36), "str | None" if kw.get("nullable") else "str", **kw)
-
-
-def _when(name: str, nullable: bool = False, comment: str = "") -> ColumnSpec:
-    return ColumnSpec(name, "DateTime(timezone=True)", DateTime(timezone=True),
-                      "datetime | None" if nullable else "datetime", nullable=nullable, comment=comment)
-
-
-def event_columns(design: Design) -> list[ColumnSpec]:
-    columns = [
-        _text_id("id", primary_key=True),
-        ColumnSpec("aggregate_id", "String(36)", String(36), "str"),
-        ColumnSpec("event_type", "String(100)", String(100), "str"),
-        ColumnSpec("payload", "JSON", JSON(), "dict[str, Any]"),
-        _when("created_at", comment="the writer's clock"),
-    ]
-    if design.sequence:
-        columns.append(ColumnSpec("sequence", "Integer", Integer(), "int",
-                                  comment=f"per aggregate, from {COUNTER_TABLE} in the same transaction"))
-    if design.versioned:
-        columns += [
-            ColumnSpec("schema_version", "Integer", Integer(), "int", server_default="1",
-                       comment="the payload's shape: consumers upcast or reject old versions"),
-            _text_id("correlation_id", nullable=True, comment="the request this event belongs to"),
-            _text_id("causation_id", nullable=True, comment="the event or command that caused it"),
-        ]
-    if design.status_column:
-        columns += [
-            ColumnSpec("status", "String(20)", String(20), "str", server_default="pending",
-                       comment="pending -> published; published rows stay as history"),
-            ColumnSpec("attempts", "Integer", Integer(), "int", server_default="0"),
-            _when("published_at", nullable=True),
-        ]
-    return columns
-
-
-def _constraints(design: Design, table: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(kind, name, columns) of the event table's constraints and indexes."""
-    found = []
-    if design.sequence:
-        found.append(("unique", f"uq_{table}_aggregate_sequence", ("aggregate_id", "sequence")))
-    if design.status_column:
-        found.append(("index", f"ix_{table}_status_created_at", ("status", "created_at")))
-    else:
-        found.append(("index", f"ix_{table}_created_at", ("created_at",)))
-    return found
-
-
-def build_metadata(design: Design, *, table: str = TABLE, counter: str = COUNTER_TABLE) -> MetaData:
-    """The design as SQLAlchemy Core tables (what the generated model code declares)."""
-    metadata = MetaData()
-    items: list = [
-        Column(c.name, c.type_, primary_key=c.primary_key, nullable=c.nullable, server_default=c.server_default)
-        for c in event_columns(design)
-    ]
-    for kind, name, cols in _constraints(design, table):
-        items.append(UniqueConstraint(*cols, name=name) if kind == "unique" else Index(name, *cols))
-    if design.sequence:
-        Table(counter, metadata, Column("aggregate_id", String(36), primary_key=True),
-              Column("last_sequence", Integer(), nullable=False, server_default="0"))
-    Table(table, metadata, *items)
-    return metadata
-
-
-def model_code(design: Design) -> str:
-    """The design as declarative model code, the way the lab's own models are written."""
-    imports = {"DateTime", "Index", "Integer", "JSON", "String"}
-    if design.sequence:
-        imports.add("UniqueConstraint")
-    lines = [
-        '"""The event table of your design (generated by the lab from your choices)."""',
-        "",
-        "from datetime import datetime",
-        "from typing import Any",
-        "",
-        f"from sqlalchemy import {', '.join(sorted(imports))}",
-        "from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column",
-        "",
-        "",
-        "class Base(DeclarativeBase):",
-        "    pass",
-        "",
-        "",
-    ]
-    if design.sequence:
-        lines += [
-            "class EventAggregate(Base):",
-            '    """One row per aggregate: its last sequence number, taken under a row lock."""',
-            "",
-            f'    __tablename__ = "{COUNTER_TABLE}"',
-            "",
-            "    aggregate_id: Mapped[str] = mapped_column(String(36), primary_key=True)",
-            '    last_sequence: Mapped[int] = mapped_column(Integer, server_default="0")',
-            "",
-            "",
-        ]
-    lines += ["class OutboxEvent(Base):", f'    __tablename__ = "{TABLE}"', "    __table_args__ = ("]
-    for kind, name, cols in _constraints(design, TABLE):
-        quoted = ", ".join(f'"{c}"' for c in cols)
-        if kind == "unique":
-            lines.append(f'        UniqueConstraint({quoted}, name="{name}"),')
-        else:
-            lines.append(f'        Index("{name}", {quoted}),')
-    lines += ["    )", ""]
-    for c in event_columns(design):
-        args = [c.type_code]
-        if c.primary_key:
-            args.append("primary_key=True")
-        if c.server_default is not None:
-            args.append(f'server_default="{c.server_default}"')
-        line = f"    {c.name}: Mapped[{c.annotation}] = mapped_column({', '.join(args)})"
-        lines.append(line + (f"  # {c.comment}" if c.comment else ""))
-    return "\n".join(lines) + "\n"
-
-
-def alembic_ddl(design: Design, dialect: str) -> str:
-    """The SQL Alembic emits for `op.create_table` of the design on `dialect` (its offline mode)."""
-    return metadata_ddl(build_metadata(design), dialect)
-
-
-def metadata_ddl(metadata: MetaData, dialect: str) -> str:
-    """What Alembic's create_table emits for each table of `metadata`, in dependency order."""
-    from alembic.runtime.migration import MigrationContext
-
-    buffer = io.StringIO()
-    context = MigrationContext.configure(dialect_name=dialect, opts={"as_sql": True, "output_buffer": buffer})
-    for table in metadata.sorted_tables:
-        context.impl.create_table(table)
-    return buffer.getvalue().strip() + "\n"
-
 
 # --- throwaway tables ----------------------------------------------------------------------
 
@@ -244,7 +67,7 @@ def scratch_metadata(design: Design, run: str, part: str) -> tuple[MetaData, Tab
     return metadata, metadata.tables[name], metadata.tables.get(counter)
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -291,7 +114,7 @@ async def retention_experiment(db: Database, *, keeps_status: bool, events: int 
     metadata, table, _ = scratch_metadata(design, run, "keep" if keeps_status else "delete")
     broker = FlakyBroker(fail_every)
     async with Scratch(db, metadata):
-        start = _now()
+        start = utc_now()
         async with writing(db) as conn:
             await conn.execute(insert(table), [
                 {"id": f"{n:04d}-{run}", "aggregate_id": "user-1", "event_type": "AIRScoreCalculated",
@@ -309,7 +132,7 @@ async def retention_experiment(db: Database, *, keeps_status: bool, events: int 
                     if broker.publish(event_id, payload["n"]):
                         if keeps_status:
                             await conn.execute(update(table).where(table.c.id == event_id)
-                                               .values(status="published", published_at=_now()))
+                                               .values(status="published", published_at=utc_now()))
                         else:
                             await conn.execute(delete(table).where(table.c.id == event_id))
                     elif keeps_status:
@@ -367,7 +190,7 @@ async def ordering_experiment(db: Database, *, skew_ms: float = 50.0, per_writer
         async def writer(name: str, offset: timedelta) -> None:
             for n in range(per_writer):
                 event_id = f"{name}{n:03d}-{run}"
-                created_at = _now() - offset  # this writer's app clock
+                created_at = utc_now() - offset  # this writer's app clock
                 async with writing(db) as conn:
                     sequence = (await conn.execute(
                         update(counter).where(counter.c.aggregate_id == aggregate)
@@ -424,7 +247,7 @@ async def versioning_experiment(db: Database, *, versioned: bool, old_events: in
     run = run_id()
     design = Design(status_column=False, sequence=False, versioned=versioned)
     metadata, table, _ = scratch_metadata(design, run, "ver" if versioned else "nover")
-    start, rows = _now(), []
+    start, rows = utc_now(), []
     for n in range(old_events + new_events):
         old = n < old_events
         row = {"id": f"e{n:03d}-{run}", "aggregate_id": "user-1", "event_type": "AIRScoreCalculated",
@@ -469,124 +292,3 @@ async def versioning_experiment(db: Database, *, versioned: bool, old_events: in
                     linked.append(step.event_type)
                     step = caused_by.get(step.id)
     return VersioningResult(versioned, len(rows), applied, upcasted, rejected, linked, old_events)
-
-
-# --- 4. how the relay wakes: polling vs LISTEN/NOTIFY ------------------------------------------
-
-
-@dataclass(frozen=True)
-class WakeResult:
-    mode: str
-    interval: float  # polling: seconds between looks; notify: seconds without a wake before it looks anyway
-    idle_seconds: float
-    idle_queries: int  # statements the relay sent while nothing was written
-    latencies_ms: list[float]  # from sending COMMIT to the stream's reply to XADD, per event
-    appended: int  # entries the stream holds afterwards
-
-    @property
-    def idle_queries_per_second(self) -> float:
-        return self.idle_queries / self.idle_seconds
-
-    @property
-    def median_ms(self) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[len(ordered) // 2]
-
-
-def _asyncpg_dsn(db: Database) -> str:
-    return db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def wake_experiment(db: Database, redis_client, *, prefix: str, mode: str = "poll", interval: float = 0.5, fallback: float = 5.0,
-                          idle_seconds: float = 2.0, events: int = 5) -> WakeResult:
-    """A relay on a throwaway table appends pending rows to a throwaway stream. First it runs
-    `idle_seconds` with nothing to do (its statements are counted); then `events` rows are
-    committed at random moments and each one's latency is taken from sending COMMIT to the
-    reply to XADD. "notify": the writer calls pg_notify in its transaction (delivered at
-    commit); the relay listens and looks when woken, or after `fallback` seconds without a wake
-    (in case a notification is missed, e.g. while the listening connection reconnects)."""
-    if mode == "notify" and db.backend != "postgresql":
-        raise ValueError("LISTEN/NOTIFY exists on PostgreSQL only")
-    run = run_id()
-    metadata, table, _ = scratch_metadata(Design(status_column=True, sequence=False, versioned=False), run, "wake")
-    stream, channel = f"{prefix}evd:{run}:wake", f"evd_{run}"
-    committing: dict[str, float] = {}
-    appended_at: dict[str, float] = {}
-    woken, stop, looked = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    listener = None
-    counted = {"queries": 0}
-    wait = fallback if mode == "notify" else interval
-
-    async def relay() -> None:
-        with record(db) as log:
-            while not stop.is_set():
-                woken.clear()  # before looking: a commit's notification after this wakes the next look
-                async with writing(db) as conn:
-                    rows = (await conn.execute(select(table.c.id).where(table.c.status == "pending")
-                                               .order_by(table.c.created_at))).all()
-                    for (event_id,) in rows:
-                        await redis_client.xadd(stream, {"id": event_id})
-                        appended_at[event_id] = time.perf_counter()
-                    if rows:
-                        await conn.execute(update(table).where(table.c.id.in_([r[0] for r in rows]))
-                                           .values(status="published", published_at=_now()))
-                counted["queries"] = log.count
-                looked.set()
-                try:
-                    await asyncio.wait_for(_first(woken.wait(), stop.wait()), wait)
-                except TimeoutError:
-                    pass
-
-    task: asyncio.Task | None = None
-    try:
-        async with Scratch(db, metadata):
-            try:
-                if mode == "notify":
-                    import asyncpg
-
-                    listener = await asyncpg.connect(_asyncpg_dsn(db))
-                    await listener.add_listener(channel, lambda *_: woken.set())
-                task = asyncio.create_task(relay())
-                await _first(looked.wait(), asyncio.shield(task))  # the relay's first look, before the idle window
-                if task.done():
-                    task.result()  # the relay failed: raise its error
-                before = counted["queries"]
-                await asyncio.sleep(idle_seconds)
-                idle = counted["queries"] - before
-                for n in range(events):
-                    await asyncio.sleep(random.uniform(0.05, max(0.1, interval)))
-                    event_id = f"w{n:03d}-{run}"
-                    async with writing(db) as conn:
-                        await conn.execute(insert(table).values(
-                            id=event_id, aggregate_id="user-1", event_type="AIRScoreCalculated",
-                            payload={"n": n}, created_at=_now()))
-                        if mode == "notify":
-                            await conn.execute(text("SELECT pg_notify(:channel, :id)"),
-                                               {"channel": channel, "id": event_id})
-                        committing[event_id] = time.perf_counter()  # the block's end sends COMMIT
-                deadline = time.perf_counter() + wait + 5
-                while len(appended_at) < events and time.perf_counter() < deadline and not task.done():
-                    await asyncio.sleep(0.01)
-                stop.set()
-                await task
-                length = await redis_client.xlen(stream)
-            finally:  # the relay and the listener stop before their table goes
-                stop.set()
-                if task is not None and not task.done():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                if listener is not None:
-                    await listener.close()
-    finally:
-        await redis_client.delete(stream)
-    latencies = [(appended_at[i] - committing[i]) * 1000 for i in committing if i in appended_at]
-    return WakeResult(mode, wait, idle_seconds, idle, latencies, length)
-
-
-async def _first(*awaitables) -> None:
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()

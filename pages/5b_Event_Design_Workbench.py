@@ -3,7 +3,7 @@ import streamlit as st
 import checks
 import ui
 import widgets
-from labbench import dual_write, event_design
+from labbench import dual_write, event_table
 from views import event_design_views as views
 
 ui.page("5b. Event Table Design (Create)")
@@ -35,14 +35,14 @@ skew_ms = right.number_input("Writer B's clock runs behind writer A's by (ms)", 
                              value=50, step=10, key="evd_skew")
 interval = right.number_input("Polling interval (s)", min_value=0.1, max_value=2.0, value=0.5, step=0.1,
                               key="evd_interval")
-design = event_design.Design(status_column=finish.startswith("Mark"), sequence=order.startswith("A sequence"),
+design = event_table.Design(status_column=finish.startswith("Mark"), sequence=order.startswith("A sequence"),
                              versioned=versioned, wake="notify" if wake == "LISTEN/NOTIFY" else "poll")
 
 code_tab, ddl_tab = st.tabs(["As SQLAlchemy models", f"As the DDL Alembic emits for {db.backend}"])
-code_tab.code(event_design.model_code(design), language="python")
+code_tab.code(event_table.model_code(design), language="python")
 ddl_tab.caption("What `op.create_table` emits for these tables in Alembic's offline (SQL) mode, for the "
                 "database this lab is on.")
-ddl_tab.code(event_design.alembic_ddl(design, db.backend), language="sql")
+ddl_tab.code(event_table.alembic_ddl(design, db.backend), language="sql")
 if design.wake == "notify":
     st.caption("Waking on NOTIFY adds no column: the writer calls `pg_notify` in its transaction "
                "(or a trigger does, as the lab's revision 0002 does), delivered at commit.")

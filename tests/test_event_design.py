@@ -10,8 +10,8 @@ import types
 import pytest
 from sqlalchemy import inspect, text
 
-from labbench import dual_write, event_design
-from labbench.event_design import Design
+from labbench import dual_write, event_design, event_table, relay_wake
+from labbench.event_table import Design
 from labbench.pubsub_vs_streams import pubsub_vs_streams
 from source import Database
 
@@ -40,7 +40,7 @@ async def bare_db(db_url):
 def generated_module(design: Design) -> types.ModuleType:
     module = types.ModuleType(f"generated_{id(design)}")
     # dont_inherit: the code is compiled as its own file would be, without this module's __future__ import
-    exec(compile(event_design.model_code(design), module.__name__, "exec", dont_inherit=True), module.__dict__)
+    exec(compile(event_table.model_code(design), module.__name__, "exec", dont_inherit=True), module.__dict__)
     return module
 
 
@@ -54,8 +54,8 @@ async def test_the_generated_model_code_imports_and_matches_the_ddl_shown(design
     module = generated_module(design)
     metadata = module.Base.metadata
     # The DDL shown is what Alembic emits for the design; the generated models emit the same.
-    shown = event_design.alembic_ddl(design, bare_db.backend)
-    assert event_design.metadata_ddl(metadata, bare_db.backend) == shown
+    shown = event_table.alembic_ddl(design, bare_db.backend)
+    assert event_table.metadata_ddl(metadata, bare_db.backend) == shown
     # Run the shown DDL itself, and reflect: the tables, columns and NULLs are the models'.
     async with bare_db.engine.begin() as conn:
         for statement in filter(str.strip, shown.split(";")):
@@ -65,10 +65,10 @@ async def test_the_generated_model_code_imports_and_matches_the_ddl_shown(design
         await conn.run_sync(lambda c: metadata.create_all(c))
         from_models = await conn.run_sync(reflected)
         await conn.run_sync(lambda c: metadata.drop_all(c))
-    expected = {c.name: c.nullable for c in event_design.event_columns(design)}
+    expected = {c.name: c.nullable for c in event_table.event_columns(design)}
     assert from_ddl == from_models
-    assert from_ddl[event_design.TABLE] == expected
-    assert (event_design.COUNTER_TABLE in from_ddl) == design.sequence
+    assert from_ddl[event_table.TABLE] == expected
+    assert (event_table.COUNTER_TABLE in from_ddl) == design.sequence
     assert ("sequence" in expected, "status" in expected, "schema_version" in expected) == (
         design.sequence, design.status_column, design.versioned)
 
@@ -105,7 +105,7 @@ async def test_a_schema_version_lets_the_consumer_upcast_and_correlation_ids_fin
 
 
 async def test_a_polling_relay_queries_while_idle_and_appends_every_event(bare_db, redis_client, key_prefix):
-    result = await event_design.wake_experiment(bare_db, redis_client, prefix=key_prefix, mode="poll",
+    result = await relay_wake.wake_experiment(bare_db, redis_client, prefix=key_prefix, mode="poll",
                                                 interval=0.25, idle_seconds=1.0, events=5)
     # One look per interval at most: 1 s idle at 0.25 s is at most 4 looks (fewer when a look is slow).
     assert 1 <= result.idle_queries <= 5
@@ -116,9 +116,9 @@ async def test_a_polling_relay_queries_while_idle_and_appends_every_event(bare_d
 async def test_listen_notify_sends_no_idle_queries_and_exists_only_on_postgresql(bare_db, redis_client, key_prefix):
     if bare_db.backend == "sqlite":
         with pytest.raises(ValueError, match="PostgreSQL only"):
-            await event_design.wake_experiment(bare_db, redis_client, prefix=key_prefix, mode="notify")
+            await relay_wake.wake_experiment(bare_db, redis_client, prefix=key_prefix, mode="notify")
         return
-    result = await event_design.wake_experiment(bare_db, redis_client, prefix=key_prefix, mode="notify",
+    result = await relay_wake.wake_experiment(bare_db, redis_client, prefix=key_prefix, mode="notify",
                                                 fallback=5.0, idle_seconds=1.0, events=5)
     assert result.idle_queries == 0
     assert result.appended == 5 and len(result.latencies_ms) == 5
@@ -182,7 +182,7 @@ async def test_the_experiments_survive_other_writers_committing_meanwhile(bare_d
         assert (await event_design.ordering_experiment(bare_db, per_writer=5)).sequence_inversions == 0
         for strategy in dual_write.STRATEGIES:
             await dual_write.crash_experiment(bare_db, redis_client, prefix=key_prefix, strategy=strategy)
-        result = await event_design.wake_experiment(bare_db, redis_client, prefix=key_prefix, interval=0.1,
+        result = await relay_wake.wake_experiment(bare_db, redis_client, prefix=key_prefix, interval=0.1,
                                                     idle_seconds=0.3, events=3)
         assert result.appended == 3
     finally:
@@ -200,7 +200,7 @@ async def test_an_unreachable_redis_fails_the_run_with_a_redis_error_and_leaves_
 
     nobody = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2, decode_responses=True)
     runs = {
-        "wake": lambda: event_design.wake_experiment(bare_db, nobody, prefix="x:", interval=0.1, idle_seconds=0.2,
+        "wake": lambda: relay_wake.wake_experiment(bare_db, nobody, prefix="x:", interval=0.1, idle_seconds=0.2,
                                                      events=1),
         "crash": lambda: dual_write.crash_experiment(bare_db, nobody, prefix="x:", strategy="outbox"),
         "pubsub": lambda: pubsub_vs_streams(nobody, prefix="x:"),
@@ -226,10 +226,10 @@ def test_the_ddl_shown_is_what_a_migration_with_op_create_table_emits(design, di
 
     buffer = io.StringIO()
     op = Operations(MigrationContext.configure(dialect_name=dialect, opts={"as_sql": True, "output_buffer": buffer}))
-    for table in event_design.build_metadata(design).sorted_tables:
+    for table in event_table.build_metadata(design).sorted_tables:
         unique = [UniqueConstraint(*[c.name for c in u.columns], name=u.name)
                   for u in table.constraints if isinstance(u, UniqueConstraint)]
         op.create_table(table.name, *[c._copy() for c in table.columns], *unique)
         for index in table.indexes:
             op.create_index(index.name, table.name, [c.name for c in index.columns])
-    assert buffer.getvalue().strip() + "\n" == event_design.alembic_ddl(design, dialect)
+    assert buffer.getvalue().strip() + "\n" == event_table.alembic_ddl(design, dialect)

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 import checks
 import ui
-from labbench import event_design
+from labbench import event_table
 from tests.pagekit import click, open_page, texts
 from views import event_design_views as views
 
@@ -34,13 +34,13 @@ def answer(at: AppTest, choices: list[int]) -> AppTest:
 def test_the_table_definition_follows_the_choices(app_env):
     at = open_page(PAGE)
     backend = ui.database().backend
-    default = event_design.Design()
-    assert event_design.model_code(default).strip() in codes(at)
-    assert event_design.alembic_ddl(default, backend).strip() in codes(at)
+    default = event_table.Design()
+    assert event_table.model_code(default).strip() in codes(at)
+    assert event_table.alembic_ddl(default, backend).strip() in codes(at)
     at.radio(key="evd_finish").set_value("Delete the row").run()
     at.checkbox(key="evd_versioned").uncheck().run()
-    changed = event_design.Design(status_column=False, versioned=False)
-    assert event_design.alembic_ddl(changed, backend).strip() in codes(at)
+    changed = event_table.Design(status_column=False, versioned=False)
+    assert event_table.alembic_ddl(changed, backend).strip() in codes(at)
     assert not any("status VARCHAR" in code or "schema_version" in code for code in codes(at))
     wake = at.radio(key="evd_wake")
     assert list(wake.options) == (["Polling", "LISTEN/NOTIFY"] if backend == "postgresql" else ["Polling"])

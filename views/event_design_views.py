@@ -13,7 +13,7 @@ import streamlit as st
 
 import source
 import ui
-from labbench import dual_write, event_design, pubsub_vs_streams
+from labbench import dual_write, event_design, event_table, pubsub_vs_streams, relay_wake
 
 RESULTS = "evd_results"  # session state: what this learner measured, by experiment
 
@@ -35,7 +35,7 @@ async def _with_redis(use: Callable[[Any], Awaitable[Any]]) -> Any:
 # --- 1. the design's consequences ------------------------------------------------------------
 
 
-def run_workbench(design: event_design.Design, *, skew_ms: float, interval: float) -> None:
+def run_workbench(design: event_table.Design, *, skew_ms: float, interval: float) -> None:
     db, prefix = ui.database(), source.redis_prefix()
 
     async def everything() -> dict[str, Any]:
@@ -45,7 +45,7 @@ def run_workbench(design: event_design.Design, *, skew_ms: float, interval: floa
             "versioning": [await event_design.versioning_experiment(db, versioned=v) for v in (True, False)],
         }
         modes = ["poll"] + (["notify"] if db.backend == "postgresql" else [])
-        found["wake"] = [await _with_redis(lambda client, m=m: event_design.wake_experiment(
+        found["wake"] = [await _with_redis(lambda client, m=m: relay_wake.wake_experiment(
             db, client, prefix=prefix, mode=m, interval=interval)) for m in modes]
         return found
 
@@ -57,7 +57,7 @@ def yours(chosen: bool) -> str:
     return " (your choice)" if chosen else ""
 
 
-def workbench_results(design: event_design.Design) -> None:
+def workbench_results(design: event_table.Design) -> None:
     found = results()
     if "retention" not in found:
         return
