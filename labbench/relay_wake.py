@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select, text, update
 
-from labbench.event_design import Scratch, utc_now, run_id, scratch_metadata, writing
+from labbench.event_design import Scratch, run_id, scratch_metadata, utc_now, writing
 from labbench.event_table import Design
 from labbench.recorder import record
 from source.database import Database
