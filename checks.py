@@ -206,3 +206,78 @@ MIGRATIONS = (
         "PostgreSQL.",
     ),
 )
+
+# Section 5b: given a requirement, pick the design. `why` ends with the learner's own measured figures
+# from "In your run" on ({name} fields, filled in by views/event_design_views.with_figures).
+EVENT_DESIGN = (
+    Question(
+        "Create",
+        "Requirement: the billing service must apply each user's events in the order they were "
+        "committed, with several app servers writing. What do you put in the event table?",
+        ("`created_at` from the app server's clock", "A per-user sequence number assigned in the "
+         "writing transaction (under a lock on the user's counter row)", "A random UUID primary key",
+         "Nothing: Redis keeps the order"),
+        1,
+        "Commit order is decided by the database, not by any writer's clock. In your run, with writer B's "
+        "clock {skew_ms} ms behind, ordering {events} events by `created_at` put {created_at_inversions} "
+        "pairs out of commit order; ordering by the sequence number put {sequence_inversions}.",
+    ),
+    Question(
+        "Create",
+        "Requirement: after a bug fix, billing must be able to replay the last 7 days of events from the "
+        "database. How does the relay finish an event?",
+        ("It deletes the row once published", "It marks the row published (status, published_at) and a "
+         "purge job deletes rows older than 7 days", "It leaves the row pending",
+         "It moves the payload into Redis Pub/Sub"),
+        1,
+        "Replay needs the rows. In your run the status design still listed {kept_history} of "
+        "{retention_events} published events and recorded {attempts_recorded} of the {failed_attempts} "
+        "failed attempts; delete-on-publish listed {deleted_history}.",
+    ),
+    Question(
+        "Create",
+        "Requirement: a consumer that is redeployed (down for a minute) must still get every event sent "
+        "meanwhile. How do you deliver?",
+        ("Redis Pub/Sub: PUBLISH to a channel", "A Redis stream read by a consumer group (XREADGROUP, XACK)",
+         "Pub/Sub, publishing each message twice", "A Redis key per event with a 60 s TTL"),
+        1,
+        "Pub/Sub is at most once: it delivers to whoever is subscribed at that moment and keeps nothing. "
+        "In your run {sent_while_away} events were sent while the subscriber was away: Pub/Sub lost "
+        "{pubsub_lost}, the stream lost {stream_lost}.",
+    ),
+    Question(
+        "Create",
+        "Requirement: no score may be announced unless it was committed, and no committed score may go "
+        "unannounced, even if the process dies mid-way. Which write path?",
+        ("Publish inside the transaction, then commit (dual write)", "Commit, then publish",
+         "An outbox row in the same transaction, published by a relay", "Commit, then publish with 3 retries"),
+        2,
+        "Two writes to two systems cannot commit together; one transaction can. In your run, with {crashes} "
+        "crashes injected between the two writes: dual write announced {dual_phantom} phantom scores, publish-after-commit lost "
+        "{after_lost} events, the outbox lost {outbox_lost} and invented {outbox_phantom}. (Retries do not "
+        "help a process that died before it retried.)",
+    ),
+    Question(
+        "Create",
+        "Requirement: producers are upgraded one at a time, so for a day old and new payload shapes "
+        "coexist, and support must trace one request's events. What goes into each event row?",
+        ("Nothing: consumers guess from the payload's keys", "A schema version, plus correlation and "
+         "causation ids", "The producer's host name", "A new table per payload shape"),
+        1,
+        "A version tells the consumer which upcaster applies; without it an old payload looks like a broken "
+        "one. In your run the versioned consumer upcast {upcast} old events and rejected {versioned_rejected}; "
+        "without a version it rejected {bare_rejected}. The correlation id found the request's {chain_length} events "
+        "and the causation ids their order; without them, {bare_chain_length}.",
+    ),
+    Question(
+        "Create",
+        "Requirement (PostgreSQL): events should reach the stream within tens of milliseconds, and an idle "
+        "relay should send almost no queries. How does the relay wake?",
+        ("Poll every 10 ms", "LISTEN/NOTIFY, with a slow fallback poll in case a notification is missed",
+         "Poll every 10 s", "A trigger that writes to Redis"),
+        1,
+        "Polling trades idle load for latency; a notification wakes the relay at commit. In your run polling "
+        "sent {poll_qps} queries per idle second with a median of {poll_median} ms; LISTEN/NOTIFY sent "
+        "{notify_qps} with a median of {notify_median} ms.",
+    ),
+)

@@ -47,6 +47,7 @@ SECTIONS = [
     ("pages/3_Repository_Pattern_and_N+1.py", "3. Repository Pattern & N+1"),
     ("pages/4_Caching_with_Redis.py", "4. Caching with Redis"),
     ("pages/5_Eventing_Outbox_Pattern.py", "5. Eventing (Outbox Pattern)"),
+    ("pages/5b_Event_Design_Workbench.py", "5b. Event Table Design (Create)"),
     ("pages/6_Schema_Migrations.py", "6. Schema Migrations (Alembic)"),
 ]
 

@@ -120,6 +120,7 @@ PROGRESS = {
     "repository": "3. Repository Pattern & N+1",
     "cache": "4. Caching with Redis",
     "outbox": "5. Eventing (Outbox Pattern)",
+    "event_design": "5b. Event Table Design (Create)",
     "migrations": "6. Schema Migrations",
 }
 

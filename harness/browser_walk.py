@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from playwright.async_api import async_playwright
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from harness.served import Click, Learner, PageError, launch_browser, save_server_log, served_app
 from source import AIRScore, Database, DomainEvent, User
@@ -67,6 +67,7 @@ TITLES = {
     "3. Repository Pattern & N+1": "3. The Repository Pattern",
     "4. Caching with Redis": "4. Optimizing Data Access",
     "5. Eventing (Outbox Pattern)": "5. Building a Reliable Eventing System",
+    "5b. Event Table Design (Create)": "5b. Design the event table and its delivery",
     "6. Schema Migrations (Alembic)": "6. Schema Migrations with Alembic",
 }
 
@@ -191,6 +192,12 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     await published_and_applied(learner)
     if alone:  # the sidebar reads the publisher at each rerun
         expect("running" in await learner.sidebar(), "the sidebar does not show the publisher running")
+
+    if alone:  # the workbench with the default choices (its tables are the learner's own, dropped after)
+        await go("5b. Event Table Design (Create)")
+        await learner.click("Run my design's workload")
+        await learner.wait_for("the workbench's default run", has(
+            "from one writer to the other", "Sequence numbers 1..40 with no gap or repeat: yes", "How the relay wakes"))
 
     await go("6. Schema Migrations (Alembic)")
     revisions = await learner.wait_for("the database's revision",
@@ -386,6 +393,9 @@ async def check_database(database_url: str, walked: list[Walked]) -> Contents:
             same("inbox rows (applied events)", await count(InboxEntry), events)
             applied = dict((await session.execute(select(ScoreSummary.user_id, ScoreSummary.scores_applied))).all())
             same("read model", applied, {user: k for user, k in ((alex, n), (jane, jane_scores)) if k})
+            left = await session.run_sync(lambda s: [t for t in inspect(s.connection()).get_table_names()
+                                                     if t.startswith("evd_")])
+            same("section 5b's throwaway tables left", left, [])
     finally:
         await db.dispose()
     return Contents(problems, jane_scores)

@@ -151,4 +151,5 @@ with st.expander("The migration that added attempts, retries, the failed status 
     with ui.errors_shown():
         st.code(migrations.migration_source("0002"), language="python")
 
+st.caption("Design your own event table and delivery, and measure each choice: **5b. Event Table Design (Create)**.")
 widgets.knowledge_check("outbox", checks.OUTBOX)
