@@ -57,6 +57,7 @@ class TrafficResult:
     old_years: float | None
     new_years: float | None
     first_read_after_update: Lookup[UserData] | None
+    stores: int = 0  # misses whose value the cache stored (each runs one GET inside its script)
 
 
 async def traffic_users(sessions: async_sessionmaker[AsyncSession], *, count: int) -> list[str]:
@@ -114,10 +115,11 @@ async def run_traffic(
     midway = reads // 2 if update_midway else None
     old_years = new_years = first_after = None
     server_before = await keyspace_counts(cache.client)
-    log_reads = []
+    log_reads, stores = [], 0
     for number, rank in enumerate(ranks, start=1):
         lookup = await repo.get_by_id_cached(user_ids[rank - 1])
         log_reads.append(TrafficRead(number, rank, lookup.outcome, lookup.seconds * 1000))
+        stores += lookup.stored
         if rank == 1 and new_years is not None and first_after is None:
             first_after = lookup  # the first read of the updated user: a miss with the new value
         if number == midway:
@@ -129,4 +131,4 @@ async def run_traffic(
     server = None
     if server_before is not None and server_after is not None:
         server = (server_after[0] - server_before[0], server_after[1] - server_before[1])
-    return TrafficResult(log_reads, stats.snapshot(), server, midway, old_years, new_years, first_after)
+    return TrafficResult(log_reads, stats.snapshot(), server, midway, old_years, new_years, first_after, stores)

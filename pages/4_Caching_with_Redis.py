@@ -13,7 +13,7 @@ st.markdown(
     "Every dashboard load reads a user's profile and latest AI-R score: hot data that changes "
     "rarely. Alex puts Redis in front of the database with **cache-aside**: "
     "`CachedUserRepository` asks Redis first; on a miss it reads the database and stores the "
-    "row as JSON with a TTL. A write commits, then deletes the keys it made stale. Redis is an "
+    "row as JSON with a TTL. A write commits, then invalidates the keys it made stale. Redis is an "
     "optimisation, not a dependency: if it fails, reads go to the database (the cache *fails open*)."
 )
 st.latex(
@@ -35,17 +35,23 @@ FAULTS = {
 }
 fault = st.radio("Redis for your reads", list(FAULTS), format_func=FAULTS.get, horizontal=True, key="cache_fault")
 st.caption(
-    "The unreachable choices affect only your reads: everyone else keeps the lab's Redis. The "
-    "client waits at most 50 ms and never retries; after a failure the cache skips Redis for 1 s, "
-    "then tries again, so caching resumes by itself."
+    "The unreachable choices divert only your reads: everyone else's reads, and every write "
+    "(yours too), use the lab's Redis. The client never retries, and each step of a Redis call "
+    "is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
+    "read that meets all three can wait longer before it falls back). After a failure the cache "
+    "skips Redis for 1 s, then tries again, so caching resumes by itself."
 )
+in_process = ui.redis_cache_target(fault).kind == "embedded"
+if in_process:
+    st.caption("Redis here is the embedded fakeredis: every timing on this page is in-process, with no network.")
 if fault != "none":
     st.warning(f"**Your reads use a Redis that {ui.redis_cache_target(fault).reason}.** They are served from the database.")
 db = ui.database()
 repo = CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache(fault), stats=state.cache_my_stats)
+writer = CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache())  # writes: the lab's Redis
 if not state.get("cache_demo_ready"):
     with ui.errors_shown():
-        ui.run(ensure_latest_score(repo, user_id=jane_id))
+        ui.run(ensure_latest_score(writer, user_id=jane_id))
         state.cache_demo_ready = True
 
 
@@ -61,29 +67,29 @@ if score_col.button("Fetch Latest AIRScore (Cached)", key="cache_fetch_score"):
         state.cache_score_lookup = ui.run(repo.get_latest_score_cached(jane_id))
 for column, name in ((user_col, "cache_user_lookup"), (score_col, "cache_score_lookup")):
     if (lookup := state.get(name)) is not None:
-        cache_views.lookup(column, lookup)
+        cache_views.lookup(column, lookup, in_process=in_process)
 
 st.subheader("Keep the cache true")
 st.markdown(
-    "A write commits first, then deletes the keys it changed; the next read misses and caches "
-    "the new row. (Deleting before the commit would let a reader cache the old row again.)"
+    "A write commits first, then replaces each key it made stale with a *tombstone* that lives "
+    "30 s; the next read misses, loads the new row and stores it in the tombstone's place. "
+    "(Invalidating before the commit would let a reader cache the old row again.) A reader that "
+    "loaded the old row just before the commit, in this process or another, stores it only if the "
+    "key still holds what its own GET saw: the tombstone is not that, so it stores nothing. "
+    "The one gap left: a store that reaches Redis more than 20 s after it was sent."
 )
 invalidate_col, write_col = st.columns(2)
 if invalidate_col.button("Invalidate Cache for this User", key="cache_invalidate"):
     with ui.errors_shown(invalidate_col):
-        done = ui.run(repo.invalidate_user_cache(jane_id))
-        if done.deleted is None:
-            invalidate_col.warning(f"Redis did not answer ({done.error}): the delete is queued for when it does.")
-        else:
-            invalidate_col.success(f"Deleted {done.deleted} of {len(done.keys)} keys.")
+        done = ui.run(writer.invalidate_user_cache(jane_id))
+        cache_views.invalidation(invalidate_col, done, f"Invalidated both keys ({done.removed} held a cached value).")
 if write_col.button("Add a New AIRScore for Jane (a write)", key="cache_add_score"):
     with ui.errors_shown(write_col):
-        score, done = ui.run(repo.add_score(jane_id, occupation_code="15-2051"))
-        queued = " (Redis did not answer: the delete is queued)" if done.deleted is None else ""
-        write_col.success(
-            f"Committed a score of {score.air_score:.2f}, then deleted the cached latest score{queued}. "
-            "The next fetch is a MISS with the new score."
-        )
+        score, done = ui.run(writer.add_score(jane_id, occupation_code="15-2051"))
+        cache_views.invalidation(write_col, done, (
+            f"Committed a score of {score.air_score:.2f}, then invalidated the cached latest score on the "
+            "lab's Redis: the next read of it there, by anyone, misses and loads the new score."
+        ))
 
 st.subheader("What Redis holds")
 st.caption("Read from the lab's Redis, whichever Redis your reads use above.")
