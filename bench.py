@@ -171,12 +171,42 @@ async def timed_alternately(
     first: Callable[[], Awaitable[object]], second: Callable[[], Awaitable[object]], n: int
 ) -> tuple[list[float], list[float]]:
     samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(n):
-        for fn, into in zip((first, second), samples, strict=True):
+    for i in range(n):
+        pairs = tuple(zip((first, second), samples, strict=True))
+        for fn, into in pairs if i % 2 else pairs[::-1]:  # ABBA: neither always goes first
             start = time.perf_counter()
             await fn()
             into.append(time.perf_counter() - start)
     return samples
+
+
+async def hot_key_burst(pair: str, db: Database, cache: RedisCache, user_id: str, bursts: int = 5) -> list[Figure]:
+    """Bursts of 100 concurrent readers of one hot (cached) key: the Redis commands they sent,
+    the database statements, and the reads that failed open (a Redis error served from the
+    database). The commands are counted as the client sends them."""
+    repo = CachedUserRepository(sessions=db.sessions, cache=cache)
+    await asyncio.sleep(cache.cooldown_seconds)  # an earlier timeout's cooldown is over
+    await repo.get_by_id_cached(user_id)  # the key is cached: every read below can hit
+    sent, real = [], cache.client.execute_command
+
+    async def counted(*args, **options):
+        sent.append(args[0])
+        return await real(*args, **options)
+
+    cache.client.execute_command = counted
+    try:
+        with record(db) as log:
+            outcomes = []
+            for _ in range(bursts):
+                lookups = await asyncio.gather(*(repo.get_by_id_cached(user_id) for _ in range(100)))
+                outcomes += [lookup.outcome for lookup in lookups]
+    finally:
+        del cache.client.execute_command
+    return [
+        Figure("cache", pair, "hot-key burst: Redis commands per 100 concurrent reads", len(sent) / bursts, "commands"),
+        Figure("cache", pair, "hot-key burst: database statements per 100 reads", log.count / bursts, "statements"),
+        Figure("cache", pair, "hot-key burst: reads failed open per 100", outcomes.count("error") / bursts, "reads"),
+    ]
 
 
 async def bench_cache(bench: Bench) -> list[Figure]:
@@ -196,13 +226,20 @@ async def bench_cache(bench: Bench) -> list[Figure]:
             repo = CachedUserRepository(sessions=db.sessions, cache=cache)
             pair = f"{name}+{redis_name}"
             await repo.get_by_id_cached(alex.id)
-            # Alternate the two so that noise on this shared machine hits both alike.
+            # The anchor is a plain redis.asyncio client with its defaults (or fakeredis's own
+            # client), GETting the same key; alternate the two so that noise on this shared
+            # machine hits both alike.
             key = repo.user_key(alex.id)
-            anchor, hits = await timed_alternately(
-                lambda client=client, key=key: client.get(key),
-                lambda repo=repo, alex=alex: repo.get_by_id_cached(alex.id),
-                2000,
+            raw = (
+                aioredis.Redis.from_url(target._real_url, decode_responses=True) if target.kind == "server"
+                else fakeredis.FakeAsyncRedis(server=bench.fake_server, decode_responses=True)
             )
+            anchor, hits = await timed_alternately(
+                lambda raw=raw, key=key: raw.get(key),
+                lambda repo=repo, alex=alex: repo.get_by_id_cached(alex.id),
+                3000,
+            )
+            await raw.aclose()
             figures += latency_figures("cache", pair, "raw redis GET of the cached key (anchor)", anchor)
             figures += latency_figures("cache", pair, "cache hit", hits)
             figures.append(Figure("cache", pair, "hit / raw GET (p50)", statistics.median(hits) / statistics.median(anchor), "x"))
@@ -218,6 +255,7 @@ async def bench_cache(bench: Bench) -> list[Figure]:
             with record(db) as log:
                 await asyncio.gather(*(repo.get_by_id_cached(alex.id) for _ in range(100)))
             figures.append(Figure("cache", pair, "database statements for 100 concurrent misses", log.count, "statements"))
+            figures += await hot_key_burst(pair, db, cache, alex.id)
         await client.aclose()
     for name, db in bench.databases.items():
         alex, _ = await run_db_setup_and_create_user(db)

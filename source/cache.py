@@ -17,7 +17,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeVar
 
@@ -28,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import config
 from .cache_stats import CacheStats, Lookup
+from .database import WRITE_TRANSACTION
 from .errors import clean_id
 from .models import AIRScore, User
 from .redis_setup import RedisTarget, make_redis_client
@@ -171,6 +174,7 @@ class RedisCache:
         self._store = client.register_script(_STORE_IF_UNCHANGED)
         self._down_until = 0.0  # monotonic time until which Redis is skipped
         self._unsent: set[str] = set()  # keys whose invalidation Redis has not received yet
+        self._writing: Counter[str] = Counter()  # keys a write in this process is changing now
 
     def key(self, *parts: str) -> str:
         return ":".join((f"{self.prefix}cache", SCHEMA_VERSION, *parts))
@@ -194,6 +198,8 @@ class RedisCache:
         kind: type[T],
         stats: CacheStats | None = None,
     ) -> Lookup[T]:
+        if self._writing and key in self._writing:
+            return await self._read_during_write(key, load, stats)
         with self.flights.reading(key):
             started = time.perf_counter()
             # 1. Ask Redis (concurrent readers of one key share one GET).
@@ -245,6 +251,31 @@ class RedisCache:
             )
             return self._count(lookup, stats)
 
+    @asynccontextmanager
+    async def writing(self, *keys: str) -> AsyncIterator[None]:
+        """Wrap a write's commit and its invalidation (or write-through). Until both are done,
+        reads of these keys in this process go to the database and store nothing: without this, a
+        read that starts after the commit could still be served the old value from Redis in the
+        moment before the invalidation lands."""
+        self._writing.update(keys)
+        for key in keys:
+            self._gets.pop(key, None)
+        try:
+            yield
+        finally:
+            self._writing.subtract(keys)
+            for key in keys:
+                if self._writing[key] <= 0:
+                    del self._writing[key]
+
+    async def _read_during_write(self, key: str, load, stats: CacheStats | None) -> Lookup:
+        started = time.perf_counter()
+        value = await load()
+        seconds = time.perf_counter() - started
+        lookup = Lookup(key, value, "miss", seconds, 0.0, seconds, True, None, False,
+                        "a write of this key was in progress in this process")
+        return self._count(lookup, stats)
+
     async def _get(self, key: str) -> tuple[str | None, float]:
         """GET key, or join the same GET another reader already sent: 100 concurrent readers of
         one key send one command and take one pooled connection. Returns the answer and when
@@ -285,6 +316,26 @@ class RedisCache:
             self._unsent.update(keys)
             return Invalidation(keys, None, str(exc))
         return Invalidation(keys, removed)
+
+    async def put(self, key: str, value: UserData | ScoreData | None, *, expect: str | None = None) -> bool:
+        """Store value under key. Without `expect` (a write-through after its commit) it replaces
+        whatever is there, and loads in flight must not store over it; if Redis does not answer,
+        the key is queued for invalidation like a write's. With `expect` (a background refresh)
+        it stores only if the key still holds exactly `expect`. True if it stored."""
+        encoded, ttl = encode(value), self.ttl_for(value)
+        if expect is not None:
+            try:
+                return bool(await self._call(lambda: self._store(keys=(key,), args=(expect, encoded, ttl))))
+            except CacheUnavailable:
+                return False
+        self.flights.forget(key)
+        self._gets.pop(key, None)
+        try:
+            await self._call(lambda: self.client.set(key, encoded, ex=ttl))
+        except CacheUnavailable:
+            self._unsent.add(key)
+            return False
+        return True
 
     async def _bury(self, keys: Iterable[str]) -> int:
         token = f"{TOMBSTONE}{uuid.uuid4().hex}"
@@ -408,16 +459,21 @@ class CachedUserRepository:
         occupation_code: str | None = None,
         years_experience: float | None = None,
     ) -> tuple[UserData, Invalidation]:
-        async with self.sessions.begin() as session:
-            user = await UserRepository(session).update(
-                user_id, name=name, occupation_code=occupation_code, years_experience=years_experience
-            )
-        return UserData.from_model(user), await self.after_write("user", user.id)
+        user_id = clean_id(user_id, label="user ID")
+        async with self.cache.writing(*self.stale_after("user", user_id)):
+            async with self.sessions.begin() as session:
+                await session.connection(execution_options=WRITE_TRANSACTION)  # reads, then writes
+                user = await UserRepository(session).update(
+                    user_id, name=name, occupation_code=occupation_code, years_experience=years_experience
+                )
+            return UserData.from_model(user), await self.after_write("user", user.id)
 
     async def add_score(self, user_id: str, *, occupation_code: str) -> tuple[ScoreData, Invalidation]:
         """A new AI-R score (with its outbox event, as in section 5); the cached latest score is
         invalidated."""
-        score, _event = await calculate_and_store_airscore(
-            sessions=self.sessions, user_id=user_id, occupation_code=occupation_code
-        )
-        return ScoreData.from_model(score), await self.after_write("score", score.user_id)
+        user_id = clean_id(user_id, label="user ID")
+        async with self.cache.writing(*self.stale_after("score", user_id)):
+            score, _event = await calculate_and_store_airscore(
+                sessions=self.sessions, user_id=user_id, occupation_code=occupation_code
+            )
+            return ScoreData.from_model(score), await self.after_write("score", score.user_id)

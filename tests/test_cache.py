@@ -270,11 +270,13 @@ async def test_a_hundred_concurrent_misses_send_one_get_and_load_from_the_databa
         lookups = await asyncio.gather(*(repo.get_by_id_cached(jane.id) for _ in range(100)))
     assert sql.count == 1 and sent.count("GET") == 1
     assert sum(lookup.loaded for lookup in lookups) == 1 == cache.stats.snapshot().db_loads
-    # They shared one GET, so they share its answer: all miss (or, if that one GET missed its
-    # 50 ms on a busy machine, all are served from the database), and all get the same row.
-    assert len({lookup.outcome for lookup in lookups}) == 1 and lookups[0].outcome in ("miss", "error")
+    # They shared one GET, so the 99 that did not load share its answer: all miss (or, if that
+    # one GET missed its 50 ms on a busy machine, all are served from the database); the loader's
+    # own outcome is an error instead if its store missed the 50 ms. All get the same row.
+    shared = {lookup.outcome for lookup in lookups if not lookup.loaded}
+    assert len(shared) == 1 and shared <= {"miss", "error"}
     assert all(lookup.value == lookups[0].value for lookup in lookups)
-    assert sum(lookup.stored for lookup in lookups) == (lookups[0].outcome == "miss")
+    assert sum(lookup.stored for lookup in lookups) <= 1
 
 
 async def test_a_hundred_concurrent_hits_send_one_get(db, cache, jane, monkeypatch):
