@@ -3,9 +3,10 @@ import streamlit as st
 import checks
 import ui
 import widgets
+from labbench.cache_comparison import Workload, compare_strategies
 from labbench.cache_traffic import ensure_latest_score, run_traffic
-from source import CachedUserRepository, CacheStats
-from views import cache_views
+from source import CachedUserRepository, CacheStats, config
+from views import cache_compare_views, cache_views
 
 ui.page("4. Caching with Redis")
 st.title("4. Optimizing Data Access with Redis Caching")
@@ -122,6 +123,28 @@ if st.button("Run the Traffic", key="cache_run_traffic"):
         widgets.mark_done("cache")
 if (traffic := state.get("cache_traffic")) is not None:
     cache_views.traffic_result(traffic)
+
+st.subheader("Compare caching strategies")
+st.markdown(
+    "The spec says *read-through*, the code *cache-aside*: in read-through the cache loads on a "
+    "miss by itself; in cache-aside the application does, here by handing `read_through` its "
+    "loader. The strategies below share that read and differ in what a write does: **cache-aside** "
+    "invalidates after the commit, **TTL only** does nothing (a value can be stale until its TTL "
+    "ends), **write-through** puts the new row in Redis after the commit, **refresh-ahead** "
+    "invalidates and also reloads a hot value in the background when less than 20% of its TTL is "
+    "left, **write-behind** writes to Redis only and a flusher copies the queued writes to the "
+    "database every 0.2 s. One run sends the same operations through each, on the lab's Redis "
+    "(whatever your reads use above), with concurrent readers: which wins depends on your numbers."
+)
+values, spots = cache_compare_views.controls()
+if st.button("Compare the five strategies", key="cache_compare"):
+    with ui.errors_shown(fields=spots):
+        state.cache_compare_result = ui.run(compare_strategies(
+            db=db, target=ui.redis_target(), prefix=config.redis_prefix(), workload=Workload(**values),
+        ), timeout=240)
+        widgets.mark_done("cache")
+if (rows := state.get("cache_compare_result")) is not None:
+    cache_compare_views.results(rows, in_process=ui.redis_target().kind == "embedded")
 
 st.subheader("Counters: yours and the server's")
 if st.button("Reset my counters", key="cache_reset_mine"):

@@ -133,3 +133,22 @@ def test_section_3s_sample_scores_invalidate_the_cached_latest_score(initialised
     assert "HIT" not in texts(at.success)
     assert "MISS" in texts(at.info) or "served from the database" in texts(at.warning)
     assert fetched_score_id(at) == latest_score_id() != old
+
+
+def test_the_strategy_comparison_shows_a_row_per_strategy_and_a_chart(initialised):
+    at = open_page(PAGE)
+    for name, value in (("reads", 200), ("users", 10), ("readers", 8), ("ttl_seconds", 300)):
+        at.number_input(key=f"cache_cmp_{name}").set_value(value)
+    at = click(at.run(), "cache_compare")
+    table = at.dataframe[-1].value
+    assert list(table["strategy"]) == ["cache-aside", "TTL only", "write-through", "refresh-ahead", "write-behind"]
+    assert "Write-behind's loss window" in texts(at.markdown)
+    assert len(at.get("vega_lite_chart")) == 1
+
+
+def test_a_bad_comparison_control_gets_a_message_under_it_and_runs_nothing(initialised):
+    at = open_page(PAGE)
+    at.number_input(key="cache_cmp_readers").set_value(0)
+    at = click(at.run(), "cache_compare")
+    assert "Concurrent readers: choose 1 to 64 (got 0)" in texts(at.error)
+    assert not at.dataframe and not at.get("vega_lite_chart")
