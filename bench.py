@@ -32,11 +32,13 @@ import fakeredis
 import redis.asyncio as aioredis
 
 from labbench import loading, pooling
+from labbench.cache_comparison import Workload, compare_strategies
 from labbench.recorder import record
 from labbench.scratch import scratch_postgres
 from labbench.unreachable_redis import unreachable_redis
 from source import Database, User, run_db_setup_and_create_user
 from source.cache import CachedUserRepository, RedisCache, cache_client
+from source.cache_strategies import STRATEGIES
 from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 
@@ -383,11 +385,59 @@ async def bench_load(bench: Bench) -> list[Figure]:
     return figures
 
 
+async def bench_cache_strategies(bench: Bench) -> list[Figure]:
+    """Section 4's five strategies on PostgreSQL + Redis (SQLite + fakeredis without them): each
+    strategy's hit against a raw redis.asyncio GET of the same key, interleaved, then one
+    comparison run: a Zipf workload (s = 1.1, 50 users) with 10% of operations writes (11 per 100
+    reads), 32 concurrent readers and a 5 s TTL."""
+    redis_name = "redis" if "redis" in bench.urls else "fakeredis"
+    target = (RedisTarget("server", "bench", "bench", bench.urls["redis"]) if redis_name == "redis"
+              else RedisTarget("embedded", "fakeredis", "bench"))
+    db_name = "postgresql" if "postgresql" in bench.databases else "sqlite"
+    db, pair = bench.databases[db_name], f"{db_name}+{redis_name}"
+    alex, _ = await run_db_setup_and_create_user(db)
+    figures = []
+    for n, strategy_class in enumerate(STRATEGIES):
+        client = cache_client(target, fake_server=bench.fake_server)
+        strategy = strategy_class(sessions=db.sessions, cache=RedisCache(client, prefix=f"{bench.key_prefix}s{n}:"))
+        await strategy.read(alex.id)
+        raw = (aioredis.Redis.from_url(target._real_url, decode_responses=True) if redis_name == "redis"
+               else fakeredis.FakeAsyncRedis(server=bench.fake_server, decode_responses=True))
+        key = strategy.repo.user_key(alex.id)
+        anchor, hits = await timed_alternately(
+            lambda raw=raw, key=key: raw.get(key), lambda s=strategy: s.read(alex.id), 1500
+        )
+        figures.append(Figure("cache-strategies", pair, f"{strategy_class.name}: hit / raw GET (p50)",
+                              statistics.median(hits) / statistics.median(anchor), "x"))
+        await strategy.close()
+        await raw.delete(key)
+        await raw.aclose()
+        await client.aclose()
+    workload = Workload(reads=2000, users=50, skew=1.1, writes_per_100=11, readers=32, ttl_seconds=5, seed=1)
+    for r in await compare_strategies(db=db, target=target, fake_server=bench.fake_server,
+                                      prefix=bench.key_prefix, workload=workload):
+        figures += [
+            Figure("cache-strategies", pair, f"{r.name}: hit ratio", r.hit_ratio, ""),
+            Figure("cache-strategies", pair, f"{r.name}: reads that loaded from the database", r.read_loads, "reads"),
+            Figure("cache-strategies", pair, f"{r.name}: database statements (all)", r.statements, "statements"),
+            Figure("cache-strategies", pair, f"{r.name}: stale reads (checked against the database)", r.stale_reads, "reads"),
+            Figure("cache-strategies", pair, f"{r.name}: reads failed open", r.errors, "reads"),
+            Figure("cache-strategies", pair, f"{r.name}: read p50", r.p50_ms, "ms"),
+            Figure("cache-strategies", pair, f"{r.name}: read p99", r.p99_ms, "ms"),
+            Figure("cache-strategies", pair, f"{r.name}: Redis commands", r.redis_commands, "commands"),
+        ]
+        if r.unflushed_at_end is not None:
+            figures.append(Figure("cache-strategies", pair, f"{r.name}: acknowledged writes not in the database at the end",
+                                  r.unflushed_at_end, "users"))
+    return figures
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
     "n_plus_one": bench_n_plus_one,
     "pooling": bench_pooling,
     "cache": bench_cache,
+    "cache-strategies": bench_cache_strategies,
     "outbox": bench_outbox,
 }
 ON_REQUEST = {"load": bench_load}  # named with --only; not part of the default run

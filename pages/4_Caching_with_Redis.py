@@ -5,7 +5,9 @@ import ui
 import widgets
 from labbench.cache_comparison import Workload, compare_strategies
 from labbench.cache_traffic import ensure_latest_score, run_traffic
+from labbench.redis_structures import lab_structures
 from source import CachedUserRepository, CacheStats, config
+from source.outbox import stream_key
 from views import cache_compare_views, cache_views
 
 ui.page("4. Caching with Redis")
@@ -35,13 +37,7 @@ FAULTS = {
     "hung": "Unreachable: accepts, never answers",
 }
 fault = st.radio("Redis for your reads", list(FAULTS), format_func=FAULTS.get, horizontal=True, key="cache_fault")
-st.caption(
-    "The unreachable choices divert only your reads: everyone else's reads, and every write "
-    "(yours too), use the lab's Redis. The client never retries, and each step of a Redis call "
-    "is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
-    "read that meets all three can wait longer before it falls back). After a failure the cache "
-    "skips Redis for 1 s, then tries again, so caching resumes by itself."
-)
+st.caption(cache_views.FAULT_NOTE)
 in_process = ui.redis_cache_target(fault).kind == "embedded"
 if in_process:
     st.caption("Redis here is the embedded fakeredis: every timing on this page is in-process, with no network.")
@@ -71,14 +67,7 @@ for column, name in ((user_col, "cache_user_lookup"), (score_col, "cache_score_l
         cache_views.lookup(column, lookup, in_process=in_process)
 
 st.subheader("Keep the cache true")
-st.markdown(
-    "A write commits first, then replaces each key it made stale with a *tombstone* that lives "
-    "30 s; the next read misses, loads the new row and stores it in the tombstone's place. "
-    "(Invalidating before the commit would let a reader cache the old row again.) A reader that "
-    "loaded the old row just before the commit, in this process or another, stores it only if the "
-    "key still holds what its own GET saw: the tombstone is not that, so it stores nothing. "
-    "The one gap left: a store that reaches Redis more than 20 s after it was sent."
-)
+st.markdown(cache_views.KEEP_TRUE)
 invalidate_col, write_col = st.columns(2)
 if invalidate_col.button("Invalidate Cache for this User", key="cache_invalidate"):
     with ui.errors_shown(invalidate_col):
@@ -125,17 +114,7 @@ if (traffic := state.get("cache_traffic")) is not None:
     cache_views.traffic_result(traffic)
 
 st.subheader("Compare caching strategies")
-st.markdown(
-    "The spec says *read-through*, the code *cache-aside*: in read-through the cache loads on a "
-    "miss by itself; in cache-aside the application does, here by handing `read_through` its "
-    "loader. The strategies below share that read and differ in what a write does: **cache-aside** "
-    "invalidates after the commit, **TTL only** does nothing (a value can be stale until its TTL "
-    "ends), **write-through** puts the new row in Redis after the commit, **refresh-ahead** "
-    "invalidates and also reloads a hot value in the background when less than 20% of its TTL is "
-    "left, **write-behind** writes to Redis only and a flusher copies the queued writes to the "
-    "database every 0.2 s. One run sends the same operations through each, on the lab's Redis "
-    "(whatever your reads use above), with concurrent readers: which wins depends on your numbers."
-)
+st.markdown(cache_compare_views.INTRO)
 values, spots = cache_compare_views.controls()
 if st.button("Compare the five strategies", key="cache_compare"):
     with ui.errors_shown(fields=spots):
@@ -145,6 +124,15 @@ if st.button("Compare the five strategies", key="cache_compare"):
         widgets.mark_done("cache")
 if (rows := state.get("cache_compare_result")) is not None:
     cache_compare_views.results(rows, in_process=ui.redis_target().kind == "embedded")
+
+with st.expander("Redis data structures: the lab's live keys"):
+    if st.button("Show the keys as Redis reports them", key="cache_structures"):
+        with ui.errors_shown():
+            state.cache_structures_result = ui.run(lab_structures(
+                sessions=db.sessions, repo=writer, client=ui.redis_client(), user_id=jane_id, stream=stream_key(),
+            ))
+    if (structures := state.get("cache_structures_result")) is not None:
+        cache_compare_views.structures(structures)
 
 st.subheader("Counters: yours and the server's")
 if st.button("Reset my counters", key="cache_reset_mine"):

@@ -152,3 +152,16 @@ def test_a_bad_comparison_control_gets_a_message_under_it_and_runs_nothing(initi
     at = click(at.run(), "cache_compare")
     assert "Concurrent readers: choose 1 to 64 (got 0)" in texts(at.error)
     assert not at.dataframe and not at.get("vega_lite_chart")
+
+
+def test_the_structures_panel_shows_the_live_keys_as_redis_reports_them(initialised):
+    at = click(click(open_page(PAGE), "cache_fetch_user"), "cache_structures")
+    table = at.dataframe[-1].value
+    assert list(table["TYPE"]) == ["string", "hash", "zset", "none"]  # no event published yet
+    assert "section 5's relay creates it" in table["content"][3]
+    assert '"name": "Jane Doe"' in table["content"][0]
+    assert "years_experience (after HSET) = 6.0" in table["content"][1]
+    if initialised == "servers":  # a Redis server reports both; fakeredis implements neither
+        assert table["OBJECT ENCODING"][1] == "listpack" and int(table["MEMORY USAGE (bytes)"][0]) > 0
+    else:
+        assert "implements neither OBJECT ENCODING nor MEMORY USAGE" in texts(at.caption)

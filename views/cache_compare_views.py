@@ -7,7 +7,19 @@ import pandas as pd
 import streamlit as st
 
 from labbench.cache_comparison import LABELS, StrategyResult
+from labbench.redis_structures import StructureRow
 
+INTRO = (
+    "The spec says *read-through*, the code *cache-aside*: in read-through the cache loads on a "
+    "miss by itself; in cache-aside the application does, here by handing `read_through` its "
+    "loader. The strategies below share that read and differ in what a write does: **cache-aside** "
+    "invalidates after the commit, **TTL only** does nothing (a value can be stale until its TTL "
+    "ends), **write-through** puts the new row in Redis after the commit, **refresh-ahead** "
+    "invalidates and also reloads a hot value in the background when less than 20% of its TTL is "
+    "left, **write-behind** writes to Redis only and a flusher copies the queued writes to the "
+    "database every 0.2 s. One run sends the same operations through each, on the lab's Redis "
+    "(whatever your reads use above), with concurrent readers: which wins depends on your numbers."
+)
 DEFAULTS = {"reads": 1000, "users": 50, "skew": 1.1, "writes_per_100": 10, "readers": 32, "ttl_seconds": 2}
 
 
@@ -62,3 +74,19 @@ def results(rows: list[StrategyResult], *, in_process: bool) -> None:
         "write-behind's flushes are in its statements."
         + (" Redis is the embedded fakeredis: timings are in-process, with no network." if in_process else "")
     )
+
+
+def structures(rows: list[StructureRow]) -> None:
+    st.dataframe(pd.DataFrame({
+        "key": [r.key for r in rows],
+        "TYPE": [r.type for r in rows],
+        "OBJECT ENCODING": [r.encoding or "not reported" for r in rows],
+        "TTL (s)": ["none" if r.ttl_seconds is None else str(r.ttl_seconds) for r in rows],
+        "MEMORY USAGE (bytes)": ["not reported" if r.memory_bytes is None else str(r.memory_bytes) for r in rows],
+        "content": [r.sample for r in rows],
+    }), hide_index=True)
+    for row in rows:
+        if row.purpose:
+            st.markdown(f"- **{row.type}**: {row.purpose}")
+    if all(r.encoding is None for r in rows):
+        st.caption("The embedded fakeredis implements neither OBJECT ENCODING nor MEMORY USAGE; a Redis server reports both.")

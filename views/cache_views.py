@@ -13,6 +13,25 @@ from labbench.cache_traffic import TrafficResult
 from source.cache import Invalidation, KeyState
 from source.cache_stats import CacheCounts, Lookup
 
+FAULT_NOTE = (
+    "The unreachable choices divert only your reads: everyone else's reads, and every write "
+    "(yours too), use the lab's Redis. The client never retries, and each step of a Redis call "
+    "is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
+    "read that meets all three can wait longer before it falls back). After a failure the cache "
+    "skips Redis for 1 s, then tries again, so caching resumes by itself."
+)
+KEEP_TRUE = (
+    "A write commits first, then replaces each key it made stale with a *tombstone* that lives "
+    "30 s; the next read misses, loads the new row and stores it in the tombstone's place. "
+    "(Invalidating before the commit would let a reader cache the old row again.) A reader that "
+    "loaded the old row just before the commit, in this process or another, stores it only if the "
+    "key still holds what its own GET saw: the tombstone is not that, so it stores nothing. "
+    "The old row can still be stored only by a store that reaches Redis more than 20 s after it "
+    "was sent. And between a commit and its invalidation, a read in another process can still be "
+    "served the old value (in this process, reads of a key being written go to the database "
+    "until the invalidation lands)."
+)
+
 
 def invalidation(where, done: Invalidation, success: str) -> None:
     if done.removed is None:
