@@ -17,7 +17,6 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -174,7 +173,7 @@ class RedisCache:
         self._store = client.register_script(_STORE_IF_UNCHANGED)
         self._down_until = 0.0  # monotonic time until which Redis is skipped
         self._unsent: set[str] = set()  # keys whose invalidation Redis has not received yet
-        self._writing: Counter[str] = Counter()  # keys a write in this process is changing now
+        self._writing: dict[str, tuple[int, asyncio.Event]] = {}  # keys being written here, now
 
     def key(self, *parts: str) -> str:
         return ":".join((f"{self.prefix}cache", SCHEMA_VERSION, *parts))
@@ -199,7 +198,7 @@ class RedisCache:
         stats: CacheStats | None = None,
     ) -> Lookup[T]:
         if self._writing and key in self._writing:
-            return await self._read_during_write(key, load, stats)
+            await self._writing[key][1].wait()  # the write's invalidation has landed: read now
         with self.flights.reading(key):
             started = time.perf_counter()
             # 1. Ask Redis (concurrent readers of one key share one GET).
@@ -254,27 +253,23 @@ class RedisCache:
     @asynccontextmanager
     async def writing(self, *keys: str) -> AsyncIterator[None]:
         """Wrap a write's commit and its invalidation (or write-through). Until both are done,
-        reads of these keys in this process go to the database and store nothing: without this, a
-        read that starts after the commit could still be served the old value from Redis in the
-        moment before the invalidation lands."""
-        self._writing.update(keys)
+        reads of these keys in this process wait, then read as usual: without this, a read that
+        starts after the commit could still be served the old value from Redis in the moment
+        before the invalidation lands. The wait is part of the read's measured time."""
         for key in keys:
+            count, done = self._writing.get(key, (0, None))
+            self._writing[key] = (count + 1, done or asyncio.Event())
             self._gets.pop(key, None)
         try:
             yield
         finally:
-            self._writing.subtract(keys)
             for key in keys:
-                if self._writing[key] <= 0:
+                count, done = self._writing[key]
+                if count > 1:
+                    self._writing[key] = (count - 1, done)
+                else:
                     del self._writing[key]
-
-    async def _read_during_write(self, key: str, load, stats: CacheStats | None) -> Lookup:
-        started = time.perf_counter()
-        value = await load()
-        seconds = time.perf_counter() - started
-        lookup = Lookup(key, value, "miss", seconds, 0.0, seconds, True, None, False,
-                        "a write of this key was in progress in this process")
-        return self._count(lookup, stats)
+                    done.set()
 
     async def _get(self, key: str) -> tuple[str | None, float]:
         """GET key, or join the same GET another reader already sent: 100 concurrent readers of
