@@ -174,6 +174,7 @@ class RedisCache:
         self._down_until = 0.0  # monotonic time until which Redis is skipped
         self._unsent: set[str] = set()  # keys whose invalidation Redis has not received yet
         self._writing: dict[str, tuple[int, asyncio.Event]] = {}  # keys being written here, now
+        self._decoded: dict[str, object] = {}  # raw JSON -> its decoded value (see _decode)
 
     def key(self, *parts: str) -> str:
         return ":".join((f"{self.prefix}cache", SCHEMA_VERSION, *parts))
@@ -210,7 +211,9 @@ class RedisCache:
             cache_seconds = time.perf_counter() - started
             if raw is not None and not raw.startswith(TOMBSTONE):
                 try:
-                    value = decode(raw, kind)
+                    value = self._decoded.get(raw)
+                    if value is None or type(value) is not kind:
+                        value = self._decode(raw, kind)
                 except (ValueError, TypeError):  # unreadable entry: treat as a miss and overwrite it
                     log.warning("ignoring an unreadable cache entry at %s", key)
                 else:
@@ -271,6 +274,15 @@ class RedisCache:
                     del self._writing[key]
                     done.set()
 
+    def _decode(self, raw: str, kind: type[T]) -> T | None:
+        """Decode a cached value, remembering the last 1024 decoded: a hot key's JSON is parsed
+        once, not on every hit (the values are frozen dataclasses, safe to share)."""
+        value = decode(raw, kind)
+        if len(self._decoded) >= 1024:
+            self._decoded.clear()
+        self._decoded[raw] = value
+        return value
+
     async def _get(self, key: str) -> tuple[str | None, float]:
         """GET key, or join the same GET another reader already sent: 100 concurrent readers of
         one key send one command and take one pooled connection. Returns the answer and when
@@ -283,7 +295,14 @@ class RedisCache:
             raw = error = None
             asked_at = time.perf_counter()
             try:
-                raw = await self._call(lambda: self.client.get(key))
+                if self._down_until or self._unsent:
+                    raw = await self._call(lambda: self.client.get(key))
+                else:  # the common case, without _call's checks: Redis answered last time
+                    try:
+                        raw = await self.client.get(key)
+                    except (redis.RedisError, OSError) as exc:
+                        self._down_until = time.monotonic() + self.cooldown_seconds
+                        raise CacheUnavailable(type(exc).__name__) from exc
             except CacheUnavailable as exc:
                 error = exc
             except BaseException:
@@ -361,7 +380,9 @@ class RedisCache:
                 pending = tuple(self._unsent)
                 await self._bury(pending)
                 self._unsent.difference_update(pending)
-            return await command()
+            result = await command()
+            self._down_until = 0.0  # Redis answered: the fast path is open again
+            return result
         except (redis.RedisError, OSError) as exc:
             self._down_until = time.monotonic() + self.cooldown_seconds
             raise CacheUnavailable(type(exc).__name__) from exc
