@@ -98,14 +98,14 @@ reads_col, users_col, skew_col = st.columns(3)
 reads = reads_col.slider("Reads", 100, 2000, 500, step=100, key="cache_reads")
 users = users_col.slider("Users", 10, 200, 50, step=10, key="cache_users")
 skew = skew_col.slider("Skew s", 0.0, 2.0, 1.1, step=0.1, key="cache_skew")
-cold = st.checkbox("Start cold (delete these users' keys first)", value=True, key="cache_cold")
+cold = st.checkbox("Start cold (invalidate these users' keys first)", value=True, key="cache_cold")
 update = st.checkbox("Update the hottest user halfway through", value=True, key="cache_update")
 if st.button("Run the Traffic", key="cache_run_traffic"):
     with ui.errors_shown():
         state.cache_traffic = ui.run(
             run_traffic(
                 sessions=db.sessions, cache=ui.redis_cache(fault), users=users, reads=reads, skew=skew,
-                start_cold=cold, update_midway=update,
+                start_cold=cold, update_midway=update, writes_to=ui.redis_cache(),
             ),
             timeout=120,
         )
@@ -141,7 +141,10 @@ mine, everyone = state.cache_my_stats.snapshot(), ui.cache_stats().snapshot()
 st.markdown("**Your reads** (the fetch buttons above, this browser session):")
 cache_views.counts(st, mine)
 cache_views.formula(st, mine)
-st.markdown("**All reads in this server process** (every learner on this server, traffic experiments included):")
+st.markdown(
+    "**All reads in this server process** (every learner on this server, traffic experiments "
+    "included; the strategy comparison keeps its own counts):"
+)
 cache_views.counts(st, everyone)
 
 st.markdown(

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import func, select
 
-from labbench.cache_traffic import ensure_latest_score, run_traffic
+from labbench.cache_traffic import ensure_latest_score, run_traffic, traffic_users
 from labbench.recorder import record
 from labbench.unreachable_redis import unreachable_redis
 from source import (
@@ -524,3 +524,22 @@ async def test_learners_arriving_together_give_the_demo_user_one_score(db, cache
     async with db.sessions() as session:
         scores = await session.scalar(select(func.count()).select_from(AIRScore).where(AIRScore.user_id == jane.id))
     assert scores == 1
+
+
+
+async def test_traffic_with_unreachable_reads_writes_its_update_to_the_labs_redis(db, cache, key_prefix, jane):
+    unreachable = await unreachable_redis("refused")
+    client = cache_client(unreachable.target)
+    reads = RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN)
+    try:
+        result = await run_traffic(
+            sessions=db.sessions, cache=reads, users=5, reads=20, skew=1.0, seed=2, writes_to=cache,
+        )
+    finally:
+        await client.aclose()
+        unreachable.close()
+    assert result.counts.errors == 20  # every read was served from the database
+    hottest = (await traffic_users(db.sessions, count=1))[0]
+    state = await cache.inspect(CachedUserRepository(sessions=db.sessions, cache=cache).user_key(hottest))
+    assert state.tombstone  # the midway update invalidated the lab's Redis
+    assert reads.unsent_invalidations == 0  # and owed nothing to the unreachable one
