@@ -39,6 +39,7 @@ def results(rows: list[StrategyResult], *, in_process: bool) -> None:
         "strategy": [r.name for r in rows],
         "hit ratio": [round(r.hit_ratio, 3) for r in rows],
         "reads that loaded": [r.read_loads for r in rows],
+        "failed open": [r.errors for r in rows],
         "DB statements (all)": [r.statements for r in rows],
         "stale reads": [r.stale_reads for r in rows],
         "newer than DB at start": [r.ahead_reads for r in rows],
@@ -66,7 +67,8 @@ def results(rows: list[StrategyResult], *, in_process: bool) -> None:
     ).resolve_scale(y="independent").properties(width=130, height=160)
     st.altair_chart(chart)
     st.caption(
-        "Stale: the read returned an older version of the row than the database held just before "
+        "Failed open: Redis did not answer within 50 ms (or was skipped during the 1 s after a "
+        "failure), so the read was served from the database. Stale: the read returned an older version of the row than the database held just before "
         "the read started (a second, uncounted connection reads it). Newer than the database: "
         "write-behind's reads of writes not yet flushed, or, for the others, a write that "
         "committed between that check and the read. Statements and Redis commands are counted as "
