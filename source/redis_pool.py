@@ -1,8 +1,8 @@
 """4. A bounded Redis connection pool whose callers wait only when it is full.
 
 redis-py's BlockingConnectionPool takes an asyncio.Condition and starts a timeout on every
-command, even when a connection is free: on this machine that alone made a cache hit about 15%
-slower than a plain GET. Here a free connection is taken at once; only a caller that finds all
+command, even when a connection is free: on this machine that alone made a GET about 17% slower
+than a default client's GET (3000 of each, interleaved); through this pool, about 3%. Here a free connection is taken at once; only a caller that finds all
 `max_connections` in use waits, for at most `timeout` seconds, then gets a ConnectionError.
 """
 
