@@ -33,11 +33,13 @@ import fakeredis
 import redis.asyncio as aioredis
 
 from labbench import loading, pooling
+from labbench.cache_comparison import Workload, compare_strategies
 from labbench.recorder import record
 from labbench.scratch import scratch_postgres
 from labbench.unreachable_redis import unreachable_redis
 from source import Database, User, run_db_setup_and_create_user
 from source.cache import CachedUserRepository, RedisCache, cache_client
+from source.cache_strategies import STRATEGIES
 from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 
@@ -172,12 +174,42 @@ async def timed_alternately(
     first: Callable[[], Awaitable[object]], second: Callable[[], Awaitable[object]], n: int
 ) -> tuple[list[float], list[float]]:
     samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(n):
-        for fn, into in zip((first, second), samples, strict=True):
+    for i in range(n):
+        pairs = tuple(zip((first, second), samples, strict=True))
+        for fn, into in pairs if i % 2 else pairs[::-1]:  # ABBA: neither always goes first
             start = time.perf_counter()
             await fn()
             into.append(time.perf_counter() - start)
     return samples
+
+
+async def hot_key_burst(pair: str, db: Database, cache: RedisCache, user_id: str, bursts: int = 5) -> list[Figure]:
+    """Bursts of 100 concurrent readers of one hot (cached) key: the Redis commands they sent,
+    the database statements, and the reads that failed open (a Redis error served from the
+    database). The commands are counted as the client sends them."""
+    repo = CachedUserRepository(sessions=db.sessions, cache=cache)
+    await asyncio.sleep(cache.cooldown_seconds)  # an earlier timeout's cooldown is over
+    await repo.get_by_id_cached(user_id)  # the key is cached: every read below can hit
+    sent, real = [], cache.client.execute_command
+
+    async def counted(*args, **options):
+        sent.append(args[0])
+        return await real(*args, **options)
+
+    cache.client.execute_command = counted
+    try:
+        with record(db) as log:
+            outcomes = []
+            for _ in range(bursts):
+                lookups = await asyncio.gather(*(repo.get_by_id_cached(user_id) for _ in range(100)))
+                outcomes += [lookup.outcome for lookup in lookups]
+    finally:
+        del cache.client.execute_command
+    return [
+        Figure("cache", pair, "hot-key burst: Redis commands per 100 concurrent reads", len(sent) / bursts, "commands"),
+        Figure("cache", pair, "hot-key burst: database statements per 100 reads", log.count / bursts, "statements"),
+        Figure("cache", pair, "hot-key burst: reads failed open per 100", outcomes.count("error") / bursts, "reads"),
+    ]
 
 
 async def bench_cache(bench: Bench) -> list[Figure]:
@@ -197,13 +229,20 @@ async def bench_cache(bench: Bench) -> list[Figure]:
             repo = CachedUserRepository(sessions=db.sessions, cache=cache)
             pair = f"{name}+{redis_name}"
             await repo.get_by_id_cached(alex.id)
-            # Alternate the two so that noise on this shared machine hits both alike.
+            # The anchor is a plain redis.asyncio client with its defaults (or fakeredis's own
+            # client), GETting the same key; alternate the two so that noise on this shared
+            # machine hits both alike.
             key = repo.user_key(alex.id)
-            anchor, hits = await timed_alternately(
-                lambda client=client, key=key: client.get(key),
-                lambda repo=repo, alex=alex: repo.get_by_id_cached(alex.id),
-                2000,
+            raw = (
+                aioredis.Redis.from_url(target._real_url, decode_responses=True) if target.kind == "server"
+                else fakeredis.FakeAsyncRedis(server=bench.fake_server, decode_responses=True)
             )
+            anchor, hits = await timed_alternately(
+                lambda raw=raw, key=key: raw.get(key),
+                lambda repo=repo, alex=alex: repo.get_by_id_cached(alex.id),
+                3000,
+            )
+            await raw.aclose()
             figures += latency_figures("cache", pair, "raw redis GET of the cached key (anchor)", anchor)
             figures += latency_figures("cache", pair, "cache hit", hits)
             figures.append(Figure("cache", pair, "hit / raw GET (p50)", statistics.median(hits) / statistics.median(anchor), "x"))
@@ -219,6 +258,7 @@ async def bench_cache(bench: Bench) -> list[Figure]:
             with record(db) as log:
                 await asyncio.gather(*(repo.get_by_id_cached(alex.id) for _ in range(100)))
             figures.append(Figure("cache", pair, "database statements for 100 concurrent misses", log.count, "statements"))
+            figures += await hot_key_burst(pair, db, cache, alex.id)
         await client.aclose()
     for name, db in bench.databases.items():
         alex, _ = await run_db_setup_and_create_user(db)
@@ -440,11 +480,59 @@ async def bench_embedded_postgres(bench: Bench, rounds: int = 3) -> list[Figure]
     ]
 
 
+async def bench_cache_strategies(bench: Bench) -> list[Figure]:
+    """Section 4's five strategies on PostgreSQL + Redis (SQLite + fakeredis without them): each
+    strategy's hit against a raw redis.asyncio GET of the same key, interleaved, then one
+    comparison run: a Zipf workload (s = 1.1, 50 users) with 10% of operations writes (11 per 100
+    reads), 32 concurrent readers and a 5 s TTL."""
+    redis_name = "redis" if "redis" in bench.urls else "fakeredis"
+    target = (RedisTarget("server", "bench", "bench", bench.urls["redis"]) if redis_name == "redis"
+              else RedisTarget("embedded", "fakeredis", "bench"))
+    db_name = "postgresql" if "postgresql" in bench.databases else "sqlite"
+    db, pair = bench.databases[db_name], f"{db_name}+{redis_name}"
+    alex, _ = await run_db_setup_and_create_user(db)
+    figures = []
+    for n, strategy_class in enumerate(STRATEGIES):
+        client = cache_client(target, fake_server=bench.fake_server)
+        strategy = strategy_class(sessions=db.sessions, cache=RedisCache(client, prefix=f"{bench.key_prefix}s{n}:"))
+        await strategy.read(alex.id)
+        raw = (aioredis.Redis.from_url(target._real_url, decode_responses=True) if redis_name == "redis"
+               else fakeredis.FakeAsyncRedis(server=bench.fake_server, decode_responses=True))
+        key = strategy.repo.user_key(alex.id)
+        anchor, hits = await timed_alternately(
+            lambda raw=raw, key=key: raw.get(key), lambda s=strategy: s.read(alex.id), 1500
+        )
+        figures.append(Figure("cache-strategies", pair, f"{strategy_class.name}: hit / raw GET (p50)",
+                              statistics.median(hits) / statistics.median(anchor), "x"))
+        await strategy.close()
+        await raw.delete(key)
+        await raw.aclose()
+        await client.aclose()
+    workload = Workload(reads=2000, users=50, skew=1.1, writes_per_100=11, readers=32, ttl_seconds=5, seed=1)
+    for r in await compare_strategies(db=db, target=target, fake_server=bench.fake_server,
+                                      prefix=bench.key_prefix, workload=workload):
+        figures += [
+            Figure("cache-strategies", pair, f"{r.name}: hit ratio", r.hit_ratio, ""),
+            Figure("cache-strategies", pair, f"{r.name}: reads that loaded from the database", r.read_loads, "reads"),
+            Figure("cache-strategies", pair, f"{r.name}: database statements (all)", r.statements, "statements"),
+            Figure("cache-strategies", pair, f"{r.name}: stale reads (checked against the database)", r.stale_reads, "reads"),
+            Figure("cache-strategies", pair, f"{r.name}: reads failed open", r.errors, "reads"),
+            Figure("cache-strategies", pair, f"{r.name}: read p50", r.p50_ms, "ms"),
+            Figure("cache-strategies", pair, f"{r.name}: read p99", r.p99_ms, "ms"),
+            Figure("cache-strategies", pair, f"{r.name}: Redis commands", r.redis_commands, "commands"),
+        ]
+        if r.unflushed_at_end is not None:
+            figures.append(Figure("cache-strategies", pair, f"{r.name}: acknowledged writes not in the database at the end",
+                                  r.unflushed_at_end, "users"))
+    return figures
+
+
 SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "anchors": bench_anchors,
     "n_plus_one": bench_n_plus_one,
     "pooling": bench_pooling,
     "cache": bench_cache,
+    "cache-strategies": bench_cache_strategies,
     "outbox": bench_outbox,
     "embedded_postgres": bench_embedded_postgres,
 }

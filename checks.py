@@ -122,20 +122,56 @@ REPOSITORY = (
 CACHE = (
     Question(
         "Remember",
-        "Which Redis structure stores each cached user here?",
-        ("A list", "A string holding JSON, with a TTL", "A sorted set", "A stream"),
+        "Which Redis structure lets the lab change one field of a user (years_experience) without "
+        "reading and rewriting the others?",
+        ("A string holding JSON", "A hash, with HSET on that field", "A sorted set", "A stream"),
         1,
-        "Cache-aside stores each value under its own key as a JSON string with an expiry; the "
-        "page shows the key, its remaining TTL and the raw JSON.",
+        "The panel of live keys shows both: the cached user is one JSON string, replaced whole; "
+        "the hash holds each field apart, and one HSET changed years_experience alone.",
+    ),
+    Question(
+        "Apply",
+        "With T_cache = 0.2 ms, T_database = 1 ms and a hit ratio of 0.9, what is T_avg?",
+        ("0.2 ms", "0.3 ms", "0.92 ms", "1.2 ms"),
+        1,
+        "T_avg = H·T_cache + (1−H)·(T_cache + T_database) = 0.9·0.2 + 0.1·1.2 = 0.18 + 0.12 = 0.30 ms.",
     ),
     Question(
         "Analyze",
-        "T_cache = 0.2 ms and T_database = 1 ms. Compare two access patterns: one whose reads hit the "
-        "cache 90% of the time, one whose reads hit it 50% of the time. What is T_avg for each?",
-        ("0.30 ms and 0.70 ms", "0.20 ms and 0.60 ms", "0.92 ms and 0.60 ms", "0.30 ms and 0.50 ms"),
-        0,
-        "T_avg = H·T_cache + (1−H)·(T_cache + T_database): 0.9·0.2 + 0.1·1.2 = 0.30 ms, and "
-        "0.5·0.2 + 0.5·1.2 = 0.70 ms. A miss costs the cache lookup and the database read.",
+        "In your comparison with writes, TTL only has stale reads and cache-aside has none. What in "
+        "the two write paths explains it?",
+        ("TTL only sends fewer Redis commands per read",
+         "Cache-aside invalidates the user after each commit; TTL only leaves the old row cached "
+         "until its TTL ends, so reads of a written user return it until then",
+         "Cache-aside reads the database on every read", "TTL only uses a shorter TTL"),
+        1,
+        "Both read the same way; only the write differs. Raise the TTL and TTL only's stale reads "
+        "grow (the old row lives longer); cache-aside's stay at zero in one process.",
+    ),
+    Question(
+        "Analyze",
+        "Raise the writes per 100 reads (say from 10 to 50) and compare cache-aside with "
+        "write-through. What do you expect in the reads that loaded, and why?",
+        ("Both rise alike: every write empties the cache",
+         "Cache-aside's rise more: each write leaves a tombstone, so the next read of that user "
+         "misses and loads; write-through's write puts the new row in Redis, so it hits",
+         "Write-through's rise more: it writes to the database twice", "Neither changes"),
+        1,
+        "A write costs cache-aside one later miss per written key; write-through pays at write "
+        "time instead (one SET). Your table's 'reads that loaded' column shows the gap.",
+    ),
+    Question(
+        "Analyze",
+        "Write-behind shows reads newer than the database and a loss window. What does the loss "
+        "window count, and when would you still choose write-behind?",
+        ("Reads that failed; never",
+         "Acknowledged writes the database did not have yet, which a Redis that loses its memory "
+         "then would lose for good; for data where losing recent writes is acceptable (counters, "
+         "view counts) and write load is high",
+         "Writes the flusher applied twice; for payments", "Keys that expired; always"),
+        1,
+        "Write-behind trades durability for write speed and batching: the database lags the "
+        "cache by up to a flush interval, and what was queued only in Redis is lost with it.",
     ),
     Question(
         "Understand",

@@ -203,7 +203,7 @@ def reset_lab_data() -> lab_data.ResetReport:
     return report
 
 
-def _reset_incomplete(stopped: source.services.ResetIncomplete) -> str:
+def _reset_incomplete(stopped: lab_data.ResetIncomplete) -> str:
     """What a reset that stopped part-way did and did not do, backend by backend."""
     log.warning("reset stopped part-way", exc_info=stopped.cause)
     cause = error_message(stopped.cause)
@@ -219,11 +219,12 @@ def _reset_incomplete(stopped: source.services.ResetIncomplete) -> str:
             "Alex and Jane may be unfinished; Initialize in section 2 restores them.")
 
 
-def forget_cached_latest_score(user_id: str) -> None:
-    """After a score is written outside section 4's repository, delete the cached latest score
-    (commit first, then invalidate, as the cached repository's own writes do)."""
+def forget_cached_latest_score(user_id: str) -> source.cache.Invalidation:
+    """After a score is committed outside section 4's repository (section 3's sample scores,
+    section 5's score): the cached repository decides what it made stale and invalidates it on
+    the lab's Redis."""
     users = source.CachedUserRepository(sessions=database().sessions, cache=redis_cache())
-    run(users.cache.invalidate(users.latest_score_key(user_id)))
+    return run(users.after_write("score", user_id))
 
 
 def reset_resources() -> None:

@@ -155,13 +155,14 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     for step in ("fetch", "fetch", "invalidate", "fetch"):
         if step == "invalidate":
             await learner.click("Invalidate Cache for this User")
-            said = r"Deleted \d+ of \d+ keys" if alone else r"Deleted \d+ of \d+ keys|the delete is queued"
+            done = r"Invalidated both keys \((\d+) held a cached value\)"
+            said = done if alone else done + r"|The invalidation is queued"
             text = (await learner.wait_for("the invalidation", matches(said), allowed_errors=late))[0]
-            if "the delete is queued" in text:
+            if "The invalidation is queued" in text:
                 me.degraded.append("invalidation queued: Redis did not answer in time")
                 continue
-            deleted = re.search(r"Deleted (\d+) of (\d+) keys", text)
-            expect(not alone or int(deleted[1]) >= 1, "invalidating deleted nothing after a cached fetch")
+            removed = re.search(done, text)
+            expect(not alone or int(removed[1]) >= 1, "invalidating removed nothing after a cached fetch")
             continue
         fetches = len(me.outcomes) + 1
         await learner.click("Fetch User (Cached)")

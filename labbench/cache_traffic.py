@@ -57,6 +57,7 @@ class TrafficResult:
     old_years: float | None
     new_years: float | None
     first_read_after_update: Lookup[UserData] | None
+    stores: int = 0  # misses whose value the cache stored (each runs one GET inside its script)
 
 
 async def traffic_users(sessions: async_sessionmaker[AsyncSession], *, count: int) -> list[str]:
@@ -96,9 +97,11 @@ async def run_traffic(
     start_cold: bool = True,
     update_midway: bool = True,
     seed: int | None = None,
+    writes_to: RedisCache | None = None,
 ) -> TrafficResult:
     """`reads` sequential cached reads over `users` users chosen with a Zipf-like skew. With
-    update_midway, the hottest user is updated (and invalidated) halfway through."""
+    update_midway, the hottest user is updated (and invalidated) halfway through, on `writes_to`
+    (the lab's cache when the reads use an unreachable Redis; by default the same cache)."""
     if not 1 <= users <= MAX_TRAFFIC_USERS or not 1 <= reads <= MAX_TRAFFIC_READS or not 0 <= skew <= 3:
         raise InvalidInput(
             f"Choose 1-{MAX_TRAFFIC_USERS} users, 1-{MAX_TRAFFIC_READS} reads and a skew from 0 to 3.",
@@ -107,26 +110,28 @@ async def run_traffic(
     user_ids = await traffic_users(sessions, count=users)
     stats = CacheStats()
     repo = CachedUserRepository(sessions=sessions, cache=cache, stats=stats)
-    if start_cold:
-        await cache.invalidate(*(repo.user_key(user_id) for user_id in user_ids))
+    if start_cold:  # an invalidation is a write: it goes where the writes go
+        await (writes_to or cache).invalidate(*(repo.user_key(user_id) for user_id in user_ids))
     rng = random.Random(seed)
     ranks = rng.choices(range(1, users + 1), weights=zipf_weights(users, skew), k=reads)
     midway = reads // 2 if update_midway else None
     old_years = new_years = first_after = None
     server_before = await keyspace_counts(cache.client)
-    log_reads = []
+    log_reads, stores = [], 0
     for number, rank in enumerate(ranks, start=1):
         lookup = await repo.get_by_id_cached(user_ids[rank - 1])
         log_reads.append(TrafficRead(number, rank, lookup.outcome, lookup.seconds * 1000))
+        stores += lookup.stored
         if rank == 1 and new_years is not None and first_after is None:
             first_after = lookup  # the first read of the updated user: a miss with the new value
         if number == midway:
             async with sessions() as session:
                 old_years = (await UserRepository(session).get_existing(user_ids[0])).years_experience
             new_years = (old_years or 0.0) % 40 + 1  # always a different value
-            await repo.update_user(user_ids[0], years_experience=new_years)
+            writer = repo if writes_to is None else CachedUserRepository(sessions=sessions, cache=writes_to)
+            await writer.update_user(user_ids[0], years_experience=new_years)
     server_after = await keyspace_counts(cache.client)
     server = None
     if server_before is not None and server_after is not None:
         server = (server_after[0] - server_before[0], server_after[1] - server_before[1])
-    return TrafficResult(log_reads, stats.snapshot(), server, midway, old_years, new_years, first_after)
+    return TrafficResult(log_reads, stats.snapshot(), server, midway, old_years, new_years, first_after, stores)

@@ -39,6 +39,7 @@ score_user_id = st.text_input("User ID to add scores for", value=state.user_alex
 if st.button("Add 3 Sample Scores for User", key="add_scores"):
     with ui.errors_shown():
         scores = ui.run(loading.add_sample_scores(db, user_id=score_user_id))
+        ui.forget_cached_latest_score(scores[0].user_id)  # section 4's cache must not serve the old one
         st.success(f"Added {len(scores)} scores (AI-R {', '.join(f'{s.air_score:.2f}' for s in scores)}) in one commit.")
 
 st.subheader("One user: lazy versus eager")

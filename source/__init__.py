@@ -4,7 +4,8 @@ modules in this order:
 models.py          1. the data models
 database.py        2. the engine and its pool, the session factory, the schema to head
 repositories.py    3. the repository pattern (and the N+1 strategies)
-cache.py           4. cache-aside on Redis (redis_setup.py: which Redis)
+cache.py           4. cache-aside on Redis (redis_setup.py: which Redis; redis_pool.py: its pool)
+cache_strategies.py 4. five strategies behind one interface: what a write does to the cache
 single_flight.py   4. one database load for concurrent misses of a key
 cache_stats.py     4. what each cached read reports, and the counters
 outbox.py          5. the transactional outbox relay

@@ -1,5 +1,7 @@
 """4. Cache-aside on Redis. A read asks Redis first; on a miss it reads the database and stores
-the result as JSON with a TTL. A write commits first, then deletes the keys it made stale.
+the result as JSON with a TTL. A write commits first, then invalidates the keys it made stale
+(it replaces them with a short-lived tombstone, so that a reader that loaded the old row cannot
+store it afterwards).
 When Redis fails, reads are served from the database (the cache fails open) and caching
 resumes by itself once Redis answers again.
 
@@ -9,11 +11,14 @@ cache layer counts them in CacheStats: nothing here is guessed by the caller.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeVar
 
@@ -24,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import config
 from .cache_stats import CacheStats, Lookup
+from .database import WRITE_TRANSACTION
 from .errors import clean_id
 from .models import AIRScore, User
 from .redis_setup import RedisTarget, make_redis_client
@@ -33,6 +39,7 @@ from .single_flight import SingleFlight
 
 T = TypeVar("T")
 Outcome = Literal["hit", "miss", "error"]
+Write = Literal["user", "score"]  # what a write changed: a user's row, or their scores
 log = logging.getLogger(__name__)
 
 # Part of every key: when the shape of the cached JSON changes, new code reads fresh keys
@@ -101,30 +108,47 @@ class CacheUnavailable(Exception):
 @dataclass(frozen=True)
 class Invalidation:
     keys: tuple[str, ...]
-    deleted: int | None  # how many keys Redis removed; None if Redis did not answer
-    error: str | None = None  # then the delete is queued and sent when Redis answers again
+    removed: int | None  # how many of the keys held a cached value; None if Redis did not answer
+    error: str | None = None  # then the invalidation is queued (see RedisCache.invalidate)
 
 
 @dataclass(frozen=True)
 class KeyState:
     key: str
-    raw: str | None  # the JSON exactly as stored, None if the key does not exist
+    raw: str | None  # the JSON exactly as stored; None if the key holds no value
     ttl_seconds: int | None  # remaining time to live; None if the key does not exist
+    tombstone: bool = False  # the key holds a write's marker, not a value: a read of it misses
 
 
-POOL_SIZE = 16  # connections the cache's client may open; more concurrent readers queue
+POOL_SIZE = 16  # connections the cache's client may open; more concurrent commands queue
+
+# A write replaces each stale value with a tombstone (this prefix and a unique token) instead of
+# deleting it. A loader stores its row only if the key still holds exactly what its GET saw, so
+# a loader that read the old row before the write committed finds the tombstone and stores
+# nothing, in whichever process it runs.
+TOMBSTONE = "~invalidated:"
+TOMBSTONE_SECONDS = 30
+STORE_DEADLINE_SECONDS = 10.0  # a loader later than this does not store (see read_through)
+
+_STORE_IF_UNCHANGED = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 
 
 def cache_client(target: RedisTarget, *, fake_server: fakeredis.FakeServer | None = None) -> aioredis.Redis:
-    """The cache's client: 50 ms timeouts, no retries, and a bounded pool. Unbounded, a burst of
-    100 concurrent reads opens 100 connections at once, and on a busy machine about half of
-    those handshakes miss the 50 ms timeout; bounded, they queue for a free connection."""
+    """The cache's client: no retries; connect and each reply bounded by 50 ms; at most
+    POOL_SIZE connections, a command that finds them all busy waiting at most 50 ms for one.
+    Unbounded, a burst of 100 concurrent reads opens 100 connections at once, and on a busy
+    machine about half of those handshakes miss the 50 ms timeout."""
     return make_redis_client(target, max_connections=POOL_SIZE, fake_server=fake_server)
 
 
 class RedisCache:
     """Read-through over one Redis client. One per process: every session shares its client,
-    its counters, its in-flight loads and its memory of a failed Redis."""
+    its counters, its in-flight GETs and loads, and its memory of a failed Redis."""
 
     def __init__(
         self,
@@ -145,8 +169,12 @@ class RedisCache:
         self.cooldown_seconds = cooldown_seconds
         self.stats = stats or CacheStats()
         self.flights = SingleFlight()
+        self._gets: dict[str, asyncio.Future] = {}  # GETs in flight, shared by concurrent readers
+        self._store = client.register_script(_STORE_IF_UNCHANGED)
         self._down_until = 0.0  # monotonic time until which Redis is skipped
-        self._unsent_deletes: set[str] = set()
+        self._unsent: set[str] = set()  # keys whose invalidation Redis has not received yet
+        self._writing: dict[str, tuple[int, asyncio.Event]] = {}  # keys being written here, now
+        self._decoded: dict[str, object] = {}  # raw JSON -> its decoded value (see _decode)
 
     def key(self, *parts: str) -> str:
         return ":".join((f"{self.prefix}cache", SCHEMA_VERSION, *parts))
@@ -157,6 +185,11 @@ class RedisCache:
         base = self.ttl_seconds if value is not None else self.missing_ttl_seconds
         return max(1, round(base * random.uniform(1 - self.jitter, 1 + self.jitter)))
 
+    @property
+    def unsent_invalidations(self) -> int:
+        """Keys whose invalidation this process still owes Redis (sent before its next command)."""
+        return len(self._unsent)
+
     async def read_through(
         self,
         key: str,
@@ -165,73 +198,191 @@ class RedisCache:
         kind: type[T],
         stats: CacheStats | None = None,
     ) -> Lookup[T]:
+        if self._writing and key in self._writing:
+            await self._writing[key][1].wait()  # the write's invalidation has landed: read now
         with self.flights.reading(key):
             started = time.perf_counter()
-            error = raw = None
-            # 1. Ask Redis.
+            # 1. Ask Redis (concurrent readers of one key share one GET).
+            error, asked_at = None, started
             try:
-                raw = await self._call(lambda: self.client.get(key))
+                raw, asked_at = await self._get(key)
             except CacheUnavailable as exc:
-                error = str(exc)
+                raw, error = None, str(exc)
             cache_seconds = time.perf_counter() - started
-            if raw is not None:
+            if raw is not None and not raw.startswith(TOMBSTONE):
                 try:
-                    value = decode(raw, kind)
+                    value = self._decoded.get(raw)
+                    if value is None or type(value) is not kind:
+                        value = self._decode(raw, kind)
                 except (ValueError, TypeError):  # unreadable entry: treat as a miss and overwrite it
                     log.warning("ignoring an unreadable cache entry at %s", key)
                 else:
-                    seconds = time.perf_counter() - started
-                    return self._count(Lookup(key, value, "hit", seconds, cache_seconds, 0.0, False), stats)
+                    lookup = Lookup(key, value, "hit", time.perf_counter() - started, cache_seconds, 0.0, False)
+                    return self._count(lookup, stats)
             # 2. Miss, or Redis failed: read the database, once for all concurrent callers.
             load_started = time.perf_counter()
-            value, flight = await self.flights.join(key, load, asked_at=started)
+            value, flight = await self.flights.join(key, load, asked_at=asked_at)
             db_seconds = time.perf_counter() - load_started
-            # 3. The caller that loaded stores the value, unless Redis just failed or a write
-            #    invalidated the key meanwhile (storing the old row would undo the invalidation).
+            # 3. The caller that loaded stores the value only if the key still holds what its
+            #    GET saw: a write since then left a tombstone, and storing the row read before it
+            #    would undo the invalidation. A loader past the deadline does not store at all, so
+            #    the tombstone it would compare with cannot have expired meanwhile.
+            stored, not_stored = False, None
             try:
-                if flight is not None and not flight.stale and error is None:
-                    await self._call(lambda: self.client.set(key, encode(value), ex=self.ttl_for(value)))
+                if flight is None:
+                    pass  # shared another caller's load: that caller stores
+                elif error is not None:
+                    not_stored = "Redis did not answer"
+                elif flight.stale:
+                    not_stored = "a write in this process invalidated the key while it loaded"
+                elif time.perf_counter() - asked_at > STORE_DEADLINE_SECONDS:
+                    not_stored = f"the read took longer than {STORE_DEADLINE_SECONDS:g} s"
+                else:
+                    args = (raw or "", encode(value), self.ttl_for(value))
+                    stored = bool(await self._call(lambda: self._store(keys=(key,), args=args)))
+                    if not stored:
+                        not_stored = "the key changed after this read's GET (a write, or another reader stored first)"
             except CacheUnavailable as exc:
-                error = str(exc)
+                error = not_stored = str(exc)
             finally:
                 if flight is not None:
                     self.flights.land(flight)
-            seconds = time.perf_counter() - started
-            outcome = "error" if error else "miss"
-            return self._count(
-                Lookup(key, value, outcome, seconds, cache_seconds, db_seconds, flight is not None, error), stats
+            lookup = Lookup(
+                key, value, "error" if error else "miss", time.perf_counter() - started, cache_seconds,
+                db_seconds, flight is not None, error, stored, not_stored,
             )
+            return self._count(lookup, stats)
+
+    @asynccontextmanager
+    async def writing(self, *keys: str) -> AsyncIterator[None]:
+        """Wrap a write's commit and its invalidation (or write-through). Until both are done,
+        reads of these keys in this process wait, then read as usual: without this, a read that
+        starts after the commit could still be served the old value from Redis in the moment
+        before the invalidation lands. The wait is part of the read's measured time."""
+        for key in keys:
+            count, done = self._writing.get(key, (0, None))
+            self._writing[key] = (count + 1, done or asyncio.Event())
+            self._gets.pop(key, None)
+        try:
+            yield
+        finally:
+            for key in keys:
+                count, done = self._writing[key]
+                if count > 1:
+                    self._writing[key] = (count - 1, done)
+                else:
+                    del self._writing[key]
+                    done.set()
+
+    def _decode(self, raw: str, kind: type[T]) -> T | None:
+        """Decode a cached value, remembering the last 1024 decoded: a hot key's JSON is parsed
+        once, not on every hit (the values are frozen dataclasses, safe to share)."""
+        value = decode(raw, kind)
+        if len(self._decoded) >= 1024:
+            self._decoded.clear()
+        self._decoded[raw] = value
+        return value
+
+    async def _get(self, key: str) -> tuple[str | None, float]:
+        """GET key, or join the same GET another reader already sent: 100 concurrent readers of
+        one key send one command and take one pooled connection. Returns the answer and when
+        that GET was sent."""
+        pending = self._gets.get(key)
+        if pending is not None:
+            raw, error, asked_at = await asyncio.shield(pending)
+        else:
+            pending = self._gets[key] = asyncio.get_running_loop().create_future()
+            raw = error = None
+            asked_at = time.perf_counter()
+            try:
+                if self._down_until or self._unsent:
+                    raw = await self._call(lambda: self.client.get(key))
+                else:  # the common case, without _call's checks: Redis answered last time
+                    try:
+                        raw = await self.client.get(key)
+                    except (redis.RedisError, OSError) as exc:
+                        self._down_until = time.monotonic() + self.cooldown_seconds
+                        raise CacheUnavailable(type(exc).__name__) from exc
+            except CacheUnavailable as exc:
+                error = exc
+            except BaseException:
+                error = CacheUnavailable("the reader that sent the GET was cancelled")
+                raise
+            finally:
+                pending.set_result((raw, error, asked_at))
+                if self._gets.get(key) is pending:
+                    del self._gets[key]
+        if error is not None:
+            raise error
+        return raw, asked_at
 
     async def invalidate(self, *keys: str) -> Invalidation:
+        """Replace the keys' values with tombstones (see TOMBSTONE). If Redis does not answer,
+        the keys are queued in this process and sent before its next command to this Redis, so
+        that Redis cannot come back with the old values and serve them; a process that stops
+        first loses the queue, and then the old values live until their TTL."""
         for key in keys:
-            self.flights.forget(key)
+            self.flights.forget(key)  # loads in flight may hold the old row: do not store it
+            self._gets.pop(key, None)  # later readers send a GET of their own
         try:
-            deleted = await self._call(lambda: self.client.delete(*keys))
+            removed = await self._call(lambda: self._bury(keys))
         except CacheUnavailable as exc:
-            # Redis may come back with the old values: delete them before anything else is sent.
-            self._unsent_deletes.update(keys)
+            self._unsent.update(keys)
             return Invalidation(keys, None, str(exc))
-        return Invalidation(keys, deleted)
+        return Invalidation(keys, removed)
+
+    async def put(self, key: str, value: UserData | ScoreData | None, *, expect: str | None = None) -> bool:
+        """Store value under key. Without `expect` (a write-through after its commit) it replaces
+        whatever is there, and loads in flight must not store over it; if Redis does not answer,
+        the key is queued for invalidation like a write's. With `expect` (a background refresh)
+        it stores only if the key still holds exactly `expect`. True if it stored."""
+        encoded, ttl = encode(value), self.ttl_for(value)
+        if expect is not None:
+            try:
+                return bool(await self._call(lambda: self._store(keys=(key,), args=(expect, encoded, ttl))))
+            except CacheUnavailable:
+                return False
+        self.flights.forget(key)
+        self._gets.pop(key, None)
+        try:
+            await self._call(lambda: self.client.set(key, encoded, ex=ttl))
+        except CacheUnavailable:
+            self._unsent.add(key)
+            return False
+        return True
+
+    async def _bury(self, keys: Iterable[str]) -> int:
+        token = f"{TOMBSTONE}{uuid.uuid4().hex}"
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, token, ex=TOMBSTONE_SECONDS, get=True)
+            old = await pipe.execute()
+        return sum(raw is not None and not raw.startswith(TOMBSTONE) for raw in old)
 
     async def inspect(self, key: str) -> KeyState:
         """The key as Redis holds it (raises a RedisError if Redis does not answer)."""
         async with self.client.pipeline(transaction=False) as pipe:
             raw, ttl = await pipe.get(key).ttl(key).execute()
+        if raw is not None and raw.startswith(TOMBSTONE):
+            return KeyState(key, None, ttl if ttl >= 0 else None, tombstone=True)
         return KeyState(key, raw, ttl if ttl >= 0 else None)
 
     async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
         """One Redis command, failing fast. The client's own timeouts bound a slow Redis; after a
         failure, Redis is skipped for cooldown_seconds so a dead server costs nothing per read,
         and then tried again: that is how caching resumes by itself."""
-        remaining = self._down_until - time.monotonic()
-        if remaining > 0:
-            raise CacheUnavailable(f"skipped: Redis failed {self.cooldown_seconds - remaining:.1f} s ago")
+        if self._down_until:
+            remaining = self._down_until - time.monotonic()
+            if remaining > 0:
+                raise CacheUnavailable(f"skipped: Redis failed {self.cooldown_seconds - remaining:.1f} s ago")
         try:
-            if self._unsent_deletes:
-                pending = tuple(self._unsent_deletes)
-                await self.client.delete(*pending)
-                self._unsent_deletes.difference_update(pending)
-            return await command()
+            if self._unsent:
+                pending = tuple(self._unsent)
+                await self._bury(pending)
+                self._unsent.difference_update(pending)
+            result = await command()
+            self._down_until = 0.0  # Redis answered: the fast path is open again
+            return result
         except (redis.RedisError, OSError) as exc:
             self._down_until = time.monotonic() + self.cooldown_seconds
             raise CacheUnavailable(type(exc).__name__) from exc
@@ -301,9 +452,20 @@ class CachedUserRepository:
         user_id = clean_id(user_id, label="user ID")
         return await self.cache.invalidate(self.user_key(user_id), self.latest_score_key(user_id))
 
-    # Writes commit first and invalidate after: deleting before the commit would let a reader
-    # put the old row back in between. Across processes a reader that loaded just before the
-    # commit can still store the old row; the TTL bounds how long it lives.
+    # What a write makes stale is decided here and nowhere else: every write in the lab (this
+    # repository's, section 3's sample scores, section 5's score with its event) calls after_write.
+    # A user's row is cached under user_key; the latest score under latest_score_key, which a new
+    # score replaces. Editing a user does not change their scores, and a score does not change
+    # the user's row.
+
+    def stale_after(self, write: Write, user_id: str) -> tuple[str, ...]:
+        return (self.user_key(user_id),) if write == "user" else (self.latest_score_key(user_id),)
+
+    async def after_write(self, write: Write, user_id: str) -> Invalidation:
+        """Call after the write committed: invalidating before the commit would let a reader
+        cache the old row again. Across processes the tombstone (see TOMBSTONE) keeps a reader
+        that loaded the old row before the commit from storing it."""
+        return await self.cache.invalidate(*self.stale_after(write, clean_id(user_id, label="user ID")))
 
     async def update_user(
         self,
@@ -313,16 +475,21 @@ class CachedUserRepository:
         occupation_code: str | None = None,
         years_experience: float | None = None,
     ) -> tuple[UserData, Invalidation]:
-        async with self.sessions.begin() as session:
-            user = await UserRepository(session).update(
-                user_id, name=name, occupation_code=occupation_code, years_experience=years_experience
-            )
-        return UserData.from_model(user), await self.cache.invalidate(self.user_key(user.id))
+        user_id = clean_id(user_id, label="user ID")
+        async with self.cache.writing(*self.stale_after("user", user_id)):
+            async with self.sessions.begin() as session:
+                await session.connection(execution_options=WRITE_TRANSACTION)  # reads, then writes
+                user = await UserRepository(session).update(
+                    user_id, name=name, occupation_code=occupation_code, years_experience=years_experience
+                )
+            return UserData.from_model(user), await self.after_write("user", user.id)
 
     async def add_score(self, user_id: str, *, occupation_code: str) -> tuple[ScoreData, Invalidation]:
         """A new AI-R score (with its outbox event, as in section 5); the cached latest score is
-        deleted."""
-        score, _event = await calculate_and_store_airscore(
-            sessions=self.sessions, user_id=user_id, occupation_code=occupation_code
-        )
-        return ScoreData.from_model(score), await self.cache.invalidate(self.latest_score_key(score.user_id))
+        invalidated."""
+        user_id = clean_id(user_id, label="user ID")
+        async with self.cache.writing(*self.stale_after("score", user_id)):
+            score, _event = await calculate_and_store_airscore(
+                sessions=self.sessions, user_id=user_id, occupation_code=occupation_code
+            )
+            return ScoreData.from_model(score), await self.after_write("score", score.user_id)

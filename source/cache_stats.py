@@ -4,14 +4,14 @@ nothing here is guessed by the caller."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 Outcome = Literal["hit", "miss", "error"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Lookup(Generic[T]):
     key: str
     value: T | None
@@ -21,6 +21,8 @@ class Lookup(Generic[T]):
     db_seconds: float  # spent loading from the database, or waiting for another caller's load
     loaded: bool  # this call ran the database query (a miss may instead share another's load)
     error: str | None = None
+    stored: bool = False  # this call stored the value in Redis (only the caller that loaded may)
+    not_stored: str | None = None  # why a caller that loaded did not store its value
 
 
 @dataclass(frozen=True)
@@ -60,34 +62,43 @@ class CacheCounts:
     def t_avg_measured(self) -> float:
         return self.total_seconds / self.requests if self.requests else 0.0
 
-    def plus(self, lookup: Lookup) -> CacheCounts:
-        return replace(
-            self,
-            hits=self.hits + (lookup.outcome == "hit"),
-            misses=self.misses + (lookup.outcome == "miss"),
-            errors=self.errors + (lookup.outcome == "error"),
-            db_loads=self.db_loads + lookup.loaded,
-            cache_seconds=self.cache_seconds + (lookup.cache_seconds if lookup.outcome != "error" else 0.0),
-            db_seconds=self.db_seconds + (lookup.db_seconds if lookup.loaded else 0.0),
-            total_seconds=self.total_seconds + lookup.seconds,
-        )
-
 
 class CacheStats:
     """Counters kept by the cache layer. Reads are counted on the event loop's thread and shown
-    from the page's, so the counts are one immutable value swapped under a lock."""
+    from the page's; a snapshot is taken under the same lock, so it never mixes two reads' halves.
+    Counting is a few integer additions: no object is built per read."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts = CacheCounts()
+        self._zero()
+
+    def _zero(self) -> None:
+        self._hits = self._misses = self._errors = self._db_loads = 0
+        self._cache_seconds = self._db_seconds = self._total_seconds = 0.0
 
     def record(self, lookup: Lookup) -> None:
+        outcome = lookup.outcome
         with self._lock:
-            self._counts = self._counts.plus(lookup)
+            if outcome == "hit":
+                self._hits += 1
+                self._cache_seconds += lookup.cache_seconds
+            elif outcome == "miss":
+                self._misses += 1
+                self._cache_seconds += lookup.cache_seconds
+            else:
+                self._errors += 1
+            if lookup.loaded:
+                self._db_loads += 1
+                self._db_seconds += lookup.db_seconds
+            self._total_seconds += lookup.seconds
 
     def snapshot(self) -> CacheCounts:
-        return self._counts
+        with self._lock:
+            return CacheCounts(
+                self._hits, self._misses, self._errors, self._db_loads,
+                self._cache_seconds, self._db_seconds, self._total_seconds,
+            )
 
     def reset(self) -> None:
         with self._lock:
-            self._counts = CacheCounts()
+            self._zero()

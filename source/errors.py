@@ -88,8 +88,13 @@ def clean_years(value: float | None) -> float | None:
     return float(value)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
 def clean_id(value: str | None, *, label: str = "ID") -> str:
     """A canonical UUID string, or InvalidInput for anything that is not one."""
+    if isinstance(value, str) and _CANONICAL_UUID(value):
+        return value  # already canonical (every ID the lab hands out): no parsing per read
     text = (value or "").strip()
     if not text:
         raise InvalidInput(f"Enter a {label}.", field="id")

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
 from . import config
+from .redis_pool import BoundedPool
 
 # One in-process "server" per process: every embedded client shares its data, the way
 # every client of a real server does.
@@ -67,8 +68,9 @@ def make_redis_client(
 ) -> aioredis.Redis:
     """An asyncio client. Timeouts and retries are explicit: redis-py's defaults retry for
     seconds, far too long for a cache that must fail open. Pass timeout=None for blocking reads;
-    fake_server (tests) replaces the process-wide embedded server. max_connections bounds the
-    pool (callers then wait up to `timeout` for a free connection): without a bound, a burst of
+    fake_server (tests) replaces the process-wide embedded server. `timeout` bounds the connect
+    and each reply separately. max_connections bounds the pool (a command that finds every
+    connection busy waits up to `timeout` for one, see BoundedPool): without a bound, a burst of
     concurrent commands opens one new connection each, and on a busy machine many of those
     handshakes miss a 50 ms timeout."""
     if target.kind == "embedded":
@@ -81,7 +83,7 @@ def make_redis_client(
         retry_on_timeout=False,
     )
     if max_connections is not None:
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = BoundedPool.from_url(
             target._real_url, max_connections=max_connections, timeout=timeout, **options
         )
         return aioredis.Redis.from_pool(pool)

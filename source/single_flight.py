@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,6 +19,25 @@ class _Flight:
     landed_at: float | None = None  # when the loading caller finished storing its value
 
 
+class _Reading:
+    """SingleFlight.reading's context manager: a plain class, cheaper per read than a generator."""
+
+    __slots__ = ("flights", "key")
+
+    def __init__(self, flights: SingleFlight, key: str) -> None:
+        self.flights, self.key = flights, key
+
+    def __enter__(self) -> None:
+        self.flights._readers[self.key] += 1
+
+    def __exit__(self, *exc_info) -> None:
+        readers = self.flights._readers
+        readers[self.key] -= 1
+        if not readers[self.key]:
+            del readers[self.key]
+            self.flights._flights.pop(self.key, None)
+
+
 class SingleFlight:
     """Concurrent misses on one key share one database load. This holds within one process
     (one event loop): each app process still loads once on its own."""
@@ -28,17 +46,9 @@ class SingleFlight:
         self._flights: dict[str, _Flight] = {}
         self._readers: Counter[str] = Counter()
 
-    @contextmanager
-    def reading(self, key: str) -> Iterator[None]:
+    def reading(self, key: str) -> _Reading:
         """Wraps a whole read of key: a load is kept until the last read that overlapped it ends."""
-        self._readers[key] += 1
-        try:
-            yield
-        finally:
-            self._readers[key] -= 1
-            if not self._readers[key]:
-                del self._readers[key]
-                self._flights.pop(key, None)
+        return _Reading(self, key)
 
     async def join(self, key: str, load: Callable[[], Awaitable[T]], *, asked_at: float) -> tuple[T, _Flight | None]:
         """The loaded value, and the flight if this caller started it (it stores the value, then

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import func, select
 
-from labbench.cache_traffic import ensure_latest_score, run_traffic
+from labbench.cache_traffic import ensure_latest_score, run_traffic, traffic_users
 from labbench.recorder import record
 from labbench.unreachable_redis import unreachable_redis
 from source import (
@@ -23,8 +25,9 @@ from source import (
     RedisCache,
     run_db_setup_and_create_user,
 )
-from source.cache import UserData, cache_client
+from source.cache import TOMBSTONE_SECONDS, UserData, cache_client
 from source.redis_setup import RedisTarget
+from source.repositories import UserRepository
 
 COOLDOWN = 0.2  # seconds a failed Redis is skipped in these tests (the app uses 1 s)
 BOUND = 0.25  # a read while Redis is down, generously; redis-py's defaults take seconds or hang
@@ -126,9 +129,12 @@ async def test_updating_a_user_invalidates_the_cached_user(db, cache, redis_clie
     repo = repository(db, cache)
     await repo.get_by_id_cached(jane.id)
     updated, invalidation = await repo.update_user(jane.id, years_experience=9)
-    assert invalidation.deleted == 1 and await redis_client.get(repo.user_key(jane.id)) is None
+    assert invalidation.removed == 1
+    state = await cache.inspect(repo.user_key(jane.id))
+    assert state.tombstone and state.raw is None and 0 < state.ttl_seconds <= TOMBSTONE_SECONDS
     after = await repo.get_by_id_cached(jane.id)
     assert after.outcome == "miss" and after.value.years_experience == 9 == updated.years_experience
+    assert after.stored and (await repo.get_by_id_cached(jane.id)).outcome == "hit"  # it replaced the tombstone
 
 
 async def test_adding_a_score_invalidates_the_cached_latest_score(db, cache, jane):
@@ -145,7 +151,8 @@ async def test_invalidate_user_cache_deletes_the_user_and_the_latest_score(db, c
     await repo.add_score(jane.id, occupation_code="15-2051")
     await repo.get_by_id_cached(jane.id)
     await repo.get_latest_score_cached(jane.id)
-    assert (await repo.invalidate_user_cache(jane.id)).deleted == 2
+    assert (await repo.invalidate_user_cache(jane.id)).removed == 2
+    assert (await repo.invalidate_user_cache(jane.id)).removed == 0  # tombstones are not values
     user, score = await repo.get_by_id_cached(jane.id), await repo.get_latest_score_cached(jane.id)
     assert (user.outcome, score.outcome) == ("miss", "miss")
 
@@ -173,36 +180,153 @@ async def test_a_load_that_began_before_a_write_does_not_store_the_old_row(db, c
     await started.wait()
     await cache.invalidate(key)  # a write committed while the reader was loading
     release.set()
-    assert (await reader).value == old  # the reader gets what it read...
-    assert await redis_client.get(key) is None  # ...but does not put it back in the cache
+    lookup = await reader
+    assert lookup.value == old  # the reader gets what it read...
+    assert not lookup.stored and "invalidated" in lookup.not_stored  # ...but does not put it back
+    assert (await cache.inspect(key)).tombstone
+
+
+class OtherProcessReader:
+    """A cached read of one user, in another process, whose load has read the row and waits
+    for `go`. On PostgreSQL + Redis it is a real second process (tests/cache_race_reader.py);
+    the embedded fakeredis lives inside one process, so there it is a second RedisCache on the
+    same fake server, sharing nothing in memory with the test's cache (no single flight, no
+    in-process stale flag): what another process would share, which is only Redis."""
+
+    @classmethod
+    async def start(cls, *, redis_kind, db, db_url, redis_target, fake_server, key_prefix, user_id):
+        self = cls()
+        if redis_kind == "redis":
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).with_name("cache_race_reader.py")),
+                db_url, redis_target._real_url, key_prefix, user_id,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+            assert (await asyncio.wait_for(self.proc.stdout.readline(), 30)).strip() == b"loaded"
+            return self
+        self.proc, self.client = None, cache_client(redis_target, fake_server=fake_server)
+        other = RedisCache(self.client, prefix=key_prefix)
+        loaded, self.go = asyncio.Event(), asyncio.Event()
+
+        async def load() -> UserData:
+            async with db.sessions() as session:
+                row = UserData.from_model(await UserRepository(session).get_existing(user_id))
+            loaded.set()
+            await self.go.wait()
+            return row
+
+        key = CachedUserRepository(sessions=db.sessions, cache=other).user_key(user_id)
+        self.task = asyncio.create_task(other.read_through(key, load=load, kind=UserData))
+        await loaded.wait()
+        return self
+
+    async def finish(self) -> dict:
+        if self.proc is not None:
+            out, _ = await asyncio.wait_for(self.proc.communicate(b"go\n"), 30)
+            assert self.proc.returncode == 0
+            return json.loads(out.splitlines()[-1])
+        self.go.set()
+        lookup = await self.task
+        await self.client.aclose()
+        return {"outcome": lookup.outcome, "loaded": lookup.loaded, "stored": lookup.stored,
+                "not_stored": lookup.not_stored, "years_experience": lookup.value.years_experience}
+
+
+async def test_a_reader_in_another_process_that_loaded_the_old_row_does_not_store_it(
+    db, db_url, cache, redis_kind, redis_target, fake_server, key_prefix, jane
+):
+    repo = repository(db, cache)
+    other = await OtherProcessReader.start(
+        redis_kind=redis_kind, db=db, db_url=db_url, redis_target=redis_target, fake_server=fake_server,
+        key_prefix=key_prefix, user_id=jane.id,
+    )  # it missed and has read years_experience 5 from the database
+    _, invalidation = await repo.update_user(jane.id, years_experience=21)  # commit, then invalidate
+    seen = await other.finish()
+    assert (seen["outcome"], seen["loaded"], seen["years_experience"]) == ("miss", True, 5.0)
+    assert not seen["stored"] and seen["not_stored"].startswith("the key changed")  # Redis refused it
+    after = await repo.get_by_id_cached(jane.id)
+    assert after.outcome == "miss" and after.value.years_experience == 21 and after.stored
 
 
 # --- single flight -------------------------------------------------------------------------
 
 
-async def test_a_hundred_concurrent_misses_load_from_the_database_once(db, cache, jane):
+def count_commands(cache, monkeypatch) -> list[str]:
+    """The names of the commands the cache's client sends (pipelines excepted), as sent."""
+    sent, real = [], cache.client.execute_command
+
+    async def counted(*args, **options):
+        sent.append(str(args[0]).upper())
+        return await real(*args, **options)
+
+    monkeypatch.setattr(cache.client, "execute_command", counted)
+    return sent
+
+
+async def test_a_hundred_concurrent_misses_send_one_get_and_load_from_the_database_once(db, cache, jane, monkeypatch):
     repo = repository(db, cache)
+    sent = count_commands(cache, monkeypatch)
     with record(db) as sql:
         lookups = await asyncio.gather(*(repo.get_by_id_cached(jane.id) for _ in range(100)))
-    assert sql.count == 1
+    assert sql.count == 1 and sent.count("GET") == 1
     assert sum(lookup.loaded for lookup in lookups) == 1 == cache.stats.snapshot().db_loads
-    # Most miss and share the one load; a GET that queued for a connection until after the SET
-    # hits (and on a busy machine a GET past its 50 ms is an "error" that shares the load too).
+    # They shared one GET, so the 99 that did not load share its answer: all miss (or, if that
+    # one GET missed its 50 ms on a busy machine, all are served from the database); the loader's
+    # own outcome is an error instead if its store missed the 50 ms. All get the same row.
+    shared = {lookup.outcome for lookup in lookups if not lookup.loaded}
+    assert len(shared) == 1 and shared <= {"miss", "error"}
     assert all(lookup.value == lookups[0].value for lookup in lookups)
-    assert sum(lookup.outcome == "miss" for lookup in lookups) > 1
+    assert sum(lookup.stored for lookup in lookups) <= 1
+
+
+async def test_a_hundred_concurrent_hits_send_one_get(db, cache, jane, monkeypatch):
+    repo = repository(db, cache)
+    await repo.get_by_id_cached(jane.id)
+    sent = count_commands(cache, monkeypatch)
+    lookups = await asyncio.gather(*(repo.get_by_id_cached(jane.id) for _ in range(100)))
+    assert sent == ["GET"]
+    assert len({lookup.outcome for lookup in lookups}) == 1 and lookups[0].outcome in ("hit", "error")
+    assert cache.stats.snapshot().requests == 101
+
+
+async def test_a_read_after_an_invalidation_does_not_join_a_get_sent_before_it(db, cache, jane, monkeypatch):
+    repo = repository(db, cache)
+    await repo.get_by_id_cached(jane.id)
+    real_get = cache.client.get
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_get(name):  # Redis answers this GET with the old row, late
+        value = await real_get(name)
+        asked.set()
+        await answer.wait()
+        return value
+
+    monkeypatch.setattr(cache.client, "get", slow_get)
+    early = asyncio.create_task(repo.get_by_id_cached(jane.id))
+    await asked.wait()
+    monkeypatch.setattr(cache.client, "get", real_get)
+    _, invalidation = await repo.update_user(jane.id, years_experience=12)
+    late = await repo.get_by_id_cached(jane.id)  # started after the write: sends its own GET
+    answer.set()
+    assert (await early).value.years_experience == 5.0  # began before the write: the old row
+    assert late.outcome == "miss" and late.value.years_experience == 12 and invalidation.removed == 1
 
 
 async def test_a_reader_whose_get_ran_before_the_set_shares_the_load_that_landed(cache, jane, monkeypatch):
-    loads = []
+    loads, loading, finish = [], asyncio.Event(), asyncio.Event()
 
     async def load() -> UserData:
         loads.append(1)
+        loading.set()
+        await finish.wait()
         return UserData.from_model(jane)
 
     key, real_get = f"{cache.prefix}straggler", cache.client.get
+    first = asyncio.create_task(cache.read_through(key, load=load, kind=UserData))
+    await loading.wait()  # the first reader's GET missed; it is loading
     asked, answer = asyncio.Event(), asyncio.Event()
 
-    async def late_answer(name):  # Redis runs this GET now; its answer arrives late
+    async def late_answer(name):  # Redis runs this GET now (a miss); its answer arrives late
         value = await real_get(name)
         asked.set()
         await answer.wait()
@@ -212,10 +336,12 @@ async def test_a_reader_whose_get_ran_before_the_set_shares_the_load_that_landed
     straggler = asyncio.create_task(cache.read_through(key, load=load, kind=UserData))
     await asked.wait()
     monkeypatch.setattr(cache.client, "get", real_get)
-    first = await cache.read_through(key, load=load, kind=UserData)  # misses, loads, stores
+    finish.set()
+    first = await first  # loads, stores, lands
     answer.set()
     late = await straggler  # it missed too, but before the SET: it takes the landed load
-    assert len(loads) == 1 and (first.outcome, late.outcome) == ("miss", "miss") and not late.loaded
+    assert len(loads) == 1 and (first.outcome, late.outcome) == ("miss", "miss")
+    assert first.stored and not late.loaded
 
 
 # --- counters ------------------------------------------------------------------------------
@@ -341,11 +467,13 @@ async def test_a_write_while_redis_is_down_is_not_undone_when_redis_returns(db, 
     await repo.get_by_id_cached(jane.id)
     outage.cut()
     _, invalidation = await repo.update_user(jane.id, years_experience=11)
-    assert invalidation.deleted is None and invalidation.error
+    assert invalidation.removed is None and invalidation.error
+    assert outage.cache.unsent_invalidations == 1
     outage.restore()
     await asyncio.sleep(COOLDOWN)
-    after = await repo.get_by_id_cached(jane.id)  # the queued delete went first
+    after = await repo.get_by_id_cached(jane.id)  # the queued invalidation went first
     assert after.outcome == "miss" and after.value.years_experience == 11
+    assert outage.cache.unsent_invalidations == 0
 
 
 @pytest.mark.parametrize("kind", ["refused", "hung"])
@@ -380,9 +508,12 @@ async def test_traffic_over_skewed_users_hits_mostly_and_the_update_is_seen(db, 
     after = result.first_read_after_update
     assert after.outcome == "miss" and after.value.years_experience == result.new_years != result.old_years
     if redis_kind == "redis":
-        # The server counts every client's reads; other clients may add to them.
+        # Redis counts a lookup for every GET the cache sent and for the GET inside each store's
+        # compare-and-set (a tombstone is a key: reading it is a keyspace hit); other clients
+        # of the server may add to them.
         hits, misses = result.server
-        assert hits >= counts.hits and misses >= counts.misses
+        assert result.stores == counts.misses  # sequential reads: each miss loaded and stored
+        assert hits + misses >= counts.requests + result.stores
     else:
         assert result.server is None  # fakeredis keeps no server statistics
 
@@ -393,3 +524,22 @@ async def test_learners_arriving_together_give_the_demo_user_one_score(db, cache
     async with db.sessions() as session:
         scores = await session.scalar(select(func.count()).select_from(AIRScore).where(AIRScore.user_id == jane.id))
     assert scores == 1
+
+
+
+async def test_traffic_with_unreachable_reads_writes_its_update_to_the_labs_redis(db, cache, key_prefix, jane):
+    unreachable = await unreachable_redis("refused")
+    client = cache_client(unreachable.target)
+    reads = RedisCache(client, prefix=key_prefix, cooldown_seconds=COOLDOWN)
+    try:
+        result = await run_traffic(
+            sessions=db.sessions, cache=reads, users=5, reads=20, skew=1.0, seed=2, writes_to=cache,
+        )
+    finally:
+        await client.aclose()
+        unreachable.close()
+    assert result.counts.errors == 20  # every read was served from the database
+    hottest = (await traffic_users(db.sessions, count=1))[0]
+    state = await cache.inspect(CachedUserRepository(sessions=db.sessions, cache=cache).user_key(hottest))
+    assert state.tombstone  # the midway update invalidated the lab's Redis
+    assert reads.unsent_invalidations == 0  # and owed nothing to the unreachable one

@@ -10,19 +10,55 @@ import pandas as pd
 import streamlit as st
 
 from labbench.cache_traffic import TrafficResult
-from source.cache import KeyState
+from source.cache import Invalidation, KeyState
 from source.cache_stats import CacheCounts, Lookup
 
+FAULT_NOTE = (
+    "The unreachable choices divert only your reads: everyone else's reads, and every write "
+    "(yours too), use the lab's Redis. The client never retries, and each step of a Redis call "
+    "is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
+    "read that meets all three can wait longer before it falls back). After a failure the cache "
+    "skips Redis for 1 s, then tries again, so caching resumes by itself."
+)
+KEEP_TRUE = (
+    "A write commits first, then replaces each key it made stale with a *tombstone* that lives "
+    "30 s; the next read misses, loads the new row and stores it in the tombstone's place. "
+    "(Invalidating before the commit would let a reader cache the old row again.) A reader that "
+    "loaded the old row just before the commit, in this process or another, stores it only if the "
+    "key still holds what its own GET saw: the tombstone is not that, so it stores nothing. "
+    "The old row can still be stored only by a store that reaches Redis more than 20 s after it "
+    "was sent. And between a commit and its invalidation, a read in another process can still be "
+    "served the old value (in this process, reads of a key being written go to the database "
+    "until the invalidation lands)."
+)
 
-def lookup(where, lookup: Lookup) -> None:
+
+def invalidation(where, done: Invalidation, success: str) -> None:
+    if done.removed is None:
+        where.warning(
+            f"The write committed, but the lab's Redis did not answer ({done.error}). The invalidation is "
+            "queued in this server process and sent before its next command to that Redis; until "
+            "then that Redis may still serve the old value, and if this process stops first, the "
+            "old value lives until its TTL (at most 330 s)."
+        )
+    else:
+        where.success(success)
+
+
+def lookup(where, lookup: Lookup, *, in_process: bool = False) -> None:
     ms = lookup.seconds * 1000
     if lookup.outcome == "hit":
-        where.success(f"**HIT** · {ms:.2f} ms, from Redis")
+        where.success(f"**HIT** · {ms:.2f} ms, from Redis{' (in-process fakeredis, no network)' if in_process else ''}")
     elif lookup.outcome == "miss":
-        shared = "" if lookup.loaded else " (shared another reader's load)"
+        if not lookup.loaded:
+            then = " (shared another reader's load, which stores it)"
+        elif lookup.stored:
+            then = ", then stored in Redis"
+        else:
+            then = f", not stored in Redis: {lookup.not_stored}"
         where.info(
             f"**MISS** · {ms:.2f} ms: Redis GET {lookup.cache_seconds * 1000:.2f} ms, database "
-            f"{lookup.db_seconds * 1000:.2f} ms{shared}, then stored in Redis"
+            f"{lookup.db_seconds * 1000:.2f} ms{then}"
         )
     else:
         where.warning(f"**ERROR → served from the database** · {ms:.2f} ms (Redis: {lookup.error})")
@@ -53,17 +89,24 @@ def formula(where, counts: CacheCounts) -> None:
     where.caption(
         f"T_cache = {tc:.3f} ms (mean Redis GET), T_database = {td:.3f} ms (mean database load), "
         f"both measured. The measured mean read took **{counts.t_avg_measured * 1000:.3f} ms**: a miss "
-        "also pays the SET and the JSON work, and failed reads are not in the formula."
+        "also pays the store (a compare-and-set script) and the JSON work, and failed reads are not in the formula."
     )
 
 
 def key_states(states: tuple[KeyState, ...]) -> None:
     for key_state in states:
         st.code(key_state.key, language=None)
-        if key_state.raw is None:
+        if key_state.tombstone:
+            st.caption(
+                f"A write's tombstone, gone in {key_state.ttl_seconds} s: the next read misses, loads the "
+                "row and replaces it (a reader that loaded before the write cannot: its store "
+                "expects what its own GET saw)."
+            )
+        elif key_state.raw is None:
             st.caption("Not in Redis: the next read of it is a miss.")
         else:
-            st.caption(f"Expires in {key_state.ttl_seconds} s (a 300 s TTL with ±10% jitter). Stored as:")
+            base = 30 if key_state.raw == "null" else 300
+            st.caption(f"Expires in {key_state.ttl_seconds} s (a {base} s TTL with ±10% jitter). Stored as:")
             st.code(key_state.raw, language="json", wrap_lines=True)
 
 
@@ -86,17 +129,16 @@ def traffic_result(traffic: TrafficResult) -> None:
             "statistics (or Redis did not answer)."
         )
     else:
-        st.dataframe(
-            pd.DataFrame({
-                "": ["hits", "misses"],
-                "cache layer (this experiment)": [traffic.counts.hits, traffic.counts.misses],
-                "Redis INFO keyspace_hits / keyspace_misses (change)": list(traffic.server),
-            }),
-            hide_index=True,
+        ours = traffic.counts.requests + traffic.stores
+        st.markdown(
+            f"Redis's own counters (INFO keyspace_hits + keyspace_misses) rose by **{sum(traffic.server)}**. "
+            f"The cache sent **{traffic.counts.requests}** GETs (one per read) and **{traffic.stores}** "
+            f"stores, each with one GET inside its compare-and-set: **{ours}** key lookups."
         )
         st.caption(
-            "Redis counts every client's reads. The two columns agree when this experiment is the only "
-            "thing reading that Redis; other learners' reads at the same time add to Redis's column."
+            "Redis counts every key lookup by every client, and reading a tombstone is a hit for "
+            "Redis but a miss for the cache, so only the totals compare. They agree when this "
+            "experiment is the only thing reading that Redis; other learners' reads add to Redis's."
         )
     frame = pd.DataFrame(asdict(read) for read in traffic.reads)
     points = alt.Chart(frame).mark_circle(size=18).encode(
