@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import config
+from .database import WRITE_TRANSACTION
 from .errors import InvalidInput, clean_id
 from .models import AIRScore, User
 from .redis_setup import RedisTarget, make_redis_client
@@ -460,6 +461,7 @@ class CachedUserRepository:
         years_experience: float | None = None,
     ) -> tuple[UserData, Invalidation]:
         async with self.sessions.begin() as session:
+            await session.connection(execution_options=WRITE_TRANSACTION)  # reads the user, then writes
             user = await UserRepository(session).update(
                 user_id, name=name, occupation_code=occupation_code, years_experience=years_experience
             )
