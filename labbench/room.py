@@ -529,3 +529,35 @@ async def check_database(database_url: str, walked: list[Walked]) -> list[str]:
     finally:
         await db.dispose()
     return problems
+
+
+# --- what one rerun of each page costs the server ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageCost:
+    page: str
+    cpu_seconds: float  # the server process's CPU time per rerun (all its threads)
+    wall_p50: float  # rerun request -> script_finished, median
+
+
+async def page_rerun_costs(url: str, server_pid: int, *, reruns: int = 20, timeout: float = 60.0) -> list[PageCost]:
+    """One learner alone on the server: initialise (section 2), then for each page open it once
+    (its first-visit work, e.g. section 4's demo score, is not counted), then rerun it `reruns`
+    times with no widget changed and divide the server's CPU time by `reruns`."""
+    costs = []
+    async with Session(url, 0, timeout=timeout) as session:
+        await session.open()
+        await session.go("2. DB Connectivity & Pooling")
+        await session.click("init_db")
+        pages = [("Introduction", session.shown.links["Introduction"])]
+        pages += [(label, session.shown.links[label]) for label in SECTIONS]
+        for label, page_hash in pages:
+            await session.rerun(f"open {label}", page_hash=page_hash)
+            before = process_cpu_seconds(server_pid)
+            for _ in range(reruns):
+                await session.rerun(f"rerun {label}")
+            spent = process_cpu_seconds(server_pid) - before
+            walls = [click.seconds for click in session.clicks[-reruns:]]
+            costs.append(PageCost(label, spent / reruns, statistics.median(walls)))
+    return costs
