@@ -24,7 +24,10 @@ def served_env(app_env) -> dict[str, str]:
 def test_three_learners_walk_every_section_with_no_error_and_an_exact_database(served_env, tmp_path):
     with served_app(served_env, tmp_path) as app:
         run = asyncio.run(room.run_room(app.url, learners=3, think=(0.0, 0.2), timeout=120))
+        log = app.log()
     run.check()
+    # every learner's section 6 rendered offline SQL: Alembic logged nothing into the server's log
+    assert "[alembic" not in log
     assert len(run.walked) == 3
     assert len({me.user_id for me in run.walked}) == 3
     assert len({me.cohort_tag for me in run.walked}) == 3
