@@ -399,6 +399,7 @@ async def bench_room(bench: Bench) -> list[Figure]:
                         cpu_before = room.process_cpu_seconds(app.process.pid)
                         run = await room.run_room(app.url, learners=learners, think=bench.room_think, timeout=120)
                         server_cpu = room.process_cpu_seconds(app.process.pid) - cpu_before
+                        rss = room.process_rss_mib(app.process.pid)
                         log = save_server_log(app, f"room-{pair}-{learners}") if run.errors else None
                 finally:
                     os.sched_setaffinity(0, affinity)
@@ -418,6 +419,7 @@ async def bench_room(bench: Bench) -> list[Figure]:
                 Figure("room", label, "all learners' walk, wall time", run.seconds, "s"),
                 Figure("room", label, "server CPU (one core) busy", 100 * server_cpu / run.seconds, "%"),
                 Figure("room", label, "server CPU per click", 1000 * server_cpu / max(len(done), 1), "ms"),
+                Figure("room", label, "server memory (RSS) after the walk", rss, "MiB"),
             ]
             if done:
                 figures += [Figure("room", label, f"click to script finished p{q}", room.percentile(done, q) * 1000, "ms")
