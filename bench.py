@@ -5,6 +5,9 @@
     python bench.py --only anchors  # some sections only
     python bench.py --only load     # 30 learners in chromium on one served app: minutes, so
                                     # never part of the default run (--sessions N to change)
+    python bench.py --only room     # 30 and 100 learners without browsers (Streamlit's websocket
+                                    # protocol), the server pinned to one core: minutes, on request
+                                    # only (--learners N ..., --think MIN MAX)
 
 Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
 a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
@@ -63,6 +66,9 @@ class Bench:
     fake_server: fakeredis.FakeServer = field(default_factory=fakeredis.FakeServer)
     urls: dict[str, str] = field(default_factory=dict)  # unmasked: never printed
     load_sessions: int = 30
+    room_learners: tuple[int, ...] = (30, 100)
+    room_think: tuple[float, float] = (2.0, 6.0)  # seconds a room learner waits before each click
+    failures: list[str] = field(default_factory=list)  # a run that must fail the bench loudly
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -391,7 +397,7 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
 async def bench_load(bench: Bench) -> list[Figure]:
     """A workshop on one server: `streamlit run app.py` on each backend pair (a fresh database),
     and bench.load_sessions learners, arriving a second apart and then all walking every section
-    at once, each in a chromium context of its own (tests/load.py). The browser runs on the same
+    at once, each in a chromium context of its own (harness/browser_walk.py). The browser runs on the same
     cores as the server, so the times include its rendering. Errors, isolation and the
     database's contents are checked."""
     from harness.browser_walk import check_database, percentile, serve_and_walk
@@ -524,6 +530,113 @@ async def bench_cache_strategies(bench: Bench) -> list[Figure]:
         if r.unflushed_at_end is not None:
             figures.append(Figure("cache-strategies", pair, f"{r.name}: acknowledged writes not in the database at the end",
                                   r.unflushed_at_end, "users"))
+
+
+SERVER_CORE = "0"  # `taskset -c 0`: the served app gets one core; the harness runs on the other
+
+
+def room_pairs(bench: Bench) -> dict[str, str]:
+    """Backend pair name -> Redis URL; the database is made fresh for each run."""
+    pairs = {"sqlite+fakeredis": "fakeredis://"}
+    if "postgresql" in bench.urls:
+        pairs["postgresql+redis" if "redis" in bench.urls else "postgresql+fakeredis"] = bench.urls.get("redis", "fakeredis://")
+    return pairs
+
+
+async def fresh_database(stack: AsyncExitStack, bench: Bench, pair: str) -> str:
+    if pair.startswith("sqlite"):
+        folder = stack.enter_context(tempfile.TemporaryDirectory())
+        return f"sqlite+aiosqlite:///{Path(folder) / 'room.db'}"
+    return await stack.enter_async_context(scratch_postgres(bench.urls["postgresql"], "lab_room"))
+
+
+def harness_on_the_other_core() -> set[int]:
+    """Pin this process (the harness) off the server's core; returns the old affinity."""
+    before = os.sched_getaffinity(0)
+    others = before - {int(SERVER_CORE)}
+    if others:
+        os.sched_setaffinity(0, others)
+    return before
+
+
+async def bench_room(bench: Bench) -> list[Figure]:
+    """A room without browsers (harness/room.py): `streamlit run app.py` pinned to one core
+    (`taskset -c 0`) on a fresh database of each backend pair, and 30, then 100 learners that
+    speak Streamlit's websocket protocol, arriving 0.1 s apart and each waiting a think time
+    (uniform in bench.room_think) before every click. A click's time is from its rerun request
+    to the end of the page's run, as the harness receives it: the server's work, no rendering.
+    Any learner's error, and any row not as the learners made it, fails the bench."""
+    from harness import room
+    from harness.served import app_subprocess_env, save_server_log, served_app
+
+    figures = []
+    for pair, redis_url in room_pairs(bench).items():
+        for learners in bench.room_learners:
+            async with AsyncExitStack() as stack:
+                db_url = await fresh_database(stack, bench, pair)
+                env = app_subprocess_env({"DATABASE_URL": db_url, "REDIS_URL": redis_url,
+                                          "LAB_REDIS_PREFIX": f"{bench.key_prefix}room{learners}:"})
+                log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                affinity = harness_on_the_other_core()
+                try:
+                    with served_app(env, log_dir, prefix=("taskset", "-c", SERVER_CORE)) as app:
+                        cpu_before = room.process_cpu_seconds(app.process.pid)
+                        run = await room.run_room(app.url, learners=learners, think=bench.room_think, timeout=120)
+                        server_cpu = room.process_cpu_seconds(app.process.pid) - cpu_before
+                        rss = room.process_rss_mib(app.process.pid)
+                        log = save_server_log(app, f"room-{pair}-{learners}") if run.errors else None
+                finally:
+                    os.sched_setaffinity(0, affinity)
+                mismatches = await room.check_database(db_url, run.walked)
+            label = f"{pair}, {learners} learners"
+            for problem in run.errors + [f"database: {m}" for m in mismatches]:
+                bench.failures.append(f"room {label}: {problem}")
+            if log:
+                bench.failures.append(f"room {label}: server log {log}")
+            done = [c.seconds for c in run.clicks if c.ok]
+            figures += [
+                Figure("room", label, "clicks (rerun requests) answered", len(done), "clicks"),
+                Figure("room", label, "learners with an error", len(run.errors), "learners"),
+                Figure("room", label, "database rows not as the learners made them", len(mismatches), "checks"),
+                Figure("room", label, "think time before each click, min", bench.room_think[0], "s"),
+                Figure("room", label, "think time before each click, max", bench.room_think[1], "s"),
+                Figure("room", label, "all learners' walk, wall time", run.seconds, "s"),
+                Figure("room", label, "server CPU (one core) busy", 100 * server_cpu / run.seconds, "%"),
+                Figure("room", label, "server CPU per click", 1000 * server_cpu / max(len(done), 1), "ms"),
+                Figure("room", label, "server memory (RSS) after the walk", rss, "MiB"),
+            ]
+            if done:
+                figures += [Figure("room", label, f"click to script finished p{q}", room.percentile(done, q) * 1000, "ms")
+                            for q in (50, 95, 99)]
+            for action, samples in sorted(run.by_action().items()):
+                figures += [Figure("room", label, f"  {action} p{q}", room.percentile(samples, q) * 1000, "ms")
+                            for q in (50, 95)]
+    return figures
+
+
+async def bench_reruns(bench: Bench) -> list[Figure]:
+    """What one rerun of each page costs the server: `streamlit run app.py` on SQLite +
+    fakeredis pinned to one core, one session (harness/room.py) initialises, opens each page,
+    then reruns it 20 times with nothing changed; the server process's CPU time (all threads)
+    divided by 20, and the median request-to-finished time."""
+    from harness import room
+    from harness.served import app_subprocess_env, served_app
+
+    figures = []
+    with tempfile.TemporaryDirectory() as folder:
+        env = app_subprocess_env({"DATABASE_URL": f"sqlite+aiosqlite:///{Path(folder) / 'reruns.db'}",
+                                  "REDIS_URL": "fakeredis://", "LAB_REDIS_PREFIX": f"{bench.key_prefix}reruns:"})
+        affinity = harness_on_the_other_core()
+        try:
+            with served_app(env, Path(folder), prefix=("taskset", "-c", SERVER_CORE)) as app:
+                costs = await room.page_rerun_costs(app.url, app.process.pid)
+                alembic_info = app.log().count("INFO  [alembic")
+        finally:
+            os.sched_setaffinity(0, affinity)
+    for cost in costs:
+        figures += [Figure("reruns", "sqlite+fakeredis", f"{cost.page}: server CPU per rerun", cost.cpu_seconds * 1000, "ms"),
+                    Figure("reruns", "sqlite+fakeredis", f"{cost.page}: rerun p50", cost.wall_p50 * 1000, "ms")]
+    figures.append(Figure("reruns", "sqlite+fakeredis", "Alembic INFO lines in the server log", alembic_info, "lines"))
     return figures
 
 
@@ -535,8 +648,9 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "cache-strategies": bench_cache_strategies,
     "outbox": bench_outbox,
     "embedded_postgres": bench_embedded_postgres,
+    "reruns": bench_reruns,
 }
-ON_REQUEST = {"load": bench_load}  # named with --only; not part of the default run
+ON_REQUEST = {"load": bench_load, "room": bench_room}  # named with --only; not part of the default run
 
 
 # --- running -----------------------------------------------------------------------------
@@ -567,15 +681,15 @@ async def open_backends(stack: AsyncExitStack, bench: Bench, pg_url: str | None,
         stack.push_async_callback(cleanup)
 
 
-async def main(args: argparse.Namespace) -> list[Figure]:
+async def main(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
     figures: list[Figure] = []
     async with AsyncExitStack() as stack:
-        bench = Bench(load_sessions=args.sessions)
+        bench = Bench(load_sessions=args.sessions, room_learners=tuple(args.learners), room_think=tuple(args.think))
         await open_backends(stack, bench, args.pg, args.redis)
         for name in args.only or SECTIONS:
             print(f"# {name} ...", file=sys.stderr, flush=True)
             figures += await (SECTIONS | ON_REQUEST)[name](bench)
-    return figures
+    return figures, bench.failures
 
 
 def print_table(figures: list[Figure]) -> None:
@@ -591,11 +705,18 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS | ON_REQUEST), help="run these sections only")
     parser.add_argument("--sessions", type=int, default=30, help="load: learners at once (default 30)")
+    parser.add_argument("--learners", type=int, nargs="+", default=[30, 100], help="room: learners per run (default 30 100)")
+    parser.add_argument("--think", type=float, nargs=2, default=[2.0, 6.0], metavar=("MIN", "MAX"),
+                        help="room: seconds a learner waits before each click, uniform (default 2 6)")
     parser.add_argument("--pg", default=os.environ.get("LAB_TEST_DATABASE_URL"), help="PostgreSQL admin URL")
     parser.add_argument("--redis", default=os.environ.get("LAB_TEST_REDIS_URL"), help="Redis server URL")
     arguments = parser.parse_args()
-    results = asyncio.run(main(arguments))
+    results, failures = asyncio.run(main(arguments))
     if arguments.json:
         print(json.dumps([asdict(f) for f in results], indent=2))
     else:
         print_table(results)
+    for failure in failures:
+        print(f"# FAILED {failure}", file=sys.stderr)
+    if failures:
+        sys.exit(f"# {len(failures)} failure(s): the figures above are not a clean run")

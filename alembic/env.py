@@ -12,7 +12,9 @@ from labbench.embedded_postgres import resolve_database
 from source.models import Base, UTCDateTime
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("connection") is None:
+# The command line logs as alembic.ini says. The app passes its own connection (migrating) or
+# URL (rendering SQL offline) and keeps its own logging: no INFO lines per page run in its log.
+if config.config_file_name is not None and not {"connection", "url"} & config.attributes.keys():
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata

@@ -1,6 +1,6 @@
 """The app served by `streamlit run` on a free loopback port, and the moves a learner makes in
 it with Playwright (async API; Debian's chromium). Used by tests/test_browser.py and by
-`bench.py --only load` through tests/load.py."""
+`bench.py --only load` through harness/browser_walk.py."""
 
 from __future__ import annotations
 
@@ -51,12 +51,13 @@ class ServedApp:
 
 
 @contextmanager
-def served_app(env: dict[str, str], log_dir: Path, timeout: float = 60.0):
-    """`streamlit run app.py` with env, until its health check answers; stopped afterwards."""
+def served_app(env: dict[str, str], log_dir: Path, timeout: float = 60.0, prefix: tuple[str, ...] = ()):
+    """`streamlit run app.py` with env, until its health check answers; stopped afterwards.
+    `prefix` goes before the command, e.g. ("taskset", "-c", "0") to pin the server to a core."""
     port = free_port()
     log_path = log_dir / f"streamlit-{port}.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+        *prefix, sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
         "--server.fileWatcherType=none",
     ]

@@ -137,6 +137,17 @@ async def test_updating_a_user_invalidates_the_cached_user(db, cache, redis_clie
     assert after.stored and (await repo.get_by_id_cached(jane.id)).outcome == "hit"  # it replaced the tombstone
 
 
+async def test_concurrent_updates_of_one_user_all_commit(db, cache, jane):
+    """Each update reads the user, then writes. On SQLite a deferred transaction whose snapshot
+    went stale while another update committed fails at once with "database is locked" (the room
+    harness met it in the traffic run's midway update); the update takes the write lock at BEGIN."""
+    repo = repository(db, cache)
+    results = await asyncio.gather(*(repo.update_user(jane.id, years_experience=n) for n in range(1, 21)),
+                                   return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert (await repo.get_by_id_cached(jane.id)).value.years_experience in range(1, 21)
+
+
 async def test_adding_a_score_invalidates_the_cached_latest_score(db, cache, jane):
     repo = repository(db, cache)
     await repo.add_score(jane.id, occupation_code="15-2051")

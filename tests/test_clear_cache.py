@@ -18,7 +18,7 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 
 import ui
 from harness.served import app_subprocess_env, served_app
-from tests.wsclient import StreamlitClient
+from harness.wsclient import StreamlitClient
 
 KEY = "room-key-19"
 PAGE = "Eventing_Outbox_Pattern"

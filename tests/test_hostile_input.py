@@ -15,9 +15,9 @@ from streamlit.testing.v1 import AppTest
 
 import ui
 from harness.served import app_subprocess_env, served_app
+from harness.wsclient import StreamlitClient
 from source import AIRScore, User
 from tests.pagekit import count, texts
-from tests.wsclient import StreamlitClient
 
 MODELS = "../pages/1_Data_Models.py"
 NUMBER_PAGES = ["Data_Models", "DB_Connectivity_and_Pooling", "Repository_Pattern_and_N+1"]
