@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from playwright.async_api import async_playwright
-from sqlalchemy import func, inspect, select
+from sqlalchemy import inspect
 
-from harness.served import Click, Learner, PageError, launch_browser, save_server_log, served_app
-from source import AIRScore, Database, DomainEvent, User
-from source.models import InboxEntry, ScoreSummary
-from source.services import SAMPLE_USERS
+from harness.rows import RowCheck
+from harness.served import Click, Learner, PageError, Walks, launch_browser, save_server_log, served_app
+from source import AIRScore, Database, User
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 COHORT_USERS, COHORT_SCORES = 20, 3  # section 3's defaults
@@ -241,21 +240,13 @@ async def published_and_applied(learner: Learner) -> None:
 
 
 @dataclass
-class LoadRun:
+class LoadRun(Walks):
     sessions: int
     walked: list[Walked]
     seconds: float  # from the learners' start to the last one's end
     startup_seconds: float = 0.0  # `streamlit run` to the health check answering
     first_page_seconds: float = 0.0  # `streamlit run` to the first page fully run and drawn
     server_log: Path | None = None  # kept under test-artifacts/ when something failed
-
-    @property
-    def clicks(self) -> list[Click]:
-        return [click for me in self.walked for click in me.clicks]
-
-    @property
-    def errors(self) -> list[str]:
-        return [f"learner {me.number}: {me.error}" for me in self.walked if me.error]
 
     def error_kinds(self) -> dict[str, int]:
         """The learners' first errors by kind (a learner stops at its first error)."""
@@ -353,50 +344,27 @@ async def check_database(database_url: str, walked: list[Walked]) -> Contents:
     """Exactly what the learners made: the two sample users; per learner one user with 3 scores,
     a cohort of 20 users with 3 scores each, one score and event for Alex (section 5); Jane's
     demo score(s) with their events; every event published and applied once; nothing else."""
-    n, problems = sum(me.scored_alex for me in walked), []
-
-    def same(what: str, found: object, expected: object) -> None:
-        if found != expected:
-            problems.append(f"{what}: found {found}, expected {expected}")
-
+    n = sum(me.scored_alex for me in walked)
     db = Database(database_url)
     try:
         async with db.sessions() as session:
-            async def count(model, *where) -> int:
-                return await session.scalar(select(func.count()).select_from(model).where(*where))
-
-            alex, jane = [await session.scalar(select(User.id).where(User.email == row["email"])) for row in SAMPLE_USERS]
-            for me in walked:
-                same(f"users with {me.email}", await count(User, User.email == me.email), 1 if me.user_id else 0)
-                if me.user_id:
-                    same(f"scores of {me.email}", await count(AIRScore, AIRScore.user_id == me.user_id), 3 * me.scores_added)
+            rows = RowCheck(session)
+            alex, jane = await rows.sample_user_ids()
+            await rows.learners(walked)
             made = [me for me in walked if me.user_id]
             cohorts = {me.cohort_tag for me in walked if me.cohort_tag}
-            cohort = User.email.startswith("n1-")
-            same("cohort users", await count(User, cohort), len(cohorts) * COHORT_USERS)
-            tags = set((await session.scalars(select(func.substr(User.email, 4, 10)).where(cohort))).all())
-            same("cohorts", tags, cohorts)
-            cohort_ids = select(User.id).where(cohort)
-            same("cohort scores", await count(AIRScore, AIRScore.user_id.in_(cohort_ids)),
-                 len(cohorts) * COHORT_USERS * COHORT_SCORES)
-            same("Alex's scores (section 5)", await count(AIRScore, AIRScore.user_id == alex), n)
-            jane_scores = await count(AIRScore, AIRScore.user_id == jane)
+            await rows.cohorts(cohorts, User.email.startswith("n1-"), users=COHORT_USERS, scores=COHORT_SCORES)
+            rows.same("Alex's scores (section 5)", await rows.count(AIRScore, AIRScore.user_id == alex), n)
+            jane_scores = await rows.count(AIRScore, AIRScore.user_id == jane)
             if jane_scores < 1:
-                problems.append("Jane has no demo score")
-            same("all users", await count(User), 2 + len(made) + len(cohorts) * COHORT_USERS)
-            same("all scores", await count(AIRScore), 3 * sum(me.scores_added for me in walked)
-                 + len(cohorts) * COHORT_USERS * COHORT_SCORES + n + jane_scores)
-            same("Alex's events", await count(DomainEvent, DomainEvent.aggregate_id == alex), n)
-            same("Jane's events", await count(DomainEvent, DomainEvent.aggregate_id == jane), jane_scores)
-            events = n + jane_scores
-            same("all events", await count(DomainEvent), events)
-            same("published events", await count(DomainEvent, DomainEvent.status == "published"), events)
-            same("inbox rows (applied events)", await count(InboxEntry), events)
-            applied = dict((await session.execute(select(ScoreSummary.user_id, ScoreSummary.scores_applied))).all())
-            same("read model", applied, {user: k for user, k in ((alex, n), (jane, jane_scores)) if k})
+                rows.problems.append("Jane has no demo score")
+            rows.same("all users", await rows.count(User), 2 + len(made) + len(cohorts) * COHORT_USERS)
+            rows.same("all scores", await rows.count(AIRScore), 3 * sum(me.scores_added for me in walked)
+                      + len(cohorts) * COHORT_USERS * COHORT_SCORES + n + jane_scores)
+            await rows.events(alex=alex, jane=jane, alex_scores=n, jane_scores=jane_scores)
             left = await session.run_sync(lambda s: [t for t in inspect(s.connection()).get_table_names()
                                                      if t.startswith("evd_")])
-            same("section 5b's throwaway tables left", left, [])
+            rows.same("section 5b's throwaway tables left", left, [])
     finally:
         await db.dispose()
-    return Contents(problems, jane_scores)
+    return Contents(rows.problems, jane_scores)

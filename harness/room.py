@@ -30,18 +30,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import websockets
-from sqlalchemy import func, select
 from streamlit.proto.Alert_pb2 import Alert
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 import checks
+from harness.rows import RowCheck
+from harness.served import Walks
 from labbench.cache_traffic import TRAFFIC_DOMAIN
 from labbench.loading import COHORT_DOMAIN
-from source import AIRScore, Database, DomainEvent, User
-from source.models import InboxEntry, ScoreSummary
-from source.services import SAMPLE_USERS
+from source import AIRScore, Database, User
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 COHORT_USERS, COHORT_SCORES = 20, 3  # section 3's defaults
@@ -415,19 +414,11 @@ async def walk(session: Session, me: Walked, think) -> None:
 
 
 @dataclass
-class RoomRun:
+class RoomRun(Walks):
     learners: int
     walked: list[Walked]
     seconds: float  # the first arrival to the last learner's end
     think: tuple[float, float]
-
-    @property
-    def clicks(self) -> list[Click]:
-        return [click for me in self.walked for click in me.clicks]
-
-    @property
-    def errors(self) -> list[str]:
-        return [f"learner {me.number}: {me.error}" for me in self.walked if me.error]
 
     def check(self) -> None:
         """Fail loudly: any learner's errored click, missing output or wrong result."""
@@ -502,12 +493,6 @@ async def check_database(database_url: str, walked: list[Walked]) -> list[str]:
     for Alex; the 50 shared traffic users (no scores) once any learner asked for a traffic run;
     Jane's one demo score with its event once any learner opened section 4;
     every event published once and applied once. Returns the mismatches."""
-    problems: list[str] = []
-
-    def same(what: str, seen: object, expected: object) -> None:
-        if seen != expected:
-            problems.append(f"{what}: found {seen}, expected {expected}")
-
     made = [me for me in walked if me.user_id]
     cohorts = {me.cohort_tag for me in walked if me.cohort_tag}
     alex_scores = sum(me.scored_alex for me in walked)
@@ -516,38 +501,21 @@ async def check_database(database_url: str, walked: list[Walked]) -> list[str]:
     db = Database(database_url)
     try:
         async with db.sessions() as session:
-            async def count(model, *where) -> int:
-                return await session.scalar(select(func.count()).select_from(model).where(*where))
-
-            alex, jane = [await session.scalar(select(User.id).where(User.email == row["email"])) for row in SAMPLE_USERS]
-            for me in walked:
-                same(f"users with {me.email}", await count(User, User.email == me.email), 1 if me.user_id else 0)
-                if me.user_id:
-                    same(f"scores of {me.email}", await count(AIRScore, AIRScore.user_id == me.user_id), 3 * me.scores_added)
-            cohort = User.email.like(f"n1-%@{COHORT_DOMAIN}")
-            same("cohort users", await count(User, cohort), len(cohorts) * COHORT_USERS)
-            tags = set((await session.scalars(select(func.substr(User.email, 4, 10)).where(cohort))).all())
-            same("cohorts", tags, cohorts)
-            same("cohort scores", await count(AIRScore, AIRScore.user_id.in_(select(User.id).where(cohort))),
-                 len(cohorts) * COHORT_USERS * COHORT_SCORES)
-            same("traffic users", await count(User, User.email.like(f"%@{TRAFFIC_DOMAIN}")), traffic)
-            same("Alex's scores", await count(AIRScore, AIRScore.user_id == alex), alex_scores)
-            jane_scores = await count(AIRScore, AIRScore.user_id == jane)
-            same("Jane's demo scores", jane_scores, demo_scores)
-            same("all users", await count(User), 2 + len(made) + len(cohorts) * COHORT_USERS + traffic)
-            same("all scores", await count(AIRScore), 3 * sum(me.scores_added for me in walked)
-                 + len(cohorts) * COHORT_USERS * COHORT_SCORES + alex_scores + jane_scores)
-            events = alex_scores + jane_scores
-            same("Alex's events", await count(DomainEvent, DomainEvent.aggregate_id == alex), alex_scores)
-            same("Jane's events", await count(DomainEvent, DomainEvent.aggregate_id == jane), jane_scores)
-            same("all events", await count(DomainEvent), events)
-            same("published events", await count(DomainEvent, DomainEvent.status == "published"), events)
-            same("inbox rows (applied events)", await count(InboxEntry), events)
-            applied = dict((await session.execute(select(ScoreSummary.user_id, ScoreSummary.scores_applied))).all())
-            same("read model", applied, {user: k for user, k in ((alex, alex_scores), (jane, jane_scores)) if k})
+            rows = RowCheck(session)
+            alex, jane = await rows.sample_user_ids()
+            await rows.learners(walked)
+            await rows.cohorts(cohorts, User.email.like(f"n1-%@{COHORT_DOMAIN}"), users=COHORT_USERS, scores=COHORT_SCORES)
+            rows.same("traffic users", await rows.count(User, User.email.like(f"%@{TRAFFIC_DOMAIN}")), traffic)
+            rows.same("Alex's scores", await rows.count(AIRScore, AIRScore.user_id == alex), alex_scores)
+            jane_scores = await rows.count(AIRScore, AIRScore.user_id == jane)
+            rows.same("Jane's demo scores", jane_scores, demo_scores)
+            rows.same("all users", await rows.count(User), 2 + len(made) + len(cohorts) * COHORT_USERS + traffic)
+            rows.same("all scores", await rows.count(AIRScore), 3 * sum(me.scores_added for me in walked)
+                      + len(cohorts) * COHORT_USERS * COHORT_SCORES + alex_scores + jane_scores)
+            await rows.events(alex=alex, jane=jane, alex_scores=alex_scores, jane_scores=jane_scores)
     finally:
         await db.dispose()
-    return problems
+    return rows.problems
 
 
 # --- what one rerun of each page costs the server ----------------------------------------------

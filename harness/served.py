@@ -266,3 +266,18 @@ class Learner:
         path = ARTIFACTS_DIR / f"{name}.png"
         await self.page.screenshot(path=path, full_page=True)
         return path
+
+
+class Walks:
+    """What a run of learners' walks sums up: every click, and each learner's error (a learner
+    stops at its first). Mixed into the run results of the browser walk and the room harness."""
+
+    walked: list
+
+    @property
+    def clicks(self) -> list:
+        return [click for me in self.walked for click in me.clicks]
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"learner {me.number}: {me.error}" for me in self.walked if me.error]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 import redis
 import redis.asyncio as aioredis
@@ -57,24 +58,13 @@ class Faults:
             return crash
 
 
-class FaultyBroker:
-    """A Redis client as the relay sees it, with `faults` applied to its pipelines."""
+class PipelineWrapper:
+    """A broker pipeline with something done around its `execute`: subclasses override `execute`."""
 
-    def __init__(self, client: aioredis.Redis, faults: Faults) -> None:
-        self.client, self.faults = client, faults
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
 
-    def pipeline(self, *args, **kwargs) -> _FaultyPipeline:
-        return _FaultyPipeline(self.client.pipeline(*args, **kwargs), self.faults)
-
-    def __getattr__(self, name: str):
-        return getattr(self.client, name)
-
-
-class _FaultyPipeline:
-    def __init__(self, pipeline, faults: Faults) -> None:
-        self.pipeline, self.faults = pipeline, faults
-
-    async def __aenter__(self) -> _FaultyPipeline:
+    async def __aenter__(self) -> PipelineWrapper:
         await self.pipeline.__aenter__()
         return self
 
@@ -83,6 +73,28 @@ class _FaultyPipeline:
 
     def __getattr__(self, name: str):
         return getattr(self.pipeline, name)
+
+    async def execute(self, *args, **kwargs):
+        return await self.pipeline.execute(*args, **kwargs)
+
+
+class WrappedBroker:
+    """A Redis client as the relay sees it: every pipeline it opens goes through `wrap`."""
+
+    def __init__(self, client: aioredis.Redis, wrap: Callable[[object], PipelineWrapper]) -> None:
+        self.client, self.wrap = client, wrap
+
+    def pipeline(self, *args, **kwargs) -> PipelineWrapper:
+        return self.wrap(self.client.pipeline(*args, **kwargs))
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+
+class _FaultyPipeline(PipelineWrapper):
+    def __init__(self, pipeline, faults: Faults) -> None:
+        super().__init__(pipeline)
+        self.faults = faults
 
     async def execute(self, *args, **kwargs):
         if self.faults.broker_refuses():
@@ -95,6 +107,14 @@ class _FaultyPipeline:
         if self.faults.crash_now():
             raise SimulatedCrash(len(replies))  # the relay's transaction rolls back: still pending
         return replies
+
+
+class FaultyBroker(WrappedBroker):
+    """The relay's broker client with `faults` applied to its pipelines."""
+
+    def __init__(self, client: aioredis.Redis, faults: Faults) -> None:
+        super().__init__(client, lambda pipeline: _FaultyPipeline(pipeline, faults))
+        self.faults = faults
 
 
 class LabPublisher(Publisher):

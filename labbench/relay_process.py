@@ -11,40 +11,23 @@ import sys
 
 import redis.asyncio as aioredis
 
+from labbench.faults import PipelineWrapper, WrappedBroker
 from source.database import Database
 from source.outbox import RelaySettings, event_publisher
 
 
-class _HoldingPipeline:
+class _HoldingPipeline(PipelineWrapper):
+    """Appends, says so, then holds the relay between its append and its commit."""
+
     def __init__(self, pipeline, hold: float) -> None:
-        self.pipeline, self.hold = pipeline, hold
-
-    async def __aenter__(self):
-        await self.pipeline.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self.pipeline.__aexit__(*exc_info)
-
-    def __getattr__(self, name: str):
-        return getattr(self.pipeline, name)
+        super().__init__(pipeline)
+        self.hold = hold
 
     async def execute(self, *args, **kwargs):
         replies = await self.pipeline.execute(*args, **kwargs)
         print(f"appended {len(replies)}", flush=True)
         await asyncio.sleep(self.hold)
         return replies
-
-
-class HoldingBroker:
-    def __init__(self, client: aioredis.Redis, hold: float) -> None:
-        self.client, self.hold = client, hold
-
-    def pipeline(self, *args, **kwargs) -> _HoldingPipeline:
-        return _HoldingPipeline(self.client.pipeline(*args, **kwargs), self.hold)
-
-    def __getattr__(self, name: str):
-        return getattr(self.client, name)
 
 
 async def main(argv: list[str]) -> None:
@@ -59,7 +42,7 @@ async def main(argv: list[str]) -> None:
     client = aioredis.Redis.from_url(args.redis_url, decode_responses=True)
     settings = RelaySettings(batch_size=args.batch, poll_interval=0.02, notify_fallback_poll=0.5)
     print("ready", flush=True)
-    await event_publisher(db=db, redis_client=HoldingBroker(client, args.hold), stream=args.stream,
+    await event_publisher(db=db, redis_client=WrappedBroker(client, lambda pipeline: _HoldingPipeline(pipeline, args.hold)), stream=args.stream,
                           stop=asyncio.Event(), settings=settings)
 
 

@@ -16,6 +16,22 @@ from .errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text,
 from .models import AIRScore, DomainEvent, User
 
 
+def user_changes(
+    *, name: str | None = None, occupation_code: str | None = None, years_experience: float | None = None
+) -> dict[str, object]:
+    """The fields an update sets, each validated (None: leave it as it is). Raises InvalidInput."""
+    changes: dict[str, object] = {}
+    if name is not None:
+        changes["name"] = clean_text(name, field="name", label="name", max_length=255, required=True)
+    if occupation_code is not None:
+        changes["occupation_code"] = clean_text(
+            occupation_code, field="occupation_code", label="occupation code", max_length=20, required=True
+        )
+    if years_experience is not None:
+        changes["years_experience"] = clean_years(years_experience)
+    return changes
+
+
 class UserRepositoryProtocol(Protocol):
     """What a caller of a user repository may rely on, and nothing about how it is stored.
     UserRepository below keeps users in the database; tests/fakes.py keeps them in a dict; one
@@ -92,15 +108,7 @@ class UserRepository:
     ) -> User:
         """Change the given fields (None leaves a field as it is) and flush. Raises InvalidInput
         or NotFound; validates everything before changing anything."""
-        changes = {}
-        if name is not None:
-            changes["name"] = clean_text(name, field="name", label="name", max_length=255, required=True)
-        if occupation_code is not None:
-            changes["occupation_code"] = clean_text(
-                occupation_code, field="occupation_code", label="occupation code", max_length=20, required=True
-            )
-        if years_experience is not None:
-            changes["years_experience"] = clean_years(years_experience)
+        changes = user_changes(name=name, occupation_code=occupation_code, years_experience=years_experience)
         user = await self.get_existing(user_id)
         for field, value in changes.items():
             setattr(user, field, value)

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from labbench.embedded_postgres import EmbeddedPostgres, Unavailable
 from labbench.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
 from source import Database
+from source.outbox import stream_key
 from source.redis_setup import RedisTarget
 
 REQUIRE_BACKENDS = os.environ.get("LAB_REQUIRE_BACKENDS") == "1"
@@ -215,3 +216,16 @@ async def redis_client(redis_kind, redis_target, fake_server, key_prefix):
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture
+def stream(key_prefix):
+    """The outbox stream under this test's key prefix."""
+    return stream_key(key_prefix)
+
+
+@pytest.fixture
+def embedded_server(monkeypatch, fake_server):
+    """The publisher thread finds the embedded server at start; point it at this test's."""
+    monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fake_server)
+    return fake_server

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from source.errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text, clean_years
 from source.models import User, new_id, utcnow
+from source.repositories import user_changes
 
 
 class InMemoryUserRepository:
@@ -53,15 +54,7 @@ class InMemoryUserRepository:
         self, user_id: str, *, name: str | None = None, occupation_code: str | None = None,
         years_experience: float | None = None,
     ) -> User:
-        changes = {}
-        if name is not None:
-            changes["name"] = clean_text(name, field="name", label="name", max_length=255, required=True)
-        if occupation_code is not None:
-            changes["occupation_code"] = clean_text(
-                occupation_code, field="occupation_code", label="occupation code", max_length=20, required=True
-            )
-        if years_experience is not None:
-            changes["years_experience"] = clean_years(years_experience)
+        changes = user_changes(name=name, occupation_code=occupation_code, years_experience=years_experience)
         user = await self.get_existing(user_id)
         for field, value in changes.items():
             setattr(user, field, value)

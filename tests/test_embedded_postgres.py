@@ -316,20 +316,28 @@ def test_a_socket_clash_gives_the_sqlite_fallback_with_postgresql_s_reason(folde
         other.wait()
 
 
-def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(folder, own_tempdir, monkeypatch):
+def open_app_on(folder, monkeypatch):
+    """The Introduction, run with no DATABASE_URL and the data folder `folder`: the page and its
+    sidebar's captions (markdown escapes removed)."""
     from streamlit.testing.v1 import AppTest
 
     import ui
 
-    make_unwritable(folder)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("LAB_DATA_DIR", str(folder))
     monkeypatch.setenv("REDIS_URL", "fakeredis://")
     ui.reset_resources()
+    at = AppTest.from_file("../app.py", default_timeout=60).run()
+    assert not at.exception
+    return at, " ".join(c.value for c in at.sidebar.caption).replace("\\", "")
+
+
+def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(folder, own_tempdir, monkeypatch):
+    import ui
+
+    make_unwritable(folder)
     try:
-        at = AppTest.from_file("../app.py", default_timeout=60).run()
-        assert not at.exception
-        captions = " ".join(c.value for c in at.sidebar.caption).replace("\\", "")  # markdown escapes
+        at, captions = open_app_on(folder, monkeypatch)
         assert f"SQLite file {own_tempdir / f'lab2-{os.getuid()}' / 'lab2.db'}" in captions
         assert "Embedded PostgreSQL could not start" in captions and "is not writable" in captions
     finally:
@@ -339,18 +347,10 @@ def test_the_sidebar_names_the_fallback_and_why_and_the_page_shows_no_traceback(
 
 
 def test_the_sidebar_names_the_embedded_server(folder, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
     import ui
 
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("LAB_DATA_DIR", str(folder))
-    monkeypatch.setenv("REDIS_URL", "fakeredis://")
-    ui.reset_resources()
     try:
-        at = AppTest.from_file("../app.py", default_timeout=60).run()
-        assert not at.exception
-        captions = " ".join(c.value for c in at.sidebar.caption).replace("\\", "")  # markdown escapes
+        at, captions = open_app_on(folder, monkeypatch)
         assert f"embedded PostgreSQL 18, {folder / 'pg'}" in captions
         assert "No DATABASE_URL: started by this app" in captions
         assert any(f"?host={folder / 'pg'}" in c.value for c in at.sidebar.code)

@@ -33,7 +33,7 @@ from source import (
 )
 from source.consumer import CONSUMER_GROUP, apply_entries, ensure_group, event_consumer
 from source.models import new_id
-from source.outbox import relay_batch, stream_key
+from source.outbox import relay_batch
 from source.outbox_stats import Stats
 
 FAST = RelaySettings(
@@ -46,18 +46,6 @@ FAST_CONSUMER = ConsumerSettings(block=0.05, claim_min_idle=0.2, claim_interval=
 def redis_kind(backend):
     """Pairs each database with its Redis: SQLite with fakeredis, PostgreSQL with the server."""
     return "fakeredis" if backend == "sqlite" else "redis"
-
-
-@pytest.fixture
-def stream(key_prefix):
-    return stream_key(key_prefix)
-
-
-@pytest.fixture
-def embedded_server(monkeypatch, fake_server):
-    """The publisher thread finds the embedded server at start; point it at this test's."""
-    monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fake_server)
-    return fake_server
 
 
 async def make_users(db, n: int) -> list[str]:

@@ -36,27 +36,14 @@ from source.retention import RetentionSettings, prune_tables, trim_stream
 from tests.conftest import need
 from tests.test_outbox import add_events, drain, make_users, status_counts, wait_until
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONSUMER = ConsumerSettings(block=0.05, claim_min_idle=0.2, claim_interval=0.1, max_deliveries=3)
+
 
 @pytest.fixture
 def redis_kind(backend):
     """Pairs each database with its Redis: SQLite with fakeredis, PostgreSQL with the server."""
     return "fakeredis" if backend == "sqlite" else "redis"
-
-
-@pytest.fixture
-def stream(key_prefix):
-    return stream_key(key_prefix)
-
-
-@pytest.fixture
-def embedded_server(monkeypatch, fake_server):
-    """The publisher thread finds the embedded server at start; point it at this test's."""
-    monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fake_server)
-    return fake_server
-
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CONSUMER = ConsumerSettings(block=0.05, claim_min_idle=0.2, claim_interval=0.1, max_deliveries=3)
 
 
 async def applied_ids(db) -> set[str]:
