@@ -429,8 +429,8 @@ def test_a_learner_walks_every_section_on_the_app_s_own_embedded_postgresql(fold
     that the database can be read once the app has exited), with the embedded Redis."""
     import asyncio
 
+    from harness.browser_walk import check_database, serve_and_walk
     from harness.served import CHROMIUM, app_subprocess_env
-    from tests.load import check_database, serve_and_walk
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}: install it (apt-get install chromium) to run the browser tests")
