@@ -94,11 +94,19 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @asynccontextmanager
-async def wire_proxy(host: str, port: int):
+async def wire_proxy(url):
+    """A TCP proxy on 127.0.0.1 in front of the server at `url` (TCP, or the Unix socket that
+    `?host=/folder` names, as the embedded PostgreSQL's URL does)."""
     counter = WireCounter()
+    port, socket_folder = url.port or 5432, url.query.get("host")
+
+    async def open_server():
+        if socket_folder:
+            return await asyncio.open_unix_connection(f"{socket_folder}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(url.host, port)
 
     async def handle(client_reader, client_writer):
-        server_reader, server_writer = await asyncio.open_connection(host, port)
+        server_reader, server_writer = await open_server()
         pumps = [
             asyncio.ensure_future(counter.pump_counting(client_reader, server_writer)),
             asyncio.ensure_future(_pump(server_reader, client_writer)),
@@ -119,7 +127,7 @@ async def wire_proxy(host: str, port: int):
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 async def test_on_postgresql_the_recorded_commands_match_the_round_trips_on_the_wire(db_url):
     url = make_url(db_url)
-    async with wire_proxy(url.host, url.port or 5432) as (counter, port):
+    async with wire_proxy(url) as (counter, port):
         db = Database(url.set(host="127.0.0.1", port=port, query={"ssl": "disable"}).render_as_string(False))
         try:
             await run_db_setup_and_create_user(db)
