@@ -41,8 +41,9 @@ from labbench.recorder import record
 from labbench.scratch import scratch_postgres
 from labbench.unreachable_redis import unreachable_redis
 from source import Database, User, run_db_setup_and_create_user
-from source.cache import CachedUserRepository, RedisCache, cache_client
+from source.cache import RedisCache, cache_client
 from source.cache_strategies import STRATEGIES
+from source.cached_repository import CachedUserRepository
 from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 

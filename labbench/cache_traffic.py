@@ -12,8 +12,9 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from source.cache import CachedUserRepository, RedisCache, UserData
+from source.cache import RedisCache
 from source.cache_stats import CacheCounts, CacheStats, Lookup, Outcome
+from source.cached_repository import CachedUserRepository, UserData
 from source.errors import InvalidInput
 from source.repositories import UserRepository
 from source.services import get_or_create_users

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from source.cache import CachedUserRepository
+from source.cached_repository import CachedUserRepository
 from source.models import AIRScore, User
 from source.repositories import UserRepository
 

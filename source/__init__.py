@@ -19,8 +19,9 @@ Nothing here imports streamlit or the lab bench (labbench/, the experiments and 
 and nothing connects at import time.
 """
 
-from .cache import CachedUserRepository, RedisCache
+from .cache import RedisCache
 from .cache_stats import CacheStats, Lookup
+from .cached_repository import CachedUserRepository
 from .config import database_url, mask_url, redis_prefix, redis_url
 from .consumer import ConsumerSettings, event_consumer
 from .database import Database

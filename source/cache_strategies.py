@@ -18,8 +18,9 @@ from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .cache import CachedUserRepository, RedisCache, UserData, encode
+from .cache import RedisCache, encode
 from .cache_stats import Lookup
+from .cached_repository import CachedUserRepository, UserData
 from .database import WRITE_TRANSACTION
 from .repositories import UserRepository
 

@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from source import Database, RedisCache  # noqa: E402
-from source.cache import CachedUserRepository, UserData, cache_client  # noqa: E402
+from source.cache import cache_client  # noqa: E402
+from source.cached_repository import CachedUserRepository, UserData  # noqa: E402
 from source.redis_setup import RedisTarget  # noqa: E402
 from source.repositories import UserRepository  # noqa: E402
 

@@ -25,7 +25,8 @@ from source import (
     RedisCache,
     run_db_setup_and_create_user,
 )
-from source.cache import TOMBSTONE_SECONDS, UserData, cache_client
+from source.cache import TOMBSTONE_SECONDS, cache_client
+from source.cached_repository import UserData
 from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 
