@@ -16,6 +16,24 @@ from .errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text,
 from .models import AIRScore, DomainEvent, User
 
 
+def new_user_fields(
+    *, email: str, name: str, occupation_code: str | None = None, education_level: str | None = None,
+    years_experience: float | None = None,
+) -> dict[str, object]:
+    """A new user's fields, each validated. Raises InvalidInput."""
+    return {
+        "email": clean_email(email),
+        "name": clean_text(name, field="name", label="name", max_length=255, required=True),
+        "occupation_code": clean_text(
+            occupation_code, field="occupation_code", label="occupation code", max_length=20, required=False
+        ),
+        "education_level": clean_text(
+            education_level, field="education_level", label="education level", max_length=50, required=False
+        ),
+        "years_experience": clean_years(years_experience),
+    }
+
+
 def user_changes(
     *, name: str | None = None, occupation_code: str | None = None, years_experience: float | None = None
 ) -> dict[str, object]:
@@ -68,17 +86,10 @@ class UserRepository:
         years_experience: float | None = None,
     ) -> User:
         """Validate, then add the user and flush. Raises InvalidInput or DuplicateEmail."""
-        user = User(
-            email=clean_email(email),
-            name=clean_text(name, field="name", label="name", max_length=255, required=True),
-            occupation_code=clean_text(
-                occupation_code, field="occupation_code", label="occupation code", max_length=20, required=False
-            ),
-            education_level=clean_text(
-                education_level, field="education_level", label="education level", max_length=50, required=False
-            ),
-            years_experience=clean_years(years_experience),
-        )
+        user = User(**new_user_fields(
+            email=email, name=name, occupation_code=occupation_code, education_level=education_level,
+            years_experience=years_experience,
+        ))
         if await self.get_by_email(user.email) is not None:
             raise DuplicateEmail(user.email)
         self.session.add(user)

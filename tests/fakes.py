@@ -4,9 +4,9 @@ database; tests/test_repository_contract.py holds both to one suite."""
 
 from __future__ import annotations
 
-from source.errors import DuplicateEmail, NotFound, clean_email, clean_id, clean_text, clean_years
+from source.errors import DuplicateEmail, NotFound, clean_id
 from source.models import User, new_id, utcnow
-from source.repositories import user_changes
+from source.repositories import new_user_fields, user_changes
 
 
 class InMemoryUserRepository:
@@ -20,15 +20,10 @@ class InMemoryUserRepository:
         now = utcnow()
         user = User(
             id=new_id(),
-            email=clean_email(email),
-            name=clean_text(name, field="name", label="name", max_length=255, required=True),
-            occupation_code=clean_text(
-                occupation_code, field="occupation_code", label="occupation code", max_length=20, required=False
+            **new_user_fields(
+                email=email, name=name, occupation_code=occupation_code, education_level=education_level,
+                years_experience=years_experience,
             ),
-            education_level=clean_text(
-                education_level, field="education_level", label="education level", max_length=50, required=False
-            ),
-            years_experience=clean_years(years_experience),
             created_at=now,
             updated_at=now,
         )
