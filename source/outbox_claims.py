@@ -67,20 +67,27 @@ def aggregate_lock_key(aggregate_type, aggregate_id):
     return func.hashtextextended(aggregate_type + "/" + aggregate_id, 0)
 
 
-def lock_oldest_aggregates(*, now: datetime, window: int):
-    """Among the oldest `window` due events, the aggregates whose advisory lock this transaction
-    takes (or already holds); the others are held by other relays. The lock is released at commit
-    or rollback, and a relay that dies loses its connection and so its locks."""
+def lock_oldest_aggregates(*, now: datetime, window: int, limit: int):
+    """Up to `limit` aggregates of the oldest `window` due events, oldest first, whose advisory lock
+    this transaction takes; those that other relays hold are passed over. The locks are released at
+    commit or rollback, and a relay that dies loses its connection and so its locks."""
     oldest = (
-        select(DomainEvent.aggregate_type, DomainEvent.aggregate_id)
+        select(DomainEvent.aggregate_type, DomainEvent.aggregate_id, DomainEvent.created_at)
         .where(is_due(now))
         .order_by(DomainEvent.created_at, DomainEvent.id)
         .limit(window)
         .subquery()
     )
-    # PostgreSQL never pushes a volatile condition into a subquery with LIMIT: locks are tried only
-    # for the aggregates of those `window` events.
-    return select(oldest).where(func.pg_try_advisory_xact_lock(aggregate_lock_key(*oldest.c))).distinct()
+    aggregates = (
+        select(oldest.c.aggregate_type, oldest.c.aggregate_id)
+        .group_by(oldest.c.aggregate_type, oldest.c.aggregate_id)
+        .order_by(func.min(oldest.c.created_at))
+        .limit(window)  # no fewer rows, but PostgreSQL moves no condition below a LIMIT (see below)
+        .subquery()
+    )
+    # The lock is tried above the LIMIT: in that order, one aggregate at a time, until `limit` are
+    # held. (Without a LIMIT in between, the planner may evaluate it for every group and lock them all.)
+    return select(aggregates).where(func.pg_try_advisory_xact_lock(aggregate_lock_key(*aggregates.c))).limit(limit)
 
 
 def events_of(aggregates, *, now: datetime, limit: int):
@@ -99,7 +106,7 @@ async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str
     """Lock and return the batch this relay publishes, in the session's transaction."""
     if design == ANY_ORDER or (await session.connection()).dialect.name != "postgresql":
         return list((await session.scalars(due_events(now=now, limit=limit))).all())
-    held = [tuple(row) for row in await session.execute(lock_oldest_aggregates(now=now, window=limit * 10))]
+    held = [tuple(row) for row in await session.execute(lock_oldest_aggregates(now=now, window=limit * 10, limit=limit))]
     if not held:
         return []
     # A second statement, so a second snapshot, taken after the locks are held: the relay that held
