@@ -354,6 +354,7 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
     from source import DomainEvent, RelaySettings
     from source.models import new_id
     from source.outbox import relay_batch
+    from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 
     db, redis_name = bench.databases["postgresql"], "redis" if "redis" in bench.redis else "fakeredis"
     client, stream = bench.redis[redis_name], f"{bench.key_prefix}outbox-anchor"
@@ -370,28 +371,65 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
     figures = []
     try:
         for batch in (100, 500):
-            settings, spent, done = RelaySettings(batch_size=batch), {"lab": 0.0, "minimal": 0.0}, {"lab": 0, "minimal": 0}
+            # The lab relay with each claim: the minimal relay's claim is the any-order one (SKIP LOCKED).
+            designs = {f"lab relay_batch ({design})": RelaySettings(batch_size=batch, design=design)
+                       for design in (ANY_ORDER, AGGREGATE_ORDER)}
+            spent, done = dict.fromkeys([*designs, "minimal"], 0.0), dict.fromkeys([*designs, "minimal"], 0)
             budget = events // 2 if batch == 100 else events
             while sum(done.values()) < budget:
-                started = time.perf_counter()
-                result = await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)
-                spent["lab"] += time.perf_counter() - started
+                claimed = 0
+                for name, settings in designs.items():
+                    started = time.perf_counter()
+                    result = await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)
+                    spent[name] += time.perf_counter() - started
+                    done[name] += result.published
+                    claimed += result.claimed
                 started = time.perf_counter()
                 minimal = await minimal_relay_batch(connection, client, stream, batch_size=batch)
                 spent["minimal"] += time.perf_counter() - started
-                done["lab"] += result.published
                 done["minimal"] += minimal
-                if not (result.claimed or minimal):
+                if not (claimed or minimal):
                     break
             rates = {name: done[name] / spent[name] for name in spent}
             backend = f"postgresql+{redis_name}"
-            figures += [
-                Figure("outbox", backend, f"lab relay_batch, batch {batch}, interleaved", rates["lab"], "events/s"),
-                Figure("outbox", backend, f"minimal raw-asyncpg relay, batch {batch}, interleaved", rates["minimal"], "events/s"),
-                Figure("outbox", backend, f"lab relay / minimal relay, batch {batch}", rates["lab"] / rates["minimal"], "x"),
-            ]
+            figures.append(Figure("outbox", backend, f"minimal raw-asyncpg relay, batch {batch}, interleaved",
+                                  rates["minimal"], "events/s"))
+            for name in designs:
+                figures += [
+                    Figure("outbox", backend, f"{name}, batch {batch}, interleaved", rates[name], "events/s"),
+                    Figure("outbox", backend, f"{name} / minimal relay, batch {batch}", rates[name] / rates["minimal"], "x"),
+                ]
     finally:
         await connection.close()
+    return figures
+
+
+async def bench_relays(bench: Bench, events: int = 10_000, users: int = 20) -> list[Figure]:
+    """Section 5, several relays (labbench/relay_race.py): 1, 2 and 4 relays, each on a thread with
+    its own loop, engine and Redis client, drain a burst on a throwaway table with each claim design;
+    events/s, then duplicates and inversions counted from XRANGE against the database's order.
+    PostgreSQL + Redis (fakeredis without a server); the designs alternate at each relay count."""
+    from labbench.relay_race import DESIGNS, race
+    from source.redis_setup import RedisTarget
+
+    if "postgresql" not in bench.databases:
+        return []
+    redis_name = "redis" if "redis" in bench.redis else "fakeredis"
+    target = (RedisTarget("server", "redis", "bench", bench.urls["redis"]) if redis_name == "redis"
+              else RedisTarget("embedded", "fakeredis", "bench"))
+    figures = []
+    for relays in (1, 2, 4):
+        for design in DESIGNS:
+            result = await race(database_url=bench.urls["postgresql"], redis_target=target, fake_server=bench.fake_server,
+                                relays=relays, design=design, events=events, users=users, key_prefix=bench.key_prefix)
+            backend, what = f"postgresql+{redis_name}", f"{relays} relay(s), {design}, {events:,} events/{users} users"
+            figures += [
+                Figure("relays", backend, f"{what}: throughput", result.events_per_s, "events/s"),
+                Figure("relays", backend, f"{what}: duplicates", result.duplicates, "entries"),
+                Figure("relays", backend, f"{what}: inversions", result.inversions, "events"),
+            ]
+            if result.missing:
+                bench.failures.append(f"relays: {what} left {result.missing} event(s) unpublished")
     return figures
 
 
@@ -648,6 +686,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "cache": bench_cache,
     "cache-strategies": bench_cache_strategies,
     "outbox": bench_outbox,
+    "relays": bench_relays,
     "embedded_postgres": bench_embedded_postgres,
     "reruns": bench_reruns,
 }

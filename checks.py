@@ -214,6 +214,18 @@ OUTBOX = (
         "Delivery is at least once. Idempotent consumers (an inbox keyed by event ID) turn that into "
         "an effect applied exactly once.",
     ),
+    Question(
+        "Analyze",
+        "Two relays on PostgreSQL claim with `FOR UPDATE SKIP LOCKED` only. What can happen to one user's events?",
+        ("One event is appended twice in a fault-free run",
+         "A later event reaches the stream before an earlier one: the second relay skips the rows the first "
+         "holds and takes the user's next rows",
+         "Nothing: SKIP LOCKED keeps each user's order", "The second relay waits for the first to commit"),
+        1,
+        "SKIP LOCKED keeps two relays from claiming the same row, not one user's rows apart. The lab's relay "
+        "takes an advisory lock per user first, then reads its batch in a new snapshot, so one relay at a "
+        "time has a user's events in flight.",
+    ),
 )
 
 MIGRATIONS = (

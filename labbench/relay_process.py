@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from labbench.faults import PipelineWrapper, WrappedBroker
 from source.database import Database
 from source.outbox import RelaySettings, event_publisher
+from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 
 
 class _HoldingPipeline(PipelineWrapper):
@@ -26,7 +27,8 @@ class _HoldingPipeline(PipelineWrapper):
     async def execute(self, *args, **kwargs):
         replies = await self.pipeline.execute(*args, **kwargs)
         print(f"appended {len(replies)}", flush=True)
-        await asyncio.sleep(self.hold)
+        if self.hold:
+            await asyncio.sleep(self.hold)
         return replies
 
 
@@ -37,10 +39,11 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("stream")
     parser.add_argument("--hold", type=float, default=0.2)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--design", choices=[AGGREGATE_ORDER, ANY_ORDER], default=AGGREGATE_ORDER)
     args = parser.parse_args(argv)
     db = Database(args.database_url)
     client = aioredis.Redis.from_url(args.redis_url, decode_responses=True)
-    settings = RelaySettings(batch_size=args.batch, poll_interval=0.02, notify_fallback_poll=0.5)
+    settings = RelaySettings(batch_size=args.batch, poll_interval=0.02, notify_fallback_poll=0.5, design=args.design)
     print("ready", flush=True)
     await event_publisher(db=db, redis_client=WrappedBroker(client, lambda pipeline: _HoldingPipeline(pipeline, args.hold)), stream=args.stream,
                           stop=asyncio.Event(), settings=settings)

@@ -8,7 +8,7 @@ import widgets
 from labbench import migrations
 from source import calculate_and_store_airscore, retry_failed_events
 from source.outbox import discard_failed_events, relay_batch
-from views import outbox_views
+from views import outbox_views, relay_race_views
 
 ui.page("5. Eventing (Outbox Pattern)")
 st.title("5. Building a Reliable Eventing System with the Outbox Pattern")
@@ -151,5 +151,7 @@ with st.expander("The migration that added attempts, retries, the failed status 
     with ui.errors_shown():
         st.code(migrations.migration_source("0002"), language="python")
 
+st.subheader("5. Several relays, order kept")
+relay_race_views.several_relays(db.backend)
 st.caption("Design your own event table and delivery, and measure each choice: **5b. Event Table Design (Create)**.")
 widgets.knowledge_check("outbox", checks.OUTBOX)

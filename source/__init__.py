@@ -9,6 +9,7 @@ cache_strategies.py 4. five strategies behind one interface: what a write does t
 single_flight.py   4. one database load for concurrent misses of a key
 cache_stats.py     4. what each cached read reports, and the counters
 outbox.py          5. the transactional outbox relay
+outbox_claims.py   5. how relays claim: any order, or each aggregate's events in order
 consumer.py        5. the idempotent consumer (an inbox per event)
 publisher.py       5. the relay and the consumer on a thread of their own
 outbox_stats.py    5. the figures the relay and the consumer keep

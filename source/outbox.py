@@ -1,10 +1,10 @@
 """5. The transactional outbox relay: pending events go from the database to a Redis stream.
 
 The score and its event were committed together (services.calculate_and_store_airscore). The
-relay moves events on: it claims due pending rows, appends them to a stream with one pipeline,
-and marks them published in the same transaction. Delivery is at least once: a relay that dies
-between the append and the mark appends the same events again on its next cycle; the consumer
-(consumer.py) turns that into an effect applied exactly once. publisher.py runs the relay and the
+relay moves events on: it claims due pending rows (how: outbox_claims.py), appends them to a
+stream with one pipeline, and marks them published in the same transaction. Delivery is at least
+once: a relay that dies between the append and the mark appends the same events again on its next
+cycle; the consumer (consumer.py) turns that into an effect applied exactly once. publisher.py runs the relay and the
 consumer on a thread of their own.
 """
 
@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import and_, exists, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import exists, update
 
 from . import config
 from .database import WRITE_TRANSACTION, Database
 from .models import DomainEvent, InboxEntry
+from .outbox_claims import AGGREGATE_ORDER, claim
 from .outbox_stats import Stats, describe
 from .repositories import DomainEventRepository
 
@@ -48,6 +48,9 @@ class RelaySettings:
     backoff_base: float = 0.5  # seconds before the first retry; doubles with each attempt
     backoff_max: float = 10.0
     redis_timeout: float = 0.5
+    # With several relays on PostgreSQL: AGGREGATE_ORDER keeps each user's events in order, ANY_ORDER
+    # only keeps any event from going out twice (outbox_claims.py). One relay, or SQLite: the same.
+    design: str = AGGREGATE_ORDER
 
 
 # --- one relay cycle ------------------------------------------------------------------------
@@ -61,36 +64,6 @@ class BatchResult:
     failed: int = 0
     next_retry_at: datetime | None = None
     error: str | None = None
-
-
-def due_events(*, now: datetime, limit: int):
-    """Pending events that are due, oldest first, except those queued behind an earlier event
-    of the same aggregate that waits for its retry or is parked as failed: one relay keeps each
-    aggregate in order, and a parked event holds its aggregate until it is retried or discarded."""
-    earlier = aliased(DomainEvent)
-    waits_behind_a_retry = exists().where(
-        earlier.aggregate_type == DomainEvent.aggregate_type,
-        earlier.aggregate_id == DomainEvent.aggregate_id,
-        or_(earlier.status == "failed", and_(earlier.status == "pending", earlier.next_attempt_at > now)),
-        or_(
-            earlier.created_at < DomainEvent.created_at,
-            and_(earlier.created_at == DomainEvent.created_at, earlier.id < DomainEvent.id),
-        ),
-    )
-    return (
-        select(DomainEvent)
-        .where(
-            DomainEvent.status == "pending",
-            or_(DomainEvent.next_attempt_at.is_(None), DomainEvent.next_attempt_at <= now),
-            ~waits_behind_a_retry,
-        )
-        .order_by(DomainEvent.created_at, DomainEvent.id)
-        .limit(limit)
-        # Rows another relay has claimed are skipped, not waited for: concurrent relays never
-        # claim the same event. (SQLite ignores it; there the write lock taken at BEGIN
-        # serialises relays instead.)
-        .with_for_update(skip_locked=True)
-    )
 
 
 def stream_fields(event: DomainEvent) -> dict[str, str]:
@@ -124,7 +97,7 @@ async def relay_batch(
     now = datetime.now(UTC)
     async with db.sessions.begin() as session:
         await session.connection(execution_options=WRITE_TRANSACTION)
-        events = (await session.scalars(due_events(now=now, limit=settings.batch_size))).all()
+        events = await claim(session, now=now, limit=settings.batch_size, design=settings.design)
         if not events:
             return BatchResult()
         try:

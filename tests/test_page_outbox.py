@@ -106,3 +106,19 @@ def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instruc
     wait_for(lambda: ui.outbox_overview().applied == 1, timeout=15)
     at.run()
     assert metrics(at)["Published"] == "1" and metrics(at)["Pending"] == "0"
+
+
+def test_several_relays_run_from_the_page_in_aggregate_order_show_no_inversion(initialised):
+    at = open_page(PAGE)
+    at.number_input(key="relays_count").set_value(0)
+    at = click(at, "relays_run")
+    assert not at.exception and "Relays: Choose 1 to 8." in texts(at.error)
+    assert "Inversions" not in metrics(at)
+    at.number_input(key="relays_count").set_value(3)
+    at.number_input(key="relays_events").set_value(1_000)
+    at = click(at, "relays_run")
+    assert not at.exception
+    shown = metrics(at)
+    assert (shown["Inversions"], shown["Duplicates"], shown["Not appended"]) == ("0", "0", "0")
+    assert "3 relay(s), in aggregate order" in texts(at.caption)
+    assert not ui.publisher().running  # the lab's publisher was not started or touched

@@ -15,6 +15,7 @@ from labbench.faults import Faults, LabPublisher
 from labbench.outbox_view import EventProgress, event_progress
 from source.consumer import dead_letter_key, replay_dead_letter
 from source.database import Database
+from source.outbox_claims import AGGREGATE_ORDER
 
 
 def progress_text(event_id: str, now: EventProgress) -> str:
@@ -200,11 +201,14 @@ def guarantees(publisher: LabPublisher, *, backend: str) -> None:
         "- **Order per user, with one relay**: claims go oldest first, and an event waits while an earlier "
         "event of its user waits for a retry or is parked as failed (until it is retried or discarded). On "
         "SQLite, relays in several processes take turns on the write lock, so order holds there too.\n"
-        "- **Several processes on PostgreSQL**: relays run concurrently, and `SKIP LOCKED` keeps them from "
-        "ever claiming the same event, so a fault-free run publishes nothing twice. They do *not* keep one "
-        "user's order: two relays can hold two events of one user at once. Per-aggregate order then needs one "
-        "relay per aggregate (e.g. a PostgreSQL advisory lock per user, which this lab does not take); the "
-        "read model instead keeps the newest score by the event's time, whatever order events arrive in.\n"
+        "- **Several processes on PostgreSQL**: row locks (`FOR UPDATE`) keep relays from ever claiming the same "
+        "event, so a fault-free run publishes nothing twice. Order per user across relays comes from the claim design: "
+        f"this publisher claims **{publisher.settings.design}**"
+        + (" (an advisory lock per user, then the batch read in a snapshot taken after the locks are held), "
+           "so relays in any number of processes keep each user's events in order. "
+           if publisher.settings.design == AGGREGATE_ORDER else ", so two relays can hold two events of one user "
+           "at once and append them out of order. ")
+        + "Section 5 below runs several relays with either design and counts the inversions.\n"
         f"- **Bounded storage**: published outbox rows and inbox rows are kept {keep_hours:g} h, and the stream "
         "is trimmed only below what the group has acknowledged. The dead letters stay until replayed."
     )

@@ -1,0 +1,116 @@
+"""5. How a relay claims its batch: in any order, or each aggregate's events in order.
+
+Both designs claim due pending events oldest first and never the same event from two relays. They
+differ when several relays run at once on PostgreSQL (several app processes behind a proxy):
+
+- any order: `FOR UPDATE SKIP LOCKED`. Relay B skips the rows relay A holds and takes the next
+  ones, which may be later events of a user whose earlier events A is still appending: B's can
+  reach the stream first.
+- in aggregate order: a relay first takes a transaction-scoped advisory lock per aggregate (user),
+  then claims only events of the aggregates it holds. One relay at a time has a user's events in
+  flight, and the next relay to hold the user starts after the previous one committed.
+
+On SQLite both are the same claim: the write lock taken at BEGIN lets one relay in at a time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, exists, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from .models import DomainEvent
+
+ANY_ORDER, AGGREGATE_ORDER = "any order", "in aggregate order"
+
+
+def is_due(now: datetime):
+    """Pending and due, except events queued behind an earlier event of the same aggregate that
+    waits for its retry or is parked as failed: a parked event holds its aggregate until it is
+    retried or discarded."""
+    earlier = aliased(DomainEvent)
+    waits_behind_a_retry = exists().where(
+        earlier.aggregate_type == DomainEvent.aggregate_type,
+        earlier.aggregate_id == DomainEvent.aggregate_id,
+        or_(earlier.status == "failed", and_(earlier.status == "pending", earlier.next_attempt_at > now)),
+        or_(
+            earlier.created_at < DomainEvent.created_at,
+            and_(earlier.created_at == DomainEvent.created_at, earlier.id < DomainEvent.id),
+        ),
+    )
+    return and_(
+        DomainEvent.status == "pending",
+        or_(DomainEvent.next_attempt_at.is_(None), DomainEvent.next_attempt_at <= now),
+        ~waits_behind_a_retry,
+    )
+
+
+def due_events(*, now: datetime, limit: int):
+    """The any-order claim: due events, oldest first."""
+    return (
+        select(DomainEvent)
+        .where(is_due(now))
+        .order_by(DomainEvent.created_at, DomainEvent.id)
+        .limit(limit)
+        # Rows another relay has claimed are skipped, not waited for: concurrent relays never
+        # claim the same event. (SQLite ignores it; there the write lock taken at BEGIN
+        # serialises relays instead.)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def aggregate_lock_key(aggregate_type, aggregate_id):
+    """The aggregate as a bigint, the key of its advisory lock (a hash collision only makes two
+    aggregates take turns)."""
+    return func.hashtextextended(aggregate_type + "/" + aggregate_id, 0)
+
+
+def lock_oldest_aggregates(*, now: datetime, window: int, limit: int):
+    """Up to `limit` aggregates of the oldest `window` due events, oldest first, whose advisory lock
+    this transaction takes; those that other relays hold are passed over. The locks are released at
+    commit or rollback, and a relay that dies loses its connection and so its locks."""
+    oldest = (
+        select(DomainEvent.aggregate_type, DomainEvent.aggregate_id, DomainEvent.created_at)
+        .where(is_due(now))
+        .order_by(DomainEvent.created_at, DomainEvent.id)
+        .limit(window)
+        .subquery()
+    )
+    aggregates = (
+        select(oldest.c.aggregate_type, oldest.c.aggregate_id)
+        .group_by(oldest.c.aggregate_type, oldest.c.aggregate_id)
+        .order_by(func.min(oldest.c.created_at))
+        .limit(window)  # no fewer rows, but PostgreSQL moves no condition below a LIMIT (see below)
+        .subquery()
+    )
+    # The lock is tried above the LIMIT: in that order, one aggregate at a time, until `limit` are
+    # held. (Without a LIMIT in between, the planner may evaluate it for every group and lock them all.)
+    return select(aggregates).where(func.pg_try_advisory_xact_lock(aggregate_lock_key(*aggregates.c))).limit(limit)
+
+
+def events_of(aggregates, *, now: datetime, limit: int):
+    """The due events of aggregates this transaction holds, oldest first."""
+    return (
+        select(DomainEvent)
+        .where(tuple_(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(aggregates), is_due(now))
+        .order_by(DomainEvent.created_at, DomainEvent.id)
+        .limit(limit)
+        # Waited for, never skipped: skipping a row of an aggregate we hold could skip its earlier event.
+        .with_for_update()
+    )
+
+
+async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str) -> list[DomainEvent]:
+    """Lock and return the batch this relay publishes, in the session's transaction."""
+    if design == ANY_ORDER or (await session.connection()).dialect.name != "postgresql":
+        return list((await session.scalars(due_events(now=now, limit=limit))).all())
+    held = [tuple(row) for row in await session.execute(lock_oldest_aggregates(now=now, window=limit * 10, limit=limit))]
+    if not held:
+        return []
+    # A second statement, so a second snapshot, taken after the locks are held: the relay that held
+    # an aggregate before us has committed, and we see its marks and retry times. Read in the first
+    # statement's snapshot, its earlier event waiting for a retry would still look due, and the
+    # events behind it would go out ahead of it.
+    return list((await session.scalars(events_of(held, now=now, limit=limit))).all())

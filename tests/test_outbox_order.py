@@ -1,0 +1,160 @@
+"""Several relays at once: with the aggregate-order claim (the default) no user's events reach the
+stream out of order; with the any-order claim on PostgreSQL they do; on SQLite the write lock makes
+relays take turns, so neither design inverts. Inversions are counted as an outside observer would:
+XRANGE the stream and compare each user's sequence with the database's (created_at, id) order."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import select, text
+
+from labbench.relay_race import check_input, order_faults, race
+from source import DomainEvent
+from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER, claim
+from tests.conftest import need
+from tests.test_outbox import add_events, make_users, status_counts, wait_until
+from tests.test_outbox_faults import REPO
+
+
+@pytest.fixture
+def redis_kind(backend):
+    """Pairs each database with its Redis: SQLite with fakeredis, PostgreSQL with the server."""
+    return "fakeredis" if backend == "sqlite" else "redis"
+
+
+async def _race(db_url, redis_target, fake_server, key_prefix, *, relays, design, events=10_000, users=5):
+    return await race(database_url=db_url, redis_target=redis_target, fake_server=fake_server, relays=relays,
+                      design=design, events=events, users=users, key_prefix=key_prefix)
+
+
+# --- the observer's count -----------------------------------------------------------------
+
+
+def test_a_repeat_is_a_duplicate_and_a_later_event_first_is_an_inversion():
+    order = [("u", "1"), ("v", "2"), ("u", "3"), ("u", "4")]
+    entry = [{"aggregate_id": a, "event_id": e} for a, e in order]
+    assert order_faults(entry, order) == (0, 0, 0)
+    assert order_faults(entry[:3] + entry[:3] + entry[3:], order) == (3, 0, 0)  # sent again after a crash
+    assert order_faults([entry[0], entry[3], entry[1], entry[2]], order) == (0, 1, 0)  # 4 before 3
+    assert order_faults([entry[2], entry[1]], order) == (0, 0, 2)
+
+
+def test_out_of_range_input_gets_a_message_per_field():
+    assert check_input(relays=2, events=10_000, users=5) == {}
+    assert set(check_input(relays=0, events=50, users=5000)) == {"relays", "events", "users"}
+
+
+# --- relays on threads of their own, both backend pairs -------------------------------------
+
+
+async def test_two_relays_in_aggregate_order_invert_nothing_over_10000_events(
+    db_url, backend, redis_target, fake_server, key_prefix
+):
+    result = await _race(db_url, redis_target, fake_server, key_prefix, relays=2, design=AGGREGATE_ORDER)
+    assert (result.missing, result.duplicates, result.inversions) == (0, 0, 0)
+    assert result.appended == sum(result.per_relay) == 10_000
+    if backend == "postgresql":  # concurrently, each holding users the other does not
+        assert all(published > 0 for published in result.per_relay)
+
+
+async def test_four_any_order_relays_invert_events_on_postgresql_and_take_turns_on_sqlite(
+    db_url, backend, redis_target, fake_server, key_prefix
+):
+    result = await _race(db_url, redis_target, fake_server, key_prefix, relays=4, design=ANY_ORDER)
+    assert (result.missing, result.duplicates) == (0, 0)
+    if backend == "postgresql":  # SKIP LOCKED lets a relay take a user's later rows while another holds earlier ones
+        assert result.inversions > 0
+    else:  # BEGIN IMMEDIATE: one relay's whole cycle, append included, at a time
+        assert result.inversions == 0
+
+
+# --- the claim itself, on PostgreSQL ---------------------------------------------------------
+
+
+async def test_a_user_held_by_one_relay_is_passed_over_by_another_and_locks_are_bounded(db):
+    users = await make_users(db, 150)
+    await add_events(db, users=users, count=300, per_transaction=150)  # two events per user
+    now = datetime.now(UTC)
+    if db.backend == "sqlite":  # no advisory locks: the same claim as any order, under the write lock
+        async with db.sessions.begin() as session:
+            ordered = await claim(session, now=now, limit=100, design=AGGREGATE_ORDER)
+            assert [e.id for e in ordered] == [e.id for e in await claim(session, now=now, limit=100, design=ANY_ORDER)]
+        return
+    async with db.sessions.begin() as first, db.sessions.begin() as second:
+        batch = await claim(first, now=now, limit=100, design=AGGREGATE_ORDER)
+        held = await first.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                       "AND pid = pg_backend_pid()"))
+        assert len(batch) == 100 and held == len({e.aggregate_id for e in batch}) <= 100
+        other = await claim(second, now=now, limit=100, design=AGGREGATE_ORDER)
+        assert other and not {e.aggregate_id for e in other} & {e.aggregate_id for e in batch}
+        # The any-order claim skips only the rows, so it takes the held users' second events.
+        async with db.sessions.begin() as third:
+            skipping = await claim(third, now=now, limit=300, design=ANY_ORDER)
+            assert {e.aggregate_id for e in skipping} & {e.aggregate_id for e in batch}
+
+
+# --- relays in separate processes ------------------------------------------------------------
+
+
+async def test_two_relay_processes_in_aggregate_order_invert_nothing_over_10000_events(db, db_url, key_prefix):
+    """Real child processes (python -m labbench.relay_process) on the lab's own table; Redis is the
+    server, which a child process can reach."""
+    redis_url = need("LAB_TEST_REDIS_URL")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    stream = f"{key_prefix}ordered-processes"
+    users = await make_users(db, 5)
+    await add_events(db, users=users, count=10_000, per_transaction=500)
+    if db.backend == "postgresql":
+        async with db.engine.begin() as conn:
+            await conn.execute(text("ANALYZE domain_events"))
+    command = [sys.executable, "-m", "labbench.relay_process", db_url, redis_url, stream, "--hold", "0", "--batch", "100"]
+    children = [await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL, cwd=REPO)
+                for _ in range(2)]
+    try:
+        await wait_until(lambda: _none_pending(db), timeout=60)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+    try:
+        async with db.sessions() as session:
+            order = (await session.execute(select(DomainEvent.aggregate_id, DomainEvent.id)
+                                           .order_by(DomainEvent.created_at, DomainEvent.id))).all()
+        entries = [fields for _, fields in await client.xrange(stream)]
+        assert order_faults(entries, [tuple(row) for row in order]) == (0, 0, 0)
+        assert len(entries) == 10_000
+    finally:
+        await client.delete(stream)
+        await client.aclose()
+
+
+async def _none_pending(db) -> bool:
+    return (await status_counts(db))["pending"] == 0
+
+
+def test_the_relay_defaults_to_the_aggregate_order_claim():
+    from source import RelaySettings
+
+    assert RelaySettings().design == AGGREGATE_ORDER
+
+
+async def test_the_experiment_leaves_no_schema_and_no_stream_behind(db_url, backend, redis_target, fake_server,
+                                                                     key_prefix, redis_client):
+    await _race(db_url, redis_target, fake_server, key_prefix, relays=2, design=AGGREGATE_ORDER, events=200)
+    assert [key async for key in redis_client.scan_iter(match=f"{key_prefix}*")] == []
+    if backend == "postgresql":
+        from source import Database
+
+        db = Database(db_url)
+        try:
+            async with db.engine.connect() as conn:
+                schemas = await conn.scalar(text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'relays_%'"))
+        finally:
+            await db.dispose()
+        assert schemas == 0
