@@ -27,10 +27,11 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from streamlit.errors import StreamlitPageNotFoundError
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+import learner
 import number_inputs
 import source
 import widgets
-from labbench import keyguard, lab_data, outbox_view, recorder
+from labbench import keyguard, lab_data, migrations, outbox_view, recorder
 from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
 from labbench.singletons import process_wide
@@ -283,8 +284,43 @@ def page(title: str, icon: str = "🗄️") -> None:
     status = backend_status()
     if status.schema_revision is not None:
         st.session_state.db_initialized = True
+    why_not = _progress_storable(status)
+    learner.resume(database(), run, storable=why_not is None, why_not=why_not or "")
     _sidebar(status)
     _banners(status)
+
+
+def _progress_storable(status: BackendStatus) -> str | None:
+    """None when learners' progress can be stored now, else why not (the sidebar shows it)."""
+    where = "so your progress is kept in this browser tab only for now."
+    if not status.database_ok:
+        return f"The database is unreachable, {where}"
+    if status.database_busy:
+        return f"The database is busy, {where}"
+    if status.schema_revision is None:
+        return f"The schema is not initialised (section 2), {where}"
+    if not migrations.stores_learners(status.schema_revision):
+        return (f"The schema is at revision {status.schema_revision}, below {migrations.FIRST_REVISION}, which "
+                f"stores learners' progress (section 6 upgrades it), {where}")
+    return None
+
+
+def mark_done(section: str) -> None:
+    """The learner did the section's key action: in session state, and in their row."""
+    widgets.mark_done(section)
+    learner.save(database(), run)
+
+
+def knowledge_check(section: str, questions) -> None:
+    """The section's quiz (widgets.knowledge_check); answers that changed are saved to the learner's row."""
+    widgets.knowledge_check(section, questions)
+    learner.save(database(), run)
+
+
+def remember_made(**ids: Any) -> None:
+    """IDs the learner made that later pages use: in session state, and in their row."""
+    learner.made(**ids)
+    learner.save(database(), run)
 
 
 def require_initialized() -> None:
@@ -324,7 +360,7 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
         _publisher_status()
-        widgets.progress()
+        learner.sidebar(database(), run)
 
 
 def _publisher_status() -> None:

@@ -4,7 +4,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench import migrations, pooling, shared_session
 from source import run_db_setup_and_create_user
 from views import pooling_views
@@ -105,7 +104,7 @@ if run_experiment:
     )
     with ui.errors_shown(fields={"max_overflow": overflow_slot}), st.spinner("Running both engines..."):
         st.session_state.pool_experiment = ui.run(pooling.run_pool_experiment(db=db, settings=settings), timeout=180)
-        widgets.mark_done("pooling")
+        ui.mark_done("pooling")
 
 if result := st.session_state.get("pool_experiment"):
     pooling_views.experiment_result(result, db)
@@ -139,4 +138,4 @@ if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab d
                 "key(s); Alex and Jane are back to their sample values."
             )
 
-widgets.knowledge_check("pooling", checks.POOLING)
+ui.knowledge_check("pooling", checks.POOLING)

@@ -5,7 +5,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench import migrations
 from source import config
 
@@ -117,11 +116,11 @@ with ui.errors_shown():
     )
     if st.button("Run drift check", key="drift_check"):
         differences = ui.run(migrations.drift(db))
-        widgets.mark_done("migrations")
+        ui.mark_done("migrations")
         if differences:
             st.warning(f"{len(differences)} difference(s) between the models and the database:")
             st.code("\n".join(differences), language=None)
         else:
             st.success("No drift: the schema matches the models.")
 
-widgets.knowledge_check("migrations", checks.MIGRATIONS)
+ui.knowledge_check("migrations", checks.MIGRATIONS)
