@@ -50,6 +50,7 @@ SECTIONS = [
     ("pages/5_Eventing_Outbox_Pattern.py", "5. Eventing (Outbox Pattern)"),
     ("pages/5b_Event_Design_Workbench.py", "5b. Event Table Design (Create)"),
     ("pages/6_Schema_Migrations.py", "6. Schema Migrations (Alembic)"),
+    ("pages/7_Instructor.py", "7. Instructor"),
 ]
 
 # What a learner's session carries from section to section.
@@ -377,11 +378,17 @@ def _publisher_status() -> None:
         st.caption(f"Last error at {figures.last_error_at:%H:%M:%S} UTC: {widgets.escape_markdown(figures.last_error)}")
 
 
+def learner_params() -> dict[str, str] | None:
+    """For links between pages: the learner's token stays in the URL."""
+    me = learner.current()
+    return {learner.QUERY_KEY: me.token} if me else None
+
+
 def _navigation() -> None:
     """The sections with the spec's labels (Streamlit's own list would call the entry page "app")."""
     for path, label in SECTIONS:
         try:
-            st.page_link(path, label=label)
+            st.page_link(path, label=label, query_params=learner_params())
         except StreamlitPageNotFoundError:  # AppTest runs a page as its own entry point
             st.caption(label)
 

@@ -125,8 +125,10 @@ st.subheader("Start over")
 st.markdown(
     "Resetting deletes every row of the lab's own tables and every Redis key under the lab's "
     "prefix, then restores Alex and Jane as they were (same IDs). Nothing else in the database "
-    "or in Redis is touched."
+    "or in Redis is touched. Learners' saved progress (their marks and quiz answers, in the room's own "
+    "tables) is kept; IDs they made may then name rows that are gone."
 )
+st.caption("The room-wide actions (Initialize when it migrates, reset, the publisher, broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, with the room's progress.")
 if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab data", key="reset_key"):
     confirmed = st.checkbox("Yes, delete all lab data, every learner's included", key="reset_confirm")
     if st.button("Reset lab data", key="reset_lab", disabled=not confirmed):
