@@ -479,7 +479,7 @@ def instructor_key_set() -> bool:
     return bool(os.environ.get("LAB_INSTRUCTOR_KEY", ""))
 
 
-def instructor_key_ok(action: str, *, key: str) -> bool:
+def instructor_key_ok(action: str, *, key: str, reason: str = "changes the lab for everyone") -> bool:
     """Gate for actions that change the lab for every session on this server (resetting data,
     stopping the publisher, injecting a fault, stepping the schema). With LAB_INSTRUCTOR_KEY
     set they need that key; without it the server is taken to be one learner's own."""
@@ -492,7 +492,7 @@ def instructor_key_ok(action: str, *, key: str) -> bool:
         return True
     entered = st.text_input(f"Instructor key ({action.lower()})", type="password", key=key)
     if not entered:
-        st.caption(f"{action} changes the lab for everyone: it needs the instructor key.")
+        st.caption(f"{action} {reason}: it needs the instructor key.")
         return False
     # Wrong keys back off per session and per address (labbench.keyguard). A key left in the box
     # is checked again at every rerun: only a new wrong value counts as another attempt.

@@ -128,7 +128,9 @@ st.markdown(
     "or in Redis is touched. Learners' saved progress (their marks and quiz answers, in the room's own "
     "tables) is kept; IDs they made may then name rows that are gone."
 )
-st.caption("The room-wide actions (Initialize when it migrates, reset, the publisher, broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, with the room's progress.")
+st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
+           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
+           "with the room's progress.")
 if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab data", key="reset_key"):
     confirmed = st.checkbox("Yes, delete all lab data, every learner's included", key="reset_confirm")
     if st.button("Reset lab data", key="reset_lab", disabled=not confirmed):

@@ -63,7 +63,9 @@ st.markdown(
     "ID written in the same transaction as the effect (a per-user read model), `XACK` after commit, "
     "and `XAUTOCLAIM` for entries a dead consumer never acknowledged."
 )
-st.caption("The room-wide actions (Initialize when it migrates, reset, the publisher, broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, with the room's progress.")
+st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
+           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
+           "with the room's progress.")
 if ui.instructor_key_ok("Starting or stopping the publisher", key="outbox_stop_key"):
     start_col, stop_col = st.columns(2)
     if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):

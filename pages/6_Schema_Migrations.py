@@ -89,7 +89,9 @@ with ui.errors_shown():
         "0004 the learners' saved progress is dropped, and until an upgrade each learner's progress "
         "stays in their browser tab only."
     )
-    st.caption("The room-wide actions (Initialize when it migrates, reset, the publisher, broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, with the room's progress.")
+    st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
+           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
+           "with the room's progress.")
     if ui.instructor_key_ok("Changing the schema", key="migrate_key"):
         up_col, down_col = st.columns(2)
         direction = None

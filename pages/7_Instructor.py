@@ -14,7 +14,7 @@ if not ui.instructor_key_set():
         "then it shows nothing of other learners, and the sections' shared actions are open to anyone."
     )
     st.stop()
-if not ui.instructor_key_ok("Opening the instructor page", key="instructor_page_key"):
+if not ui.instructor_key_ok("This page", key="instructor_page_key", reason="shows every learner's progress"):
     st.stop()
 
 st.markdown(
