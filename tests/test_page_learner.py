@@ -168,3 +168,11 @@ def test_below_revision_0004_progress_stays_in_the_tab_with_a_note_and_is_saved_
     resumed = open_as(at.query_params["learner"])
     assert at.query_params["learner"] == token and resumed.session_state["passed_models"] is True
     assert resumed.session_state.display_name == "Ada"
+
+
+def test_every_link_between_pages_keeps_the_learners_token(initialised):
+    at = AppTest.from_file("../app.py", default_timeout=60).run()  # the entry point: its links resolve
+    token = at.query_params["learner"]
+    links = at.get("page_link")
+    assert len(links) == 2 * len(ui.SECTIONS) - 1  # the sidebar's, and the Introduction's list of sections
+    assert {link.proto.query_string for link in links} == {f"learner={token}"}
