@@ -63,4 +63,4 @@ st.markdown(
 st.markdown("Work through the sections in order: section 2 creates the schema and the sample users the later sections use.")
 for path, label in ui.SECTIONS[1:]:
     if (Path(__file__).parent / path).exists():
-        st.page_link(path, label=label)
+        st.page_link(path, label=label, query_params=ui.learner_params())

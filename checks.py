@@ -248,7 +248,8 @@ MIGRATIONS = (
          "The database against a backup; nothing was lost",
          "The migrations against the models; every migration has run"),
         1,
-        "Autogenerate reflects the live database and compares it with `Base.metadata`. An empty diff "
+        "Autogenerate reflects the live database and compares it with `target_metadata` (here `Base.metadata` "
+        "and the room's learner tables). An empty diff "
         "says that database and the models agree; it says nothing about another database, and it "
         "cannot see what autogenerate skips, such as the NOTIFY trigger that revision 0002 adds on "
         "PostgreSQL.",

@@ -27,10 +27,11 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from streamlit.errors import StreamlitPageNotFoundError
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+import learner
 import number_inputs
 import source
 import widgets
-from labbench import keyguard, lab_data, outbox_view, recorder
+from labbench import keyguard, lab_data, migrations, outbox_view, recorder
 from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
 from labbench.singletons import process_wide
@@ -49,6 +50,7 @@ SECTIONS = [
     ("pages/5_Eventing_Outbox_Pattern.py", "5. Eventing (Outbox Pattern)"),
     ("pages/5b_Event_Design_Workbench.py", "5b. Event Table Design (Create)"),
     ("pages/6_Schema_Migrations.py", "6. Schema Migrations (Alembic)"),
+    ("pages/7_Instructor.py", "7. Instructor"),
 ]
 
 # What a learner's session carries from section to section.
@@ -283,8 +285,43 @@ def page(title: str, icon: str = "🗄️") -> None:
     status = backend_status()
     if status.schema_revision is not None:
         st.session_state.db_initialized = True
+    why_not = _progress_storable(status)
+    learner.resume(database(), run, storable=why_not is None, why_not=why_not or "")
     _sidebar(status)
     _banners(status)
+
+
+def _progress_storable(status: BackendStatus) -> str | None:
+    """None when learners' progress can be stored now, else why not (the sidebar shows it)."""
+    where = "so your progress is kept in this browser tab only for now."
+    if not status.database_ok:
+        return f"The database is unreachable, {where}"
+    if status.database_busy:
+        return f"The database is busy, {where}"
+    if status.schema_revision is None:
+        return f"The schema is not initialised (section 2), {where}"
+    if not migrations.stores_learners(status.schema_revision):
+        return (f"The schema is at revision {status.schema_revision}, below {migrations.FIRST_REVISION}, which "
+                f"stores learners' progress (section 6 upgrades it), {where}")
+    return None
+
+
+def mark_done(section: str) -> None:
+    """The learner did the section's key action: in session state, and in their row."""
+    widgets.mark_done(section)
+    learner.save(database(), run)
+
+
+def knowledge_check(section: str, questions) -> None:
+    """The section's quiz (widgets.knowledge_check); answers that changed are saved to the learner's row."""
+    widgets.knowledge_check(section, questions)
+    learner.save(database(), run)
+
+
+def remember_made(**ids: Any) -> None:
+    """IDs the learner made that later pages use: in session state, and in their row."""
+    learner.made(**ids)
+    learner.save(database(), run)
 
 
 def require_initialized() -> None:
@@ -324,7 +361,7 @@ def _sidebar(status: BackendStatus) -> None:
         st.markdown("**Redis**")
         st.caption(f"{_dot(status.redis_ok)} {target.label}: {target.reason}")
         _publisher_status()
-        widgets.progress()
+        learner.sidebar(database(), run)
 
 
 def _publisher_status() -> None:
@@ -341,11 +378,17 @@ def _publisher_status() -> None:
         st.caption(f"Last error at {figures.last_error_at:%H:%M:%S} UTC: {widgets.escape_markdown(figures.last_error)}")
 
 
+def learner_params() -> dict[str, str] | None:
+    """For links between pages: the learner's token stays in the URL."""
+    me = learner.current()
+    return {learner.QUERY_KEY: me.token} if me else None
+
+
 def _navigation() -> None:
     """The sections with the spec's labels (Streamlit's own list would call the entry page "app")."""
     for path, label in SECTIONS:
         try:
-            st.page_link(path, label=label)
+            st.page_link(path, label=label, query_params=learner_params())
         except StreamlitPageNotFoundError:  # AppTest runs a page as its own entry point
             st.caption(label)
 
@@ -436,7 +479,7 @@ def instructor_key_set() -> bool:
     return bool(os.environ.get("LAB_INSTRUCTOR_KEY", ""))
 
 
-def instructor_key_ok(action: str, *, key: str) -> bool:
+def instructor_key_ok(action: str, *, key: str, reason: str = "changes the lab for everyone") -> bool:
     """Gate for actions that change the lab for every session on this server (resetting data,
     stopping the publisher, injecting a fault, stepping the schema). With LAB_INSTRUCTOR_KEY
     set they need that key; without it the server is taken to be one learner's own."""
@@ -449,7 +492,7 @@ def instructor_key_ok(action: str, *, key: str) -> bool:
         return True
     entered = st.text_input(f"Instructor key ({action.lower()})", type="password", key=key)
     if not entered:
-        st.caption(f"{action} changes the lab for everyone: it needs the instructor key.")
+        st.caption(f"{action} {reason}: it needs the instructor key.")
         return False
     # Wrong keys back off per session and per address (labbench.keyguard). A key left in the box
     # is checked again at every rerun: only a new wrong value counts as another attempt.

@@ -9,6 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from labbench.embedded_postgres import resolve_database
+from labbench.learners import room_metadata
 from source.models import Base, UTCDateTime
 
 config = context.config
@@ -17,7 +18,8 @@ config = context.config
 if config.config_file_name is not None and not {"connection", "url"} & config.attributes.keys():
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+# The lesson's models, and the room's bookkeeping (learners' progress), kept apart from them.
+target_metadata = [Base.metadata, room_metadata]
 
 
 def render_item(type_, obj, autogen_context):

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 import websockets
 from streamlit.proto.Alert_pb2 import Alert
@@ -38,6 +39,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 import checks
 from harness.rows import RowCheck
 from harness.served import Walks
+from labbench import learners
 from labbench.cache_traffic import TRAFFIC_DOMAIN
 from labbench.loading import COHORT_DOMAIN
 from source import AIRScore, Database, User
@@ -201,7 +203,9 @@ class Session:
     def _receive(self, message: ForwardMsg) -> None:
         kind = message.WhichOneof("type")
         rendered = self._pending
-        if kind == "new_session":
+        if kind == "page_info_changed":  # the page set st.query_params: the browser's URL changes
+            self.query_string = message.page_info_changed.query_string
+        elif kind == "new_session":
             if self._open_run and rendered is not None:
                 rendered.errors.append("the server started a new run before the last one ended (its output was dropped)")
             self._open_run = True
@@ -323,6 +327,8 @@ class Walked:
     asked_traffic: bool = False  # asked for a traffic run, which creates the shared traffic users
     degraded: list[str] = field(default_factory=list)  # warnings: Redis late, served from the database
     quiz_right: str = ""
+    token: str = ""  # the learner's token, from the URL the app set
+    event_prefix: str = ""  # the first 8 characters of the event of my score, as section 5 shows it
     tolerated: list[str] = field(default_factory=list)  # error elements the run was told to tolerate
     error: str | None = None
     clicks: list[Click] = field(default_factory=list)
@@ -331,6 +337,8 @@ class Walked:
 async def walk(session: Session, me: Walked, think) -> None:
     """Every section's key action, in the spec's order. `think()` is awaited between clicks."""
     await session.open()
+    me.token = parse_qs(session.query_string).get("learner", [""])[0]
+    expect(learners.token_hash(me.token), f"opening the app: no learner token in the URL ({session.query_string!r})")
     await think()
 
     shown = await session.go("2. DB Connectivity & Pooling")
@@ -389,7 +397,7 @@ async def walk(session: Session, me: Walked, think) -> None:
     shown = await session.click("outbox_create")
     event = found(r"and event `(\w{8})` \(AIRScoreCalculated, status \*\*pending\*\*\) in one transaction",
                   shown, "a score stored with its pending event")[1]
-    me.scored_alex = True
+    me.scored_alex, me.event_prefix = True, event
     mine = rf"Your event `{event}`: \*\*published\*\* · appended to the stream [\d.]+ s after it was created · applied by the consumer"
     if not re.search(mine, shown.text) and not shown.widget("outbox_start").disabled:
         await think()
@@ -492,7 +500,8 @@ async def check_database(database_url: str, walked: list[Walked]) -> list[str]:
     far as it got, one user with 3 scores, a cohort of 20 users with 3 scores each, and one score with its event
     for Alex; the 50 shared traffic users (no scores) once any learner asked for a traffic run;
     Jane's one demo score with its event once any learner opened section 4;
-    every event published once and applied once. Returns the mismatches."""
+    every event published once and applied once; and one learner row per learner, holding the
+    marks, quiz answers and IDs of what it did. Returns the mismatches."""
     made = [me for me in walked if me.user_id]
     cohorts = {me.cohort_tag for me in walked if me.cohort_tag}
     alex_scores = sum(me.scored_alex for me in walked)
@@ -513,9 +522,33 @@ async def check_database(database_url: str, walked: list[Walked]) -> list[str]:
             rows.same("all scores", await rows.count(AIRScore), 3 * sum(me.scores_added for me in walked)
                       + len(cohorts) * COHORT_USERS * COHORT_SCORES + alex_scores + jane_scores)
             await rows.events(alex=alex, jane=jane, alex_scores=alex_scores, jane_scores=jane_scores)
+            rows.same("learners' rows", await rows.count(learners.learners), sum(1 for me in walked if me.token))
+        for me in walked:
+            if me.token:
+                await saved_progress(db, me, rows)
     finally:
         await db.dispose()
     return rows.problems
+
+
+async def saved_progress(db: Database, me: Walked, rows: RowCheck) -> None:
+    """The learner's row holds, as far as it got, the marks of the key actions it did, its quiz
+    answers with their rightness, and the IDs it made."""
+    found = await learners.load(db, me.token)
+    if found is None:
+        rows.problems.append(f"learner {me.number}: no row for its token")
+        return
+    saved = found[1]
+    done = {section for section, did in (("models", me.user_id), ("repository", me.statements),
+                                          ("cache", me.cache_outcomes), ("outbox", me.scored_alex)) if did}
+    rows.same(f"learner {me.number}'s marks", (saved.done, saved.passed), (done, {"outbox"} if me.quiz_right else set()))
+    answers = {"outbox": {n: (q.answer, True) for n, q in enumerate(checks.OUTBOX)}} if me.quiz_right else {}
+    rows.same(f"learner {me.number}'s answers", saved.answers, answers)
+    made = saved.made
+    rows.same(f"learner {me.number}'s user", made.get("created_user_id"), me.user_id or None)
+    rows.same(f"learner {me.number}'s cohort", (made.get("n1_cohort_tag"), len(made.get("n1_cohort_ids", ()))),
+              (me.cohort_tag, COHORT_USERS) if me.cohort_tag else (made.get("n1_cohort_tag"), 0))
+    rows.same(f"learner {me.number}'s event", str(made.get("outbox_event_id", ""))[:8], me.event_prefix)
 
 
 # --- what one rerun of each page costs the server ----------------------------------------------

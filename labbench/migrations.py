@@ -3,6 +3,7 @@ one step up or down, and a drift check of the models against the live schema."""
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+from labbench.learners import FIRST_REVISION, room_metadata
 from source.database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
 from source.models import Base
 
@@ -50,6 +52,17 @@ def revision_history() -> list[Revision]:
         for rev in scripts.walk_revisions()
     ]
     return list(reversed(history))
+
+
+@functools.cache
+def _stores_learners() -> frozenset[str]:
+    order = [r.revision for r in revision_history()]
+    return frozenset(order[order.index(FIRST_REVISION):])
+
+
+def stores_learners(revision: str | None) -> bool:
+    """True when a database at this revision has the learners' tables (revision 0004 or later)."""
+    return revision in _stores_learners()
 
 
 def migration_source(revision: str) -> str:
@@ -118,7 +131,7 @@ async def step(db: Database, *, direction: str) -> StepResult:
 
 def _drift(sync_connection) -> list[str]:
     context = MigrationContext.configure(sync_connection, opts={"compare_type": True})
-    return [_describe(diff) for diff in compare_metadata(context, Base.metadata)]
+    return [_describe(diff) for diff in compare_metadata(context, [Base.metadata, room_metadata])]
 
 
 def _describe(diff) -> str:

@@ -127,7 +127,7 @@ else:
                 education_level=education, years_experience=years,
             ))
             st.session_state.created_user_id = user.id
-            widgets.mark_done("models")
+            ui.mark_done("models")
             st.success(f"Created **{widgets.escape_markdown(user.name)}** with ID `{user.id}`.")
             st.dataframe(
                 pd.DataFrame([{c: getattr(user, c) for c in (
@@ -139,4 +139,4 @@ else:
     if st.session_state.created_user_id:
         st.markdown(f"**Last created user ID:** `{st.session_state.created_user_id}` (kept for later sections)")
 
-widgets.knowledge_check("models", checks.MODELS)
+ui.knowledge_check("models", checks.MODELS)

@@ -4,7 +4,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench import migrations, pooling, shared_session
 from source import run_db_setup_and_create_user
 from views import pooling_views
@@ -105,7 +104,7 @@ if run_experiment:
     )
     with ui.errors_shown(fields={"max_overflow": overflow_slot}), st.spinner("Running both engines..."):
         st.session_state.pool_experiment = ui.run(pooling.run_pool_experiment(db=db, settings=settings), timeout=180)
-        widgets.mark_done("pooling")
+        ui.mark_done("pooling")
 
 if result := st.session_state.get("pool_experiment"):
     pooling_views.experiment_result(result, db)
@@ -126,8 +125,12 @@ st.subheader("Start over")
 st.markdown(
     "Resetting deletes every row of the lab's own tables and every Redis key under the lab's "
     "prefix, then restores Alex and Jane as they were (same IDs). Nothing else in the database "
-    "or in Redis is touched."
+    "or in Redis is touched. Learners' saved progress (their marks and quiz answers, in the room's own "
+    "tables) is kept; IDs they made may then name rows that are gone."
 )
+st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
+           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
+           "with the room's progress.")
 if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab data", key="reset_key"):
     confirmed = st.checkbox("Yes, delete all lab data, every learner's included", key="reset_confirm")
     if st.button("Reset lab data", key="reset_lab", disabled=not confirmed):
@@ -139,4 +142,4 @@ if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab d
                 "key(s); Alex and Jane are back to their sample values."
             )
 
-widgets.knowledge_check("pooling", checks.POOLING)
+ui.knowledge_check("pooling", checks.POOLING)

@@ -78,16 +78,16 @@ users = size.number_input("Users", 1, loading.MAX_COHORT_USERS, 20, key="n1_user
 scores_per_user = per_user.number_input("Scores per user", 1, loading.MAX_SCORES_PER_USER, 3, key="n1_scores")
 if st.button("Set up my cohort", key="n1_setup"):
     with ui.errors_shown():
-        state.n1_cohort_ids = ui.run(
+        ui.remember_made(n1_cohort_ids=ui.run(
             loading.create_cohort(db, tag=state.n1_cohort_tag, users=users, scores_per_user=scores_per_user)
-        )
+        ))
         state.pop("n1_runs", None)
 if ids := state.get("n1_cohort_ids"):
     st.caption(f"Your cohort: {len(ids)} users, emails n1-{state.n1_cohort_tag}-…@{loading.COHORT_DOMAIN}")
 if st.button("Compare the three strategies", key="n1_compare", disabled=not ids):
     with ui.errors_shown():
         state.n1_runs = ui.run(loading.compare_strategies(db, user_ids=ids), timeout=120)
-        widgets.mark_done("repository")
+        ui.mark_done("repository")
 if runs := state.get("n1_runs"):
     for column, run in zip(st.columns(len(runs)), runs, strict=True):
         with column:
@@ -157,4 +157,4 @@ for column, action, label in zip(
                 )
                 st.code(caught.sql, language="sql", wrap_lines=True)
 
-widgets.knowledge_check("repository", checks.REPOSITORY)
+ui.knowledge_check("repository", checks.REPOSITORY)

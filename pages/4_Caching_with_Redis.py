@@ -2,7 +2,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench.cache_comparison import Workload, compare_strategies
 from labbench.cache_traffic import ensure_latest_score, run_traffic
 from labbench.redis_structures import lab_structures
@@ -58,7 +57,7 @@ user_col, score_col = st.columns(2)
 if user_col.button("Fetch User (Cached)", key="cache_fetch_user"):
     with ui.errors_shown(user_col):
         state.cache_user_lookup = ui.run(repo.get_by_id_cached(jane_id))
-        widgets.mark_done("cache")
+        ui.mark_done("cache")
 if score_col.button("Fetch Latest AIRScore (Cached)", key="cache_fetch_score"):
     with ui.errors_shown(score_col):
         state.cache_score_lookup = ui.run(repo.get_latest_score_cached(jane_id))
@@ -109,7 +108,7 @@ if st.button("Run the Traffic", key="cache_run_traffic"):
             ),
             timeout=120,
         )
-        widgets.mark_done("cache")
+        ui.mark_done("cache")
 if (traffic := state.get("cache_traffic")) is not None:
     cache_views.traffic_result(traffic)
 
@@ -121,7 +120,7 @@ if st.button("Compare the five strategies", key="cache_compare"):
         state.cache_compare_result = ui.run(compare_strategies(
             db=db, target=ui.redis_target(), prefix=config.redis_prefix(), workload=Workload(**values),
         ), timeout=240)
-        widgets.mark_done("cache")
+        ui.mark_done("cache")
 if (rows := state.get("cache_compare_result")) is not None:
     cache_compare_views.results(rows, in_process=ui.redis_target().kind == "embedded")
 
@@ -152,4 +151,4 @@ st.markdown(
     "and miss from the cache layer itself, keeps the cache true on writes, and keeps serving when "
     "Redis does not."
 )
-widgets.knowledge_check("cache", checks.CACHE)
+ui.knowledge_check("cache", checks.CACHE)

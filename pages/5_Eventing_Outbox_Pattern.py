@@ -4,7 +4,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench import migrations
 from source import calculate_and_store_airscore, retry_failed_events
 from source.outbox import discard_failed_events, relay_batch
@@ -36,8 +35,8 @@ if st.button("Calculate & Store AIRScore (Creates Pending Event)", key="outbox_c
             sessions=db.sessions, user_id=users[name], occupation_code="AI_ASSESSOR"
         ))
         ui.forget_cached_latest_score(score.user_id)  # section 4's cache must not serve the old one
-        widgets.mark_done("outbox")
         state.outbox_event_id, state.outbox_watch = event.id, True
+        ui.mark_done("outbox")  # saves the event's ID with the mark
         st.success(
             f"Stored score `{score.id[:8]}` (AI-R {score.air_score}) and event `{event.id[:8]}` "
             f"({event.event_type}, status **{event.status}**) in one transaction."
@@ -64,6 +63,9 @@ st.markdown(
     "ID written in the same transaction as the effect (a per-user read model), `XACK` after commit, "
     "and `XAUTOCLAIM` for entries a dead consumer never acknowledged."
 )
+st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
+           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
+           "with the room's progress.")
 if ui.instructor_key_ok("Starting or stopping the publisher", key="outbox_stop_key"):
     start_col, stop_col = st.columns(2)
     if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):
@@ -154,4 +156,4 @@ with st.expander("The migration that added attempts, retries, the failed status 
 st.subheader("5. Several relays, order kept")
 relay_race_views.several_relays(db.backend)
 st.caption("Design your own event table and delivery, and measure each choice: **5b. Event Table Design (Create)**.")
-widgets.knowledge_check("outbox", checks.OUTBOX)
+ui.knowledge_check("outbox", checks.OUTBOX)

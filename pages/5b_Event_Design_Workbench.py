@@ -2,7 +2,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench import dual_write, event_table
 from views import event_design_views as views
 
@@ -56,7 +55,7 @@ st.markdown(
 if st.button("Run my design's workload", key="evd_run"):
     with ui.errors_shown(), st.spinner("Measuring…"):
         views.run_workbench(design, skew_ms=float(skew_ms), interval=float(interval))
-        widgets.mark_done("event_design")
+        ui.mark_done("event_design")
 views.workbench_results(design)
 
 st.subheader("3. Pub/Sub or Streams: a subscriber goes away")
@@ -87,4 +86,4 @@ if st.button("Run the three with injected crashes", key="evd_crash"):
         views.run_crashes()
 views.crash_results()
 
-widgets.knowledge_check("event_design", views.with_figures(checks.EVENT_DESIGN))
+ui.knowledge_check("event_design", views.with_figures(checks.EVENT_DESIGN))

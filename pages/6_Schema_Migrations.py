@@ -5,7 +5,6 @@ import streamlit as st
 
 import checks
 import ui
-import widgets
 from labbench import migrations
 from source import config
 
@@ -86,8 +85,13 @@ with ui.errors_shown():
     st.subheader("Upgrade or downgrade one step")
     st.markdown(
         "A downgrade runs the revision's `downgrade()`: it drops what the upgrade added, data "
-        "included. Upgrade again to return; the sample users come back with section 2's button."
+        "included. Upgrade again to return; the sample users come back with section 2's button. Below "
+        "0004 the learners' saved progress is dropped, and until an upgrade each learner's progress "
+        "stays in their browser tab only."
     )
+    st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
+           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
+           "with the room's progress.")
     if ui.instructor_key_ok("Changing the schema", key="migrate_key"):
         up_col, down_col = st.columns(2)
         direction = None
@@ -112,16 +116,17 @@ with ui.errors_shown():
 
     st.subheader("Drift check")
     st.markdown(
-        "Do the models and the live schema agree? This compares `Base.metadata` with what the "
-        "database reflects, as `alembic check` does in CI: an empty list means no drift."
+        "Do the models and the live schema agree? This compares `Base.metadata`, and the room's own "
+        "learner tables (revision 0004, kept out of the models), with what the database reflects, as "
+        "`alembic check` does in CI: an empty list means no drift."
     )
     if st.button("Run drift check", key="drift_check"):
         differences = ui.run(migrations.drift(db))
-        widgets.mark_done("migrations")
+        ui.mark_done("migrations")
         if differences:
             st.warning(f"{len(differences)} difference(s) between the models and the database:")
             st.code("\n".join(differences), language=None)
         else:
             st.success("No drift: the schema matches the models.")
 
-widgets.knowledge_check("migrations", checks.MIGRATIONS)
+ui.knowledge_check("migrations", checks.MIGRATIONS)

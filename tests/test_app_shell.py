@@ -51,5 +51,5 @@ def test_serving_the_pages_parses_no_python(initialised, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(ast, "parse", parse)
         results = [AppTest.from_file(page, default_timeout=60).run() for page in pages]
-    assert len(results) == 8 and not any(at.exception for at in results)
+    assert len(results) == 9 and not any(at.exception for at in results)
     assert parsed_by == []

@@ -10,7 +10,7 @@ import pytest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PACKAGES = ("source", "labbench", "views", "harness")
-TOP_LEVEL = ("ui", "widgets", "number_inputs", "checks", "app")
+TOP_LEVEL = ("ui", "learner", "widgets", "number_inputs", "checks", "app")
 
 
 def module_name(path: Path) -> str:

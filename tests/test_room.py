@@ -14,6 +14,8 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 from harness import room
 from harness.served import app_subprocess_env, served_app
+from labbench import learners
+from source.models import new_id
 
 
 @pytest.fixture
@@ -62,12 +64,20 @@ def test_the_database_check_sees_a_row_nobody_made(served_env, tmp_path):
         db = Database(os.environ["DATABASE_URL"])
         try:
             await create_user(sessions=db.sessions, email="stray@example.com", name="Stray")
+            # and a learner row nobody's walk made, and a mark the walker never earned
+            await learners.save(db, new_id(), learners.new_token(), learners.Saved(), None)
+            me = run.walked[0]
+            _, saved = await learners.load(db, me.token)
+            saved.done.add("pooling")
+            await learners.save(db, (await learners.load(db, me.token))[0], me.token, saved, None)
         finally:
             await db.dispose()
 
     asyncio.run(stray())
     problems = asyncio.run(room.check_database(os.environ["DATABASE_URL"], run.walked))
-    assert problems and any(p.startswith("all users: found") for p in problems)
+    assert any(p.startswith("all users: found") for p in problems)
+    assert any(p.startswith("learners' rows: found 2, expected 1") for p in problems)
+    assert any(p.startswith("learner 1's marks: found") for p in problems)
 
 
 def test_a_run_that_shows_an_exception_fails_loudly(served_env, tmp_path):
