@@ -592,13 +592,13 @@ async def bench_room(bench: Bench) -> list[Figure]:
                     os.sched_setaffinity(0, affinity)
                 mismatches = await room.check_database(db_url, run.walked)
             label = f"{pair}, {learners} learners"
-            figures += room_figures(bench, "room", label, run, mismatches, log, {"server": (server_cpu, rss)})
+            figures += room_figures(bench, "room", label, run, mismatches, log, {"server": (server_cpu, rss, run.clicks)})
     return figures
 
 
 def room_figures(bench: Bench, section: str, label: str, run, mismatches: list[str], log, servers: dict) -> list[Figure]:
     """The figures of one room run; its failures go to bench.failures. `servers`: name -> (CPU
-    seconds spent during the walk, RSS after it in MiB)."""
+    seconds spent during the walk, RSS after it in MiB, the clicks it answered)."""
     from harness import room
 
     for problem in run.errors + [f"database: {m}" for m in mismatches]:
@@ -614,10 +614,11 @@ def room_figures(bench: Bench, section: str, label: str, run, mismatches: list[s
         Figure(section, label, "think time before each click, max", bench.room_think[1], "s"),
         Figure(section, label, "all learners' walk, wall time", run.seconds, "s"),
     ]
-    for name, (cpu, rss) in servers.items():
+    for name, (cpu, rss, clicks) in servers.items():
+        answered = sum(click.ok for click in clicks)
         figures += [
             Figure(section, label, f"{name} CPU busy (% of one core)", 100 * cpu / run.seconds, "%"),
-            Figure(section, label, f"{name} CPU per click", 1000 * cpu / max(len(done), 1), "ms"),
+            Figure(section, label, f"{name} CPU per click it answered", 1000 * cpu / max(answered, 1), "ms"),
             Figure(section, label, f"{name} memory (RSS) after the walk", rss, "MiB"),
         ]
     if done:
@@ -636,7 +637,7 @@ async def bench_room_proxy(bench: Bench) -> list[Figure]:
     share the machine's cores. The same walk and figures as `room`, per process, plus how many
     learners nginx sent to each; any learner's error or wrong row fails the bench."""
     from harness import room
-    from harness.proxy import proxied
+    from harness.proxy import COOKIE, proxied
     from harness.served import app_subprocess_env, save_server_log, served_app
 
     if "postgresql" not in bench.urls or "redis" not in bench.urls:
@@ -655,7 +656,9 @@ async def bench_room_proxy(bench: Bench) -> list[Figure]:
                 cpu_before = {name: room.process_cpu_seconds(app.process.pid) for name, app in apps.items()}
                 run = await room.run_room(proxy.url, learners=learners, think=bench.room_think, timeout=120)
                 servers = {f"process {name}": (room.process_cpu_seconds(app.process.pid) - cpu_before[name],
-                                               room.process_rss_mib(app.process.pid)) for name, app in apps.items()}
+                                               room.process_rss_mib(app.process.pid),
+                                               [c for me in run.walked if me.cookies.get(COOKIE) == name for c in me.clicks])
+                           for name, app in apps.items()}
                 websockets = proxy.websockets_by_app(expected=learners)
                 log = [save_server_log(app, f"room-proxy-{name}-{learners}") for name, app in apps.items()] if run.errors else None
             mismatches = await room.check_database(db_url, run.walked)

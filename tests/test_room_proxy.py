@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import websockets
 
 from harness import room
 from harness.proxy import COOKIE, NAMES, nginx, proxied
@@ -124,3 +125,68 @@ def test_a_room_on_two_processes_behind_nginx_stays_sticky_and_leaves_an_exact_d
             assert not r.cookie and r.sticky_cookie.startswith(f"{COOKIE}=")
             assert proxy.apps[r.sticky_cookie.split(";")[0].split("=")[1]] == r.answered_by
     assert all(r.sticky_cookie for r in requests if not r.cookie and r.status == 200)
+
+
+class FromAddress(room.Session):
+    """A learner's websocket from another loopback address, with the stickiness cookie given."""
+
+    def __init__(self, url: str, number: int, *, address: str, app: str) -> None:
+        super().__init__(url, number, timeout=60)
+        self.address, self.app = address, app
+
+    async def __aenter__(self) -> FromAddress:
+        self._ws = await websockets.connect(
+            self.ws_url, subprotocols=["streamlit"], max_size=None, open_timeout=self.timeout, ping_interval=None,
+            additional_headers={"Origin": self.url, "Cookie": f"{COOKIE}={self.app}"}, local_addr=(self.address, 0))
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+
+async def at_section_6(session: room.Session) -> room.Session:
+    await session.open()
+    await session.go("6. Schema Migrations (Alembic)")
+    return session
+
+
+async def wrong_key(session: room.Session, guess: str) -> str:
+    """A wrong instructor key in section 6's box: the error the page shows."""
+    box = session.shown.widget("migrate_key")
+    shown = await session.rerun(f"the wrong key {guess}", widgets=[room.state_of(box, guess)], allowed=("instructor key",))
+    return next(error for error in shown.errors if "instructor key" in error)
+
+
+async def guesses(url: str) -> list[str]:
+    """Two wrong keys from 127.0.0.2 (a 2 s back-off for that session and address), then one from
+    127.0.0.3 and one from a new session on 127.0.0.2; all on process app1."""
+    sessions = [FromAddress(url, n, address=address, app="app1")
+                for n, address in enumerate(("127.0.0.2", "127.0.0.3", "127.0.0.2"), 1)]
+    for session in sessions:
+        await session.__aenter__()
+    try:
+        first, other, same = await asyncio.gather(*(at_section_6(session) for session in sessions))
+        shown = [await wrong_key(first, "guess-1")]
+        await asyncio.sleep(1.2)  # past the first back-off (1 s)
+        shown.append(await wrong_key(first, "guess-2"))
+        shown.append(await wrong_key(other, "guess-3"))
+        shown.append(await wrong_key(same, "guess-4"))
+        return shown
+    finally:
+        for session in sessions:
+            await session.__aexit__()
+
+
+@pytest.mark.parametrize("two_process_env", ["servers"], indirect=True)
+def test_behind_the_proxy_the_key_guard_backs_off_per_learner_address(nginx_binary, two_process_env, tmp_path):
+    """nginx passes each learner's address (X-Forwarded-For) and the app believes it from the
+    proxy: a wrong key from one address delays the next key from that address, not from another."""
+    env, _ = two_process_env
+    env["LAB_INSTRUCTOR_KEY"] = "the-right-key"
+    with served_app(env, tmp_path) as one, served_app(env, tmp_path) as two, \
+            proxied([one.url, two.url], tmp_path / "nginx") as proxy:
+        first, second, other_address, same_address = asyncio.run(guesses(proxy.url))
+        log = one.log()
+    assert "That is not the instructor key. The next key is checked in 1 s" in first
+    assert "That is not the instructor key. The next key is checked in 2 s" in second
+    assert "That is not the instructor key. The next key is checked in 1 s" in other_address
+    assert "Too many wrong instructor keys from this browser or address" in same_address
+    assert "address 127.0.0.2" in log and "address 127.0.0.3" in log
