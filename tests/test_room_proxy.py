@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import redis
 import websockets
+from conftest import REQUIRE_BACKENDS, need  # (as "conftest", the module pytest loaded: one embedded server)
 
 from harness import room
 from harness.proxy import COOKIE, NAMES, nginx, proxied
 from harness.served import app_subprocess_env, served_app
 from labbench.embedded_postgres import EmbeddedPostgres, postmasters
 from labbench.scratch import create_postgres_database, drop_postgres_database
-from tests.conftest import REQUIRE_BACKENDS, need
 
 REDIS_LATE = ("did not answer: TimeoutError",)  # as in tests/test_room.py: a busy machine's Redis
 LEARNERS = 6
