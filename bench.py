@@ -8,6 +8,8 @@
     python bench.py --only room     # 30 and 100 learners without browsers (Streamlit's websocket
                                     # protocol), the server pinned to one core: minutes, on request
                                     # only (--learners N ..., --think MIN MAX)
+    python bench.py --only room_proxy  # the same room through nginx in front of two app
+                                    # processes on the PostgreSQL and Redis servers
 
 Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
 a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
@@ -628,28 +630,80 @@ async def bench_room(bench: Bench) -> list[Figure]:
                     os.sched_setaffinity(0, affinity)
                 mismatches = await room.check_database(db_url, run.walked)
             label = f"{pair}, {learners} learners"
-            for problem in run.errors + [f"database: {m}" for m in mismatches]:
-                bench.failures.append(f"room {label}: {problem}")
-            if log:
-                bench.failures.append(f"room {label}: server log {log}")
-            done = [c.seconds for c in run.clicks if c.ok]
-            figures += [
-                Figure("room", label, "clicks (rerun requests) answered", len(done), "clicks"),
-                Figure("room", label, "learners with an error", len(run.errors), "learners"),
-                Figure("room", label, "database rows not as the learners made them", len(mismatches), "checks"),
-                Figure("room", label, "think time before each click, min", bench.room_think[0], "s"),
-                Figure("room", label, "think time before each click, max", bench.room_think[1], "s"),
-                Figure("room", label, "all learners' walk, wall time", run.seconds, "s"),
-                Figure("room", label, "server CPU (one core) busy", 100 * server_cpu / run.seconds, "%"),
-                Figure("room", label, "server CPU per click", 1000 * server_cpu / max(len(done), 1), "ms"),
-                Figure("room", label, "server memory (RSS) after the walk", rss, "MiB"),
-            ]
-            if done:
-                figures += [Figure("room", label, f"click to script finished p{q}", room.percentile(done, q) * 1000, "ms")
-                            for q in (50, 95, 99)]
-            for action, samples in sorted(run.by_action().items()):
-                figures += [Figure("room", label, f"  {action} p{q}", room.percentile(samples, q) * 1000, "ms")
-                            for q in (50, 95)]
+            figures += room_figures(bench, "room", label, run, mismatches, log, {"server": (server_cpu, rss, run.clicks)})
+    return figures
+
+
+def room_figures(bench: Bench, section: str, label: str, run, mismatches: list[str], log, servers: dict) -> list[Figure]:
+    """The figures of one room run; its failures go to bench.failures. `servers`: name -> (CPU
+    seconds spent during the walk, RSS after it in MiB, the clicks it answered)."""
+    from harness import room
+
+    for problem in run.errors + [f"database: {m}" for m in mismatches]:
+        bench.failures.append(f"{section} {label}: {problem}")
+    if log:
+        bench.failures.append(f"{section} {label}: server log {log}")
+    done = [c.seconds for c in run.clicks if c.ok]
+    figures = [
+        Figure(section, label, "clicks (rerun requests) answered", len(done), "clicks"),
+        Figure(section, label, "learners with an error", len(run.errors), "learners"),
+        Figure(section, label, "database rows not as the learners made them", len(mismatches), "checks"),
+        Figure(section, label, "think time before each click, min", bench.room_think[0], "s"),
+        Figure(section, label, "think time before each click, max", bench.room_think[1], "s"),
+        Figure(section, label, "all learners' walk, wall time", run.seconds, "s"),
+    ]
+    for name, (cpu, rss, clicks) in servers.items():
+        answered = sum(click.ok for click in clicks)
+        figures += [
+            Figure(section, label, f"{name} CPU busy (% of one core)", 100 * cpu / run.seconds, "%"),
+            Figure(section, label, f"{name} CPU per click it answered", 1000 * cpu / max(answered, 1), "ms"),
+            Figure(section, label, f"{name} memory (RSS) after the walk", rss, "MiB"),
+        ]
+    if done:
+        figures += [Figure(section, label, f"click to script finished p{q}", room.percentile(done, q) * 1000, "ms")
+                    for q in (50, 95, 99)]
+    for action, samples in sorted(run.by_action().items()):
+        figures += [Figure(section, label, f"  {action} p{q}", room.percentile(samples, q) * 1000, "ms")
+                    for q in (50, 95)]
+    return figures
+
+
+async def bench_room_proxy(bench: Bench) -> list[Figure]:
+    """The room through nginx (deploy/nginx-lab2.conf, harness/proxy.py) in front of two
+    `streamlit run app.py` processes sharing one fresh PostgreSQL database and the Redis server,
+    each running its own publisher. Nothing is pinned: the two processes, nginx and the harness
+    share the machine's cores. The same walk and figures as `room`, per process, plus how many
+    learners nginx sent to each; any learner's error or wrong row fails the bench."""
+    from harness import room
+    from harness.proxy import COOKIE, proxied
+    from harness.served import app_subprocess_env, save_server_log, served_app
+
+    if "postgresql" not in bench.urls or "redis" not in bench.urls:
+        bench.failures.append("room_proxy: needs a PostgreSQL and a Redis server (LAB_TEST_DATABASE_URL, LAB_TEST_REDIS_URL)")
+        return []
+    figures = []
+    for learners in bench.room_learners:
+        async with AsyncExitStack() as stack:
+            db_url = await fresh_database(stack, bench, "postgresql")
+            env = app_subprocess_env({"DATABASE_URL": db_url, "REDIS_URL": bench.urls["redis"],
+                                      "LAB_REDIS_PREFIX": f"{bench.key_prefix}proxy{learners}:"})
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            with served_app(env, folder) as one, served_app(env, folder) as two, \
+                    proxied([one.url, two.url], folder / "nginx") as proxy:
+                apps = {"app1": one, "app2": two}
+                cpu_before = {name: room.process_cpu_seconds(app.process.pid) for name, app in apps.items()}
+                run = await room.run_room(proxy.url, learners=learners, think=bench.room_think, timeout=120)
+                servers = {f"process {name}": (room.process_cpu_seconds(app.process.pid) - cpu_before[name],
+                                               room.process_rss_mib(app.process.pid),
+                                               [c for me in run.walked if me.cookies.get(COOKIE) == name for c in me.clicks])
+                           for name, app in apps.items()}
+                websockets = proxy.websockets_by_app(expected=learners)
+                log = [save_server_log(app, f"room-proxy-{name}-{learners}") for name, app in apps.items()] if run.errors else None
+            mismatches = await room.check_database(db_url, run.walked)
+        label = f"postgresql+redis, 2 processes, {learners} learners"
+        figures += room_figures(bench, "room_proxy", label, run, mismatches, log, servers)
+        figures += [Figure("room_proxy", label, f"learners nginx sent to {name}", websockets.get(name, 0), "learners")
+                    for name in apps]
     return figures
 
 
@@ -690,7 +744,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "embedded_postgres": bench_embedded_postgres,
     "reruns": bench_reruns,
 }
-ON_REQUEST = {"load": bench_load, "room": bench_room}  # named with --only; not part of the default run
+ON_REQUEST = {"load": bench_load, "room": bench_room, "room_proxy": bench_room_proxy}  # named with --only; not part of the default run
 
 
 # --- running -----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 served app, as the browser does, and walks every section's key action.
 
 What the browser does, and this harness does too (Streamlit 1.67):
+- loads the page over HTTP, keeping the cookies it sets (behind deploy/nginx-lab2.conf, the one
+  that pins the browser to one app process), and sends them and its Origin with the websocket;
 - opens a websocket on /_stcore/stream with the subprotocol "streamlit";
 - asks for a run with a BackMsg `rerun_script` (a ClientState: the query string, the page's
   script hash, and the widget states: a button's click is a `trigger_value`, a text field's
@@ -20,11 +22,13 @@ database holds exactly what the learners made.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import os
 import random
 import re
 import statistics
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -156,7 +160,9 @@ class Session:
     """One learner's websocket to the served app: a Streamlit session of its own."""
 
     def __init__(self, url: str, number: int, *, timeout: float = 60.0, tolerate: tuple[str, ...] = ()) -> None:
+        self.url = url.rstrip("/")
         self.ws_url = url.replace("http://", "ws://", 1).rstrip("/") + "/_stcore/stream"
+        self.cookies: dict[str, str] = {}  # what loading the page set, sent with the websocket
         self.number, self.timeout = number, timeout
         self.tolerate = tolerate  # error elements containing one of these are recorded, not raised
         self.tolerated: list[str] = []
@@ -172,7 +178,12 @@ class Session:
         self._closed: str | None = None
 
     async def __aenter__(self) -> Session:
+        self.cookies = await asyncio.to_thread(page_cookies, self.url + "/", self.timeout)
+        headers = {"Origin": self.url}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
         self._ws = await websockets.connect(self.ws_url, subprotocols=["streamlit"], max_size=None,
+                                            additional_headers=headers,
                                             open_timeout=self.timeout, ping_interval=None)
         self._reader = asyncio.create_task(self._read())
         return self
@@ -283,6 +294,15 @@ class Session:
         return await self.rerun(f"click {name}", widgets=[*states, trigger], allowed=allowed)
 
 
+def page_cookies(url: str, timeout: float) -> dict[str, str]:
+    """Load the page as a browser does first; the cookies its response set."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(url, timeout=timeout) as response:
+        response.read()
+    return {cookie.name: cookie.value for cookie in jar}
+
+
 def state_of(widget: Widget, value: object) -> WidgetState:
     """The WidgetState a browser sends for this widget's value."""
     if widget.kind in ("text_input", "text_area"):
@@ -330,6 +350,7 @@ class Walked:
     token: str = ""  # the learner's token, from the URL the app set
     event_prefix: str = ""  # the first 8 characters of the event of my score, as section 5 shows it
     tolerated: list[str] = field(default_factory=list)  # error elements the run was told to tolerate
+    cookies: dict[str, str] = field(default_factory=dict)  # what loading the page set (a proxy's stickiness cookie)
     error: str | None = None
     clicks: list[Click] = field(default_factory=list)
 
@@ -471,7 +492,7 @@ async def run_room(url: str, *, learners: int, think: tuple[float, float] = (1.0
         except Exception as exc:  # the others go on; the failure is reported
             me.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}"
         finally:
-            me.clicks, me.tolerated = session.clicks, session.tolerated
+            me.clicks, me.tolerated, me.cookies = session.clicks, session.tolerated, session.cookies
 
     started = time.perf_counter()
     await asyncio.gather(*(one(me) for me in walked))
