@@ -571,6 +571,7 @@ async def bench_cache_strategies(bench: Bench) -> list[Figure]:
         if r.unflushed_at_end is not None:
             figures.append(Figure("cache-strategies", pair, f"{r.name}: acknowledged writes not in the database at the end",
                                   r.unflushed_at_end, "users"))
+    return figures
 
 
 SERVER_CORE = "0"  # `taskset -c 0`: the served app gets one core; the harness runs on the other

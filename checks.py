@@ -193,8 +193,8 @@ OUTBOX = (
          "The consumer's acknowledgement ID"),
         1,
         "The relay claims due pending rows, records failures with a back-off, and marks an event "
-        "failed after too many attempts the broker refused (a failed connection or a timeout never "
-        "parks it); these columns hold that state.",
+        "failed when the broker refuses it after too many failed attempts (a failed connection or a "
+        "timeout counts as an attempt but never parks it); these columns hold that state.",
     ),
     Question(
         "Understand",

@@ -100,7 +100,8 @@ st.markdown(
     f"and a retry time that doubles, with jitter, up to {relay_settings.backoff_max:g} s; a failed "
     "connection never parks an event, so after an outage of any length the events drain by "
     f"themselves within about {relay_settings.backoff_max:g} s. **Refusing** (an error reply): after "
-    f"{relay_settings.max_attempts} failed attempts the event is parked as *failed*, and its user's "
+    f"a refusal parks the event as *failed* once it has {relay_settings.max_attempts} failed attempts (that one "
+    "and any earlier failures included), and its user's "
     "later events wait behind it until it is retried or discarded. **Hung** (Redis runs the "
     "commands, the reply times out): the outcome is unknown, so the events stay pending and go out "
     "again; the inbox drops the repeats."
@@ -143,7 +144,7 @@ st.markdown(
     f"{publisher.consumer_settings.claim_min_idle:g} s idle, and after {publisher.consumer_settings.max_deliveries} "
     "deliveries (the count Redis keeps per entry) moves to the dead letters with its error."
 )
-outbox_views.consumer_health(publisher, user_id=users[name])
+outbox_views.consumer_health(publisher, user_id=users[name], may_change=faults_open)
 
 st.subheader("4. What is guaranteed")
 outbox_views.guarantees(publisher, backend=db.backend)

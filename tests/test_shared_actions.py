@@ -87,12 +87,16 @@ def test_a_learner_is_told_the_instructor_starts_the_publisher(keyed):
 
 
 def test_faults_crash_and_retry_need_the_key(keyed):
-    shared = {"outbox_broker_down", "outbox_broker_up", "outbox_crash", "outbox_retry"}
+    shared = {"outbox_broker_down", "outbox_broker_up", "outbox_crash", "outbox_retry", "outbox_discard",
+              "outbox_poison", "outbox_replay"}
+    switches = {"outbox_broker_refusing", "outbox_broker_hung"}
     at = open_page(OUTBOX)
     assert not buttons(at) & shared
+    assert not {t.key for t in at.toggle} & switches
     assert "outbox_create" in buttons(at)  # the learner's own score and event stay open
     at = unlock(at, "outbox_fault_key")
     assert shared <= buttons(at)
+    assert switches <= {t.key for t in at.toggle}
     at = click(at, "outbox_crash")
     assert ui.publisher().faults.crash_armed
     at = click(at, "outbox_retry")
@@ -178,3 +182,16 @@ def test_a_wrong_key_blocks_the_next_guess_from_this_session_and_address_and_is_
     [record] = key_log
     assert "guess-one" not in record.getMessage() and KEY not in record.getMessage()
     assert "'Changing the schema'" in record.getMessage() and "address local" in record.getMessage()
+
+
+def test_another_tabs_rerun_leaves_a_fault_switch_as_the_instructor_set_it(keyed):
+    first, second = (unlock(open_page(OUTBOX), "outbox_fault_key") for _ in range(2))
+    first.toggle(key="outbox_broker_refusing").set_value(True).run()
+    assert ui.publisher().faults.broker_refusing
+    second.run()  # drawn before the switch changed, this tab clicks nothing
+    assert ui.publisher().faults.broker_refusing
+    assert second.toggle(key="outbox_broker_refusing").value
+    second.toggle(key="outbox_broker_refusing").set_value(False).run()
+    assert not ui.publisher().faults.broker_refusing
+    first.run()
+    assert not ui.publisher().faults.broker_refusing

@@ -82,7 +82,7 @@ def pipeline_figures(publisher: LabPublisher, *, faults: Faults) -> None:
         right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
 
 
-def consumer_health(publisher: LabPublisher, *, user_id: str) -> None:
+def consumer_health(publisher: LabPublisher, *, user_id: str, may_change: bool) -> None:
     """The consumer's pending-entries list, lag, oldest pending entry and dead letters, read now
     from Redis; a poison entry to append, and a dead letter to replay."""
     redis_client, stream = ui.inspect_client(), publisher.stream
@@ -112,6 +112,9 @@ def consumer_health(publisher: LabPublisher, *, user_id: str) -> None:
         right.dataframe(pd.DataFrame(health.consumers), hide_index=True, width="stretch")
         st.markdown("**Dead letters** (newest first)")
         st.dataframe(pd.DataFrame(health.dead_letters), hide_index=True, width="stretch")
+    if not may_change:  # the poison entry and the replay go to the shared stream: gated like the faults
+        st.caption("Appending a poison entry or replaying a dead letter needs the instructor key (above).")
+        return
     poison_col, replay_col = st.columns(2)
     with poison_col:
         kind = st.selectbox("A poison entry", list(outbox_health.POISONS), key="outbox_poison_kind")
@@ -139,15 +142,18 @@ def consumer_health(publisher: LabPublisher, *, user_id: str) -> None:
 def broker_fault_switches(faults: Faults) -> None:
     """Two more ways a broker fails, beside "down" (the connection fails): it refuses (an error
     reply, as Redis's OOM), or it hangs (it runs the commands; the reply times out)."""
-    refuse_col, hang_col = st.columns(2)
-    if refuse_col.toggle("The broker refuses (OOM error reply)", value=faults.broker_refusing,
-                         key="outbox_broker_refusing") != faults.broker_refusing:
-        faults.broker_refusing = not faults.broker_refusing
-        st.rerun()
-    if hang_col.toggle("The broker hangs (runs the commands, the reply times out)", value=faults.broker_hung,
-                       key="outbox_broker_hung") != faults.broker_hung:
-        faults.broker_hung = not faults.broker_hung
-        st.rerun()
+    switches = (("The broker refuses (OOM error reply)", "broker_refusing"),
+                ("The broker hangs (runs the commands, the reply times out)", "broker_hung"))
+    for column, (label, name) in zip(st.columns(2), switches, strict=True):
+        key = f"outbox_{name}"
+        # Each run draws the shared switch as it is now: a toggle keeps its own last value, and a
+        # tab drawn before another changed the switch would otherwise set it back on its next run.
+        st.session_state[key] = getattr(faults, name)
+        column.toggle(label, key=key, on_change=_set_switch, args=(faults, name, key))
+
+
+def _set_switch(faults: Faults, name: str, key: str) -> None:
+    setattr(faults, name, st.session_state[key])
 
 
 def blocked(db: Database) -> None:
@@ -227,5 +233,5 @@ def guarantees(publisher: LabPublisher, *, backend: str) -> None:
                    "events already marked published would be lost to the consumer.")
     else:
         st.caption(said + " This policy never evicts the stream (it has no TTL); when memory is full, writes "
-                   "are refused with an OOM error, which the relay records as a refusal: after "
-                   f"{publisher.settings.max_attempts} failed attempts the event is parked.")
+                   "are refused with an OOM error, which the relay records as a refusal: a refusal parks the event once it has "
+                   f"{publisher.settings.max_attempts} failed attempts, that one included.")
