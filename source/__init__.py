@@ -5,6 +5,7 @@ models.py          1. the data models
 database.py        2. the engine and its pool, the session factory, the schema to head
 repositories.py    3. the repository pattern (and the N+1 strategies)
 cache.py           4. cache-aside on Redis (redis_setup.py: which Redis; redis_pool.py: its pool)
+cached_repository.py 4. the user repository with a cache in front, and what a write makes stale
 cache_strategies.py 4. five strategies behind one interface: what a write does to the cache
 single_flight.py   4. one database load for concurrent misses of a key
 cache_stats.py     4. what each cached read reports, and the counters
@@ -13,6 +14,7 @@ outbox_claims.py   5. how relays claim: any order, or each aggregate's events in
 consumer.py        5. the idempotent consumer (an inbox per event)
 publisher.py       5. the relay and the consumer on a thread of their own
 outbox_stats.py    5. the figures the relay and the consumer keep
+retention.py       5. pruning published rows and trimming the stream below what the group acknowledged
 services.py        use cases that own a transaction, and the sample data
 errors.py, config.py   domain errors and input checks; where the data lives
 

@@ -71,7 +71,7 @@ class WriteThrough(CacheStrategy):
 
     async def write(self, user_id: str, *, name: str) -> None:
         key = self.repo.user_key(user_id)
-        async with self.cache.writing(key):  # reads in this process skip Redis until the put lands
+        async with self.cache.writing(key):  # reads of this key in this process wait until the put lands
             row = await self._commit(user_id, name=name)
             await self.cache.put(key, row)
 

@@ -28,8 +28,8 @@ KEEP_TRUE = (
     "key still holds what its own GET saw: the tombstone is not that, so it stores nothing. "
     "The old row can still be stored only by a store that reaches Redis more than 20 s after it "
     "was sent. And between a commit and its invalidation, a read in another process can still be "
-    "served the old value (in this process, reads of a key being written go to the database "
-    "until the invalidation lands)."
+    "served the old value (in this process, reads of a key being written wait until the "
+    "invalidation has landed, then read Redis)."
 )
 
 
