@@ -16,7 +16,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import joinedload, selectinload
 
 from source.database import Database
-from source.errors import InvalidInput
+from source.errors import InvalidInput, check_visible
 from source.models import User
 
 from .recorder import StatementLog, record
@@ -134,7 +134,7 @@ def _text(value: Any) -> str:
     if len(text) > MAX_VALUE_LENGTH:
         raise InvalidInput(f"The value is {len(text)} characters long; at most {MAX_VALUE_LENGTH} fit.",
                            field="value")
-    return text
+    return check_visible(text, field="value", label="value")
 
 
 def _number(value: Any, *, label: str) -> float:

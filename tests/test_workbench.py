@@ -135,6 +135,9 @@ async def test_the_value_is_bound_as_a_parameter_never_written_into_the_sql(user
     (Composition("years_experience", "contains", "1"), "operator"),
     (Composition("name", "equals", "   "), "value"),
     (Composition("name", "equals", "x" * 256), "value"),
+    (Composition("name", "equals", "Ada\x00"), "value"),  # PostgreSQL would refuse it: refused before
+    (Composition("name", "contains", "\u202eadA"), "value"),  # a right-to-left override
+    (Composition("name", "equals", "\u200b"), "value"),  # nothing visible
     (Composition("years_experience", ">", "ten"), "value"),
     (Composition("years_experience", ">", "nan"), "value"),
     (Composition("years_experience", ">", None), "value"),
