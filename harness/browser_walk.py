@@ -206,7 +206,7 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     await learner.wait_for("the SQL preview (downgrade to base)",
                            lambda t: "See the SQL before it runs" in t and "DROP TABLE" in after(t, "See the SQL before it runs"))
     await learner.click("Run drift check")
-    await learner.wait_for("no drift", has("No drift: the schema matches the models."))
+    await learner.wait_for("no drift", has("No drift: the tables, columns, indexes and keys match the models."))
 
     await go("1. Data Models")  # session state survived the whole walk
     await learner.wait_for("my last created user, still", has(f"Last created user ID: {me.user_id}"))

@@ -173,8 +173,8 @@ def _summary(user: User, relationship: str) -> str | int | None:
 
 
 async def run(db: Database, composition: Composition) -> WorkbenchResult:
-    """Validate (nothing is sent if that fails), then run the query in a read-only session of its
-    own, await the lazy relationships row by row, and report what was sent."""
+    """Validate (nothing is sent if that fails), then run the query in a session of its own that is
+    never committed, await the lazy relationships row by row, and report what was sent."""
     built = build(composition)
     sql, parameters = compiled_sql(db, built.statement)
     with record(db) as log:

@@ -124,7 +124,7 @@ st.subheader("Query workbench: compose a query, see what it sends")
 st.markdown(
     "Choose a filter, an order, a limit and a loader for each relationship of `User`; the workbench "
     "builds the `select()` from your choices (nothing you type runs as code: the value is a bound "
-    "parameter), shows its SQL, runs it in a read-only session and lists every statement sent. Predict "
+    "parameter), shows its SQL, runs it in a session that is never committed and lists every statement sent. Predict "
     "the count of data statements before you run it. The rows are every learner's users on this server."
 )
 repository_views.workbench_form(db)

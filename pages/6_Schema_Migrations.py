@@ -118,7 +118,8 @@ with ui.errors_shown():
     st.markdown(
         "Do the models and the live schema agree? This compares `Base.metadata`, and the room's own "
         "learner tables (revision 0004, kept out of the models), with what the database reflects, as "
-        "`alembic check` does in CI: an empty list means no drift."
+        "`alembic check` does (the tests run it): an empty list means no drift in what autogenerate "
+        "compares (tables, columns and their types, indexes, keys; not triggers or server defaults)."
     )
     if st.button("Run drift check", key="drift_check"):
         differences = ui.run(migrations.drift(db))
@@ -127,6 +128,6 @@ with ui.errors_shown():
             st.warning(f"{len(differences)} difference(s) between the models and the database:")
             st.code("\n".join(differences), language=None)
         else:
-            st.success("No drift: the schema matches the models.")
+            st.success("No drift: the tables, columns, indexes and keys match the models.")
 
 ui.knowledge_check("migrations", checks.MIGRATIONS)

@@ -69,7 +69,7 @@ def test_the_default_composition_reports_exactly_the_statements_sent(ready):
     assert any("LEFT OUTER JOIN air_scores" in c.value for c in at.code)
     assert "the loaders predict for 2 rows" in texts(at.caption).lower() and "= 4." in texts(at.caption)
     commands = [e for e in at.expander if e.label.startswith("Show all")][-1]
-    assert commands.code[-1].value == "ROLLBACK"  # the read-only session rolls back as it closes
+    assert commands.code[-1].value == "ROLLBACK"  # the session, never committed, rolls back as it closes
     assert [c.value for c in commands.code if c.value in sent.sql] == sent.sql  # shown in the order sent
 
 
