@@ -5,7 +5,7 @@ import checks
 import ui
 import widgets
 from labbench import loading
-from views import repository_views
+from views import cache_views, repository_views
 
 ui.page("3. Repository Pattern & N+1")
 st.title("3. The Repository Pattern and the N+1 Problem")
@@ -39,8 +39,8 @@ score_user_id = st.text_input("User ID to add scores for", value=state.user_alex
 if st.button("Add 3 Sample Scores for User", key="add_scores"):
     with ui.errors_shown():
         scores = ui.run(loading.add_sample_scores(db, user_id=score_user_id))
-        ui.forget_cached_latest_score(scores[0].user_id)  # section 4's cache must not serve the old one
         st.success(f"Added {len(scores)} scores (AI-R {', '.join(f'{s.air_score:.2f}' for s in scores)}) in one commit.")
+        cache_views.queued(st, ui.forget_cached_latest_score(scores[0].user_id))  # section 4 must not serve the old one
 
 st.subheader("One user: lazy versus eager")
 st.markdown(

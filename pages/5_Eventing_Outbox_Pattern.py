@@ -7,7 +7,7 @@ import ui
 from labbench import migrations
 from source import calculate_and_store_airscore, retry_failed_events
 from source.outbox import discard_failed_events, relay_batch
-from views import outbox_views, relay_race_views
+from views import cache_views, outbox_views, relay_race_views
 
 ui.page("5. Eventing (Outbox Pattern)")
 st.title("5. Building a Reliable Eventing System with the Outbox Pattern")
@@ -34,7 +34,7 @@ if st.button("Calculate & Store AIRScore (Creates Pending Event)", key="outbox_c
         score, event = ui.run(calculate_and_store_airscore(
             sessions=db.sessions, user_id=users[name], occupation_code="AI_ASSESSOR"
         ))
-        ui.forget_cached_latest_score(score.user_id)  # section 4's cache must not serve the old one
+        cache_views.queued(st, ui.forget_cached_latest_score(score.user_id))  # section 4 must not serve the old one
         state.outbox_event_id, state.outbox_watch = event.id, True
         ui.mark_done("outbox")  # saves the event's ID with the mark
         st.success(
@@ -99,7 +99,7 @@ st.markdown(
     "Redis traffic keep working). Events stay pending; each failed attempt is recorded with its error "
     f"and a retry time that doubles, with jitter, up to {relay_settings.backoff_max:g} s; a failed "
     "connection never parks an event, so after an outage of any length the events drain by "
-    f"themselves within about {relay_settings.backoff_max:g} s. **Refusing** (an error reply): after "
+    f"themselves within about {relay_settings.backoff_max:g} s. **Refusing** (an error reply): "
     f"a refusal parks the event as *failed* once it has {relay_settings.max_attempts} failed attempts (that one "
     "and any earlier failures included), and its user's "
     "later events wait behind it until it is retried or discarded. **Hung** (Redis runs the "

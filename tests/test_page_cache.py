@@ -6,7 +6,10 @@ import json
 
 import pytest
 
+import source
 import ui
+from harness.served import free_port
+from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 from tests.pagekit import click, open_page, texts
 
@@ -165,3 +168,17 @@ def test_the_structures_panel_shows_the_live_keys_as_redis_reports_them(initiali
         assert table["OBJECT ENCODING"][1] == "listpack" and int(table["MEMORY USAGE (bytes)"][0]) > 0
     else:
         assert "implements neither OBJECT ENCODING nor MEMORY USAGE" in texts(at.caption)
+
+
+@pytest.mark.parametrize("page, button, done", [
+    ("../pages/3_Repository_Pattern_and_N+1.py", "add_scores", "Added 3 scores"),
+    ("../pages/5_Eventing_Outbox_Pattern.py", "outbox_create", "AIRScore"),
+])
+def test_a_score_written_on_another_page_says_when_the_labs_redis_did_not_take_its_invalidation(
+        initialised, monkeypatch, page, button, done):
+    closed = source.cache.cache_client(RedisTarget("server", "closed", "test", f"redis://127.0.0.1:{free_port()}/0"))
+    unanswered = source.RedisCache(closed)  # nothing listens there: its invalidations are queued
+    monkeypatch.setattr(ui, "redis_cache", lambda fault="none": unanswered)
+    at = click(open_page(page), button)
+    assert done in texts(at.success)
+    assert "The invalidation is queued" in texts(at.warning)

@@ -34,6 +34,12 @@ KEEP_TRUE = (
 
 
 def invalidation(where, done: Invalidation, success: str) -> None:
+    if not queued(where, done):
+        where.success(success)
+
+
+def queued(where, done: Invalidation) -> bool:
+    """Say so when the lab's Redis did not take a write's invalidation; True if it did not."""
     if done.removed is None:
         where.warning(
             f"The write committed, but the lab's Redis did not answer ({done.error}). The invalidation is "
@@ -41,8 +47,7 @@ def invalidation(where, done: Invalidation, success: str) -> None:
             "then that Redis may still serve the old value, and if this process stops first, the "
             "old value lives until its TTL (at most 330 s)."
         )
-    else:
-        where.success(success)
+    return done.removed is None
 
 
 def lookup(where, lookup: Lookup, *, in_process: bool = False) -> None:
