@@ -502,16 +502,15 @@ def instructor_key_ok(action: str, *, key: str, reason: str = "changes the lab f
     if st.session_state.get(f"{key}__wrong") == digest:
         st.error("That is not the instructor key.")
         return False
-    if wait := keyguard.wait_seconds(session_id, address):
+    verdict = keyguard.check(action, session_id, address, lambda: hmac.compare_digest(entered.encode(), expected.encode()))
+    if not verdict.checked:
         st.error(f"Too many wrong instructor keys from this browser or address: the key is checked "
-                 f"again in {math.ceil(wait)} s.")
+                 f"again in {math.ceil(verdict.wait)} s.")
         return False
-    if not hmac.compare_digest(entered.encode(), expected.encode()):
+    if not verdict.right:
         st.session_state[f"{key}__wrong"] = digest
-        wait = keyguard.record_failure(action, session_id, address)
-        st.error(f"That is not the instructor key. The next key is checked in {wait:g} s at the earliest.")
+        st.error(f"That is not the instructor key. The next key is checked in {verdict.wait:g} s at the earliest.")
         return False
-    keyguard.record_success(session_id, address)
     return True
 
 

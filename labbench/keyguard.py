@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 BASE_S = 1.0
@@ -24,7 +25,7 @@ class _Failures:
     blocked_until: float = 0.0
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: check() holds it around the calls below
 _failures: dict[str, _Failures] = {}
 
 
@@ -59,6 +60,28 @@ def record_failure(action: str, session_id: str, address: str | None, *, now: fl
     log.warning("wrong instructor key for %r from session %s, address %s; keys from them are not checked "
                 "for %g s", action, session_id, address or "local", wait)
     return wait
+
+
+@dataclass(frozen=True)
+class Verdict:
+    checked: bool  # False: this session or address was still backing off, so the key was not compared
+    right: bool
+    wait: float  # seconds before the next key is checked (the back-off in force or just started)
+
+
+def check(action: str, session_id: str, address: str | None, matches: Callable[[], bool],
+          *, now: float | None = None) -> Verdict:
+    """Compare a key unless this session or address is backing off, and record the outcome, as one
+    step under the lock: guesses sent at once from many sessions of one address cannot all pass the
+    back-off check before the first wrong one is recorded."""
+    now = time.monotonic() if now is None else now
+    with _lock:
+        if wait := wait_seconds(session_id, address, now=now):
+            return Verdict(checked=False, right=False, wait=wait)
+        if matches():
+            record_success(session_id, address)
+            return Verdict(checked=True, right=True, wait=0.0)
+        return Verdict(checked=True, right=False, wait=record_failure(action, session_id, address, now=now))
 
 
 def record_success(session_id: str, address: str | None) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -139,6 +142,28 @@ def test_back_off_doubles_per_wrong_key_and_is_capped():
     assert keyguard.wait_seconds("s1", "10.0.0.1", now=103.0) == 0.0
     keyguard.record_success("s1", "10.0.0.1")
     assert keyguard.record_failure("x", "s1", "10.0.0.1", now=104.0) == 1
+
+
+def test_guesses_sent_at_once_from_one_address_compare_one_key():
+    """Twenty sessions of one address guess at the same moment: the back-off check, the comparison
+    and the record are one step, so one key is compared and the other nineteen wait."""
+    compared, start = [], threading.Barrier(20)
+
+    def wrong() -> bool:
+        compared.append(1)
+        time.sleep(0.02)  # a slow comparison widens the window a check-then-record race would use
+        return False
+
+    def guess(n: int) -> keyguard.Verdict:
+        start.wait()
+        return keyguard.check("x", f"session-{n}", "10.0.0.9", wrong)
+
+    with ThreadPoolExecutor(20) as pool:
+        verdicts = list(pool.map(guess, range(20)))
+    assert len(compared) == 1
+    assert sum(v.checked for v in verdicts) == 1 and not any(v.right for v in verdicts)
+    guesser = next(n for n, v in enumerate(verdicts) if v.checked)
+    assert keyguard.check("x", f"session-{guesser}", "10.0.0.10", lambda: True).checked is False  # it waits elsewhere too
 
 
 class Records(logging.Handler):
