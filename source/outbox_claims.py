@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, or_, select, tuple_
+from sqlalchemy import and_, bindparam, exists, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -25,11 +25,15 @@ from .models import DomainEvent
 
 ANY_ORDER, AGGREGATE_ORDER = "any order", "in aggregate order"
 
+# The statements are built once, with named parameters (:now, :limit, ...) that each batch fills in:
+# building a statement this size in Python costs more than PostgreSQL takes to run it.
 
-def is_due(now: datetime):
+
+def _is_due():
     """Pending and due, except events queued behind an earlier event of the same aggregate that
     waits for its retry or is parked as failed: a parked event holds its aggregate until it is
     retried or discarded."""
+    now = bindparam("now")
     earlier = aliased(DomainEvent)
     waits_behind_a_retry = exists().where(
         earlier.aggregate_type == DomainEvent.aggregate_type,
@@ -47,18 +51,18 @@ def is_due(now: datetime):
     )
 
 
-def due_events(*, now: datetime, limit: int):
-    """The any-order claim: due events, oldest first."""
-    return (
-        select(DomainEvent)
-        .where(is_due(now))
-        .order_by(DomainEvent.created_at, DomainEvent.id)
-        .limit(limit)
-        # Rows another relay has claimed are skipped, not waited for: concurrent relays never
-        # claim the same event. (SQLite ignores it; there the write lock taken at BEGIN
-        # serialises relays instead.)
-        .with_for_update(skip_locked=True)
-    )
+IS_DUE = _is_due()
+
+# The any-order claim: due events, oldest first.
+DUE_EVENTS = (
+    select(DomainEvent)
+    .where(IS_DUE)
+    .order_by(DomainEvent.created_at, DomainEvent.id)
+    .limit(bindparam("limit"))
+    # Rows another relay has claimed are skipped, not waited for: concurrent relays never claim
+    # the same event. (SQLite ignores it; there the write lock taken at BEGIN serialises relays.)
+    .with_for_update(skip_locked=True)
+)
 
 
 def aggregate_lock_key(aggregate_type, aggregate_id):
@@ -67,50 +71,56 @@ def aggregate_lock_key(aggregate_type, aggregate_id):
     return func.hashtextextended(aggregate_type + "/" + aggregate_id, 0)
 
 
-def lock_oldest_aggregates(*, now: datetime, window: int, limit: int):
-    """Up to `limit` aggregates of the oldest `window` due events, oldest first, whose advisory lock
+def _lock_oldest_aggregates():
+    """Up to :limit aggregates of the oldest :window due events, oldest first, whose advisory lock
     this transaction takes; those that other relays hold are passed over. The locks are released at
     commit or rollback, and a relay that dies loses its connection and so its locks."""
     oldest = (
         select(DomainEvent.aggregate_type, DomainEvent.aggregate_id, DomainEvent.created_at)
-        .where(is_due(now))
+        .where(IS_DUE)
         .order_by(DomainEvent.created_at, DomainEvent.id)
-        .limit(window)
+        .limit(bindparam("window"))
         .subquery()
     )
     aggregates = (
         select(oldest.c.aggregate_type, oldest.c.aggregate_id)
         .group_by(oldest.c.aggregate_type, oldest.c.aggregate_id)
         .order_by(func.min(oldest.c.created_at))
-        .limit(window)  # no fewer rows, but PostgreSQL moves no condition below a LIMIT (see below)
+        .limit(bindparam("window"))  # no fewer rows, but PostgreSQL moves no condition below a LIMIT (see below)
         .subquery()
     )
-    # The lock is tried above the LIMIT: in that order, one aggregate at a time, until `limit` are
+    # The lock is tried above the LIMIT: in that order, one aggregate at a time, until :limit are
     # held. (Without a LIMIT in between, the planner may evaluate it for every group and lock them all.)
-    return select(aggregates).where(func.pg_try_advisory_xact_lock(aggregate_lock_key(*aggregates.c))).limit(limit)
-
-
-def events_of(aggregates, *, now: datetime, limit: int):
-    """The due events of aggregates this transaction holds, oldest first."""
     return (
-        select(DomainEvent)
-        .where(tuple_(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(aggregates), is_due(now))
-        .order_by(DomainEvent.created_at, DomainEvent.id)
-        .limit(limit)
-        # Waited for, never skipped: skipping a row of an aggregate we hold could skip its earlier event.
-        .with_for_update()
+        select(aggregates)
+        .where(func.pg_try_advisory_xact_lock(aggregate_lock_key(*aggregates.c)))
+        .limit(bindparam("limit"))
     )
+
+
+LOCK_OLDEST_AGGREGATES = _lock_oldest_aggregates()
+
+# The due events of the aggregates this transaction holds (:held), oldest first.
+EVENTS_OF_HELD = (
+    select(DomainEvent)
+    .where(tuple_(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(bindparam("held")), IS_DUE)
+    .order_by(DomainEvent.created_at, DomainEvent.id)
+    .limit(bindparam("limit"))
+    # Waited for, never skipped: skipping a row of an aggregate we hold could skip its earlier event.
+    .with_for_update()
+)
 
 
 async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str) -> list[DomainEvent]:
     """Lock and return the batch this relay publishes, in the session's transaction."""
     if design == ANY_ORDER or (await session.connection()).dialect.name != "postgresql":
-        return list((await session.scalars(due_events(now=now, limit=limit))).all())
-    held = [tuple(row) for row in await session.execute(lock_oldest_aggregates(now=now, window=limit * 10, limit=limit))]
+        return list((await session.scalars(DUE_EVENTS, {"now": now, "limit": limit})).all())
+    found = await session.execute(LOCK_OLDEST_AGGREGATES, {"now": now, "window": limit * 10, "limit": limit})
+    held = [tuple(row) for row in found]
     if not held:
         return []
     # A second statement, so a second snapshot, taken after the locks are held: the relay that held
     # an aggregate before us has committed, and we see its marks and retry times. Read in the first
     # statement's snapshot, its earlier event waiting for a retry would still look due, and the
     # events behind it would go out ahead of it.
-    return list((await session.scalars(events_of(held, now=now, limit=limit))).all())
+    return list((await session.scalars(EVENTS_OF_HELD, {"now": now, "held": held, "limit": limit})).all())

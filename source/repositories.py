@@ -195,11 +195,15 @@ class DomainEventRepository:
         return result.scalars().all()
 
     async def mark_as_published(self, event_ids: Sequence[str]) -> int:
+        """Mark these events published if still pending; returns how many. The events' objects
+        already in this session keep their old status: the relay never reads them again, and
+        bringing them up to date would cost a Python evaluation per object."""
         if not event_ids:
             return 0
         result = await self.session.execute(
             update(DomainEvent)
             .where(DomainEvent.id.in_(list(event_ids)), DomainEvent.status == "pending")
             .values(status="published", published_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
         )
         return result.rowcount
