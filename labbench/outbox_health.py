@@ -123,19 +123,25 @@ class BrokerDurability:
     maxmemory: int | None
     appendonly: str | None
     appendfsync: str | None
+    save: str | None = None  # RDB snapshot points, e.g. "3600 1 300 100"; "" takes none
+
+    @property
+    def memory_limited(self) -> bool | None:
+        """maxmemory 0 sets no limit: Redis then neither evicts nor refuses a write for memory."""
+        return None if self.maxmemory is None else self.maxmemory > 0
 
     @property
     def may_evict_the_stream(self) -> bool | None:
-        """allkeys-* policies evict any key, the stream included, once maxmemory is reached;
-        volatile-* ones only keys with a TTL (the stream has none); noeviction refuses writes."""
-        if self.maxmemory_policy is None:
+        """With a memory limit, allkeys-* policies evict any key once it is reached, the stream
+        included; volatile-* ones only keys with a TTL (the stream has none); noeviction none."""
+        if self.maxmemory_policy is None or self.maxmemory is None:
             return None
-        return self.maxmemory_policy.startswith("allkeys")
+        return self.memory_limited and self.maxmemory_policy.startswith("allkeys")
 
 
 async def broker_durability(*, redis_client: aioredis.Redis) -> BrokerDurability:
     values = {}
-    for name in ("maxmemory-policy", "maxmemory", "appendonly", "appendfsync"):
+    for name in ("maxmemory-policy", "maxmemory", "appendonly", "appendfsync", "save"):
         try:
             values[name] = (await redis_client.config_get(name)).get(name)
         except redis.ResponseError:  # CONFIG unknown or not allowed
@@ -143,5 +149,5 @@ async def broker_durability(*, redis_client: aioredis.Redis) -> BrokerDurability
     return BrokerDurability(
         maxmemory_policy=values["maxmemory-policy"],
         maxmemory=None if values["maxmemory"] is None else int(values["maxmemory"]),
-        appendonly=values["appendonly"], appendfsync=values["appendfsync"],
+        appendonly=values["appendonly"], appendfsync=values["appendfsync"], save=values["save"],
     )

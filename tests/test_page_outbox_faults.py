@@ -79,7 +79,9 @@ def test_the_page_reports_the_servers_eviction_policy_or_that_it_cannot_tell(ini
     if initialised == "embedded":
         assert "does not answer `CONFIG GET`" in texts(at.caption)
     else:
-        policy = ui.run(ui.inspect_client().config_get("maxmemory-policy"))["maxmemory-policy"]
+        told = ui.run(ui.inspect_client().config_get("*"))
+        policy, limit = told["maxmemory-policy"], int(told["maxmemory"])
         shown = texts(at.caption) + texts(at.warning)
-        assert f"`maxmemory-policy` **{policy}**" in shown
-        assert ("evicts any key" in texts(at.warning)) == policy.startswith("allkeys")
+        assert f"`maxmemory-policy` **{policy}**" in shown and f'`save` "{told["save"]}"' in shown
+        assert ("evicts any key" in texts(at.warning)) == (policy.startswith("allkeys") and limit > 0)
+        assert ("With no `maxmemory`, Redis neither evicts" in shown) == (limit == 0)

@@ -189,8 +189,10 @@ def guarantees(publisher: LabPublisher, *, backend: str) -> None:
         "- **No loss in the database**: an event exists if and only if its score committed, and stays "
         "pending until a relay has appended it *and* committed the mark.\n"
         "- **What \"appended\" means**: Redis acknowledges `XADD` once the entry is in its memory. Whether it "
-        "survives a restart depends on the server: with AOF off a restart loses the stream; with "
-        "`appendfsync everysec`, up to about a second of writes; with `always`, every write is fsynced to the AOF. "
+        "survives a restart depends on the server: with AOF off a restart brings back only the last RDB "
+        "snapshot (`save`), so every write after it is lost, and nothing when snapshots are off too; with AOF "
+        "and `appendfsync everysec`, up to about a second of writes is lost; with `always`, every write is "
+        "fsynced to the AOF before the reply. "
         "Replicas copy writes asynchronously, so a failover can lose acknowledged entries. `WAIT` blocks until "
         "replicas have a connection's writes and `WAITAOF` (Redis 7.2+) until they are fsynced to the AOF, "
         "locally or on replicas; this "
@@ -225,13 +227,18 @@ def guarantees(publisher: LabPublisher, *, backend: str) -> None:
                    "eviction policy and persistence are unknown here. The embedded Redis keeps nothing across "
                    "a restart of the app.")
         return
+    snapshots = f"`save` \"{durability.save}\"" if durability.save is not None else "`save` unknown"
     said = (f"This Redis: `maxmemory-policy` **{durability.maxmemory_policy}**, `maxmemory` "
-            f"{durability.maxmemory or 'unset (no limit)'}, `appendonly` {durability.appendonly}, "
-            f"`appendfsync` {durability.appendfsync}. The cache and the stream share it.")
+            f"{durability.maxmemory or '0 (no limit)'}, `appendonly` {durability.appendonly}, "
+            f"`appendfsync` {durability.appendfsync}, {snapshots}. The cache and the stream share it.")
     if durability.may_evict_the_stream:
-        st.warning(said + " An `allkeys` policy evicts any key once memory is full, the stream included: "
-                   "events already marked published would be lost to the consumer.")
+        st.warning(said + " An `allkeys` policy evicts any key once memory reaches `maxmemory`, the stream "
+                   "included: events already marked published would be lost to the consumer.")
+    elif not durability.memory_limited:
+        st.caption(said + " With no `maxmemory`, Redis neither evicts a key nor refuses a write for memory, "
+                   "whatever the policy: it grows until the machine runs out of memory.")
     else:
-        st.caption(said + " This policy never evicts the stream (it has no TTL); when memory is full, writes "
-                   "are refused with an OOM error, which the relay records as a refusal: a refusal parks the event once it has "
+        st.caption(said + " This policy never evicts the stream (it has no TTL); once memory reaches "
+                   "`maxmemory` and nothing more can be evicted, writes are refused with an OOM error, which "
+                   "the relay records as a refusal: a refusal parks the event once it has "
                    f"{publisher.settings.max_attempts} failed attempts, that one included.")
