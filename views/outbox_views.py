@@ -57,7 +57,7 @@ def pipeline_figures(publisher: LabPublisher, *, faults: Faults) -> None:
         notify = f" · woken by NOTIFY {now.notify_wakeups}×" if "NOTIFY" in now.wake_mode else ""
         st.markdown(f"**Publisher {status}**{notify} · batches {now.batches} · relay crashes {faults.crashes} · "
                     f"retries scheduled {now.retries_scheduled} · consumer `{now.consumer_name or '-'}`, "
-                    f"claimed from dead consumers {now.claimed}")
+                    f"entries re-claimed {now.claimed}")
         row = st.columns(4)
         row[0].metric("Created (outbox rows)", view.created)
         row[1].metric("Pending", view.pending)
@@ -99,7 +99,9 @@ def consumer_health(publisher: LabPublisher, *, user_id: str, may_change: bool) 
         st.caption(
             f"Read now: `XPENDING`, `XINFO GROUPS` and `XINFO CONSUMERS` on `{stream}`, the age from the oldest "
             f"pending entry's ID and the server's `TIME`, the dead letters from `{dead_letter_key(stream)}`. "
-            f"Since the publisher started: {figures.claimed} entries claimed with `XAUTOCLAIM`, "
+            f"Since the publisher started: {figures.claimed} entries re-claimed with `XAUTOCLAIM` (unacknowledged "
+            f"{publisher.consumer_settings.claim_min_idle:g} s or more after their last delivery: a dead consumer's, or this "
+            "consumer's own that failed and are delivered again), "
             f"{figures.dead_lettered} dead-lettered, {figures.consumers_removed} idle consumers removed."
         )
         if figures.consumer_error:
