@@ -2,7 +2,8 @@
 workload on throwaway tables of its own (named `evd_<run>_...`) in the app's database, dropped
 afterwards. Nothing here touches the lab's domain_events table.
 
-- retention: a status column vs delete-on-publish (rows left, history, retries recorded);
+- retention: a status column vs delete-on-publish (rows left, history, retries recorded), the events
+  appended to a throwaway stream on the lab's Redis;
 - ordering: `created_at` from the writers' clocks vs a per-aggregate sequence number assigned in
   the transaction, with two writers racing on one aggregate, one of them with a skewed clock;
 - versioning: a schema version and correlation/causation ids, and what a consumer does with them.
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import redis.asyncio as aioredis
 from sqlalchemy import MetaData, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -82,71 +84,79 @@ def _aware(moment: datetime) -> datetime:
 class RetentionResult:
     keeps_status: bool
     events: int
-    published: int  # events the broker accepted
-    failed_attempts: int  # publish attempts the broker refused (each retried)
+    published: int  # distinct events in the run's stream on the lab's Redis (XRANGE), read afterwards
+    failed_attempts: int  # publish attempts refused (each retried on the next cycle)
     rows_left: int  # rows in the table after the relay drained it
     history_rows: int  # published events the table can still list (and a relay could replay)
     attempts_recorded: int  # failed attempts the table records
 
 
-FAIL_EVERY = 5  # the page's run: the broker refuses the first attempt of every 5th event
+FAIL_EVERY = 5  # the page's run: the first attempt of every 5th event is refused
 
 
-class FlakyBroker:
-    """Refuses the first attempt of every `fail_every`-th event (a broker blip), accepts the rest."""
-
-    def __init__(self, fail_every: int) -> None:
-        self.fail_every, self.accepted, self.refused, self._seen = fail_every, [], 0, {}
-
-    def publish(self, event_id: str, number: int) -> bool:
-        attempt = self._seen[event_id] = self._seen.get(event_id, 0) + 1
-        if self.fail_every and number % self.fail_every == 0 and attempt == 1:
-            self.refused += 1
-            return False
-        self.accepted.append(event_id)
-        return True
+class RefusedByTheLab(Exception):
+    """The refusal this experiment injects: raised where Redis's error reply would come."""
 
 
-async def retention_experiment(db: Database, *, keeps_status: bool, events: int = 20,
-                               fail_every: int = FAIL_EVERY) -> RetentionResult:
+async def retention_experiment(db: Database, redis_client: aioredis.Redis, *, prefix: str, keeps_status: bool,
+                               events: int = 20, fail_every: int = FAIL_EVERY) -> RetentionResult:
+    """A relay drains the table into a stream of its own on the lab's Redis (`<prefix>evd-<run>-...`,
+    deleted afterwards). The first attempt of every `fail_every`-th event is refused by the lab, as
+    section 5's Refuse switch does; every other attempt is a real XADD."""
     run = run_id()
     design = Design(status_column=keeps_status, sequence=False, versioned=False)
     metadata, table, _ = scratch_metadata(design, run, "keep" if keeps_status else "delete")
-    broker = FlakyBroker(fail_every)
-    async with Scratch(db, metadata):
-        start = utc_now()
-        async with writing(db) as conn:
-            await conn.execute(insert(table), [
-                {"id": f"{n:04d}-{run}", "aggregate_id": "user-1", "event_type": "AIRScoreCalculated",
-                 "payload": {"n": n}, "created_at": start + timedelta(milliseconds=n)} for n in range(1, events + 1)
-            ])
-        for _cycle in range(10):  # the relay: each cycle publishes what is pending, oldest first
+    stream, tried, refused = f"{prefix}evd-{run}-events", set(), 0
+
+    async def publish(event_id: str, number: int) -> None:
+        first_attempt = event_id not in tried
+        tried.add(event_id)
+        if fail_every and number % fail_every == 0 and first_attempt:
+            raise RefusedByTheLab(event_id)
+        await redis_client.xadd(stream, {"event_id": event_id})
+
+    try:
+        async with Scratch(db, metadata):
+            start = utc_now()
             async with writing(db) as conn:
-                query = select(table.c.id, table.c.payload).order_by(table.c.created_at)
-                if keeps_status:
-                    query = query.where(table.c.status == "pending")
-                rows = (await conn.execute(query)).all()
-                if not rows:
-                    break
-                for event_id, payload in rows:
-                    if broker.publish(event_id, payload["n"]):
+                await conn.execute(insert(table), [
+                    {"id": f"{n:04d}-{run}", "aggregate_id": "user-1", "event_type": "AIRScoreCalculated",
+                     "payload": {"n": n}, "created_at": start + timedelta(milliseconds=n)}
+                    for n in range(1, events + 1)
+                ])
+            for _cycle in range(10):  # the relay: each cycle publishes what is pending, oldest first
+                async with writing(db) as conn:
+                    query = select(table.c.id, table.c.payload).order_by(table.c.created_at)
+                    if keeps_status:
+                        query = query.where(table.c.status == "pending")
+                    rows = (await conn.execute(query)).all()
+                    if not rows:
+                        break
+                    for event_id, payload in rows:
+                        try:
+                            await publish(event_id, payload["n"])
+                        except RefusedByTheLab:
+                            refused += 1
+                            if keeps_status:
+                                await conn.execute(update(table).where(table.c.id == event_id)
+                                                   .values(attempts=table.c.attempts + 1))
+                            continue
                         if keeps_status:
                             await conn.execute(update(table).where(table.c.id == event_id)
                                                .values(status="published", published_at=utc_now()))
                         else:
                             await conn.execute(delete(table).where(table.c.id == event_id))
-                    elif keeps_status:
-                        await conn.execute(update(table).where(table.c.id == event_id)
-                                           .values(attempts=table.c.attempts + 1))
-        async with db.engine.connect() as conn:
-            rows_left = await conn.scalar(select(func.count()).select_from(table))
-            history = recorded = 0
-            if keeps_status:
-                history = await conn.scalar(select(func.count()).select_from(table)
-                                            .where(table.c.status == "published"))
-                recorded = await conn.scalar(select(func.coalesce(func.sum(table.c.attempts), 0)))
-    return RetentionResult(keeps_status, events, len(set(broker.accepted)), broker.refused,
-                           rows_left, history, recorded)
+            async with db.engine.connect() as conn:
+                rows_left = await conn.scalar(select(func.count()).select_from(table))
+                history = recorded = 0
+                if keeps_status:
+                    history = await conn.scalar(select(func.count()).select_from(table)
+                                                .where(table.c.status == "published"))
+                    recorded = await conn.scalar(select(func.coalesce(func.sum(table.c.attempts), 0)))
+        published = len({fields["event_id"] for _, fields in await redis_client.xrange(stream)})
+    finally:
+        await redis_client.delete(stream)
+    return RetentionResult(keeps_status, events, published, refused, rows_left, history, recorded)
 
 
 # --- 2. created_at from the writers' clocks vs a sequence assigned in the transaction ------------

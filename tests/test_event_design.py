@@ -73,10 +73,15 @@ async def test_the_generated_model_code_imports_and_matches_the_ddl_shown(design
         design.sequence, design.status_column, design.versioned)
 
 
-async def test_a_status_column_keeps_the_history_and_the_retries_delete_on_publish_keeps_neither(bare_db):
-    keep = await event_design.retention_experiment(bare_db, keeps_status=True, events=20, fail_every=5)
-    drop = await event_design.retention_experiment(bare_db, keeps_status=False, events=20, fail_every=5)
-    for result in (keep, drop):  # the same workload: 4 first attempts refused, every event out once
+async def test_a_status_column_keeps_the_history_and_the_retries_delete_on_publish_keeps_neither(
+    bare_db, redis_client, key_prefix
+):
+    keep = await event_design.retention_experiment(bare_db, redis_client, prefix=key_prefix, keeps_status=True,
+                                                   events=20, fail_every=5)
+    drop = await event_design.retention_experiment(bare_db, redis_client, prefix=key_prefix, keeps_status=False,
+                                                   events=20, fail_every=5)
+    assert [k async for k in redis_client.scan_iter(match=f"{key_prefix}*")] == []  # its streams are gone
+    for result in (keep, drop):  # the same workload: 4 first attempts refused, every event in the stream once
         assert (result.published, result.failed_attempts) == (20, 4)
     assert (keep.rows_left, keep.history_rows, keep.attempts_recorded) == (20, 20, 4)
     assert (drop.rows_left, drop.history_rows, drop.attempts_recorded) == (0, 0, 0)
@@ -177,7 +182,8 @@ async def test_the_experiments_survive_other_writers_committing_meanwhile(bare_d
     writer = asyncio.create_task(someone_else())
     try:
         for keeps in (True, False):
-            assert (await event_design.retention_experiment(bare_db, keeps_status=keeps)).published == 20
+            assert (await event_design.retention_experiment(bare_db, redis_client, prefix=key_prefix,
+                                                            keeps_status=keeps)).published == 20
         assert (await event_design.versioning_experiment(bare_db, versioned=True)).applied == 13
         assert (await event_design.ordering_experiment(bare_db, per_writer=5)).sequence_inversions == 0
         for strategy in dual_write.STRATEGIES:

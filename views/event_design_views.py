@@ -40,7 +40,8 @@ def run_workbench(design: event_table.Design, *, skew_ms: float, interval: float
 
     async def everything() -> dict[str, Any]:
         found: dict[str, Any] = {
-            "retention": [await event_design.retention_experiment(db, keeps_status=k) for k in (True, False)],
+            "retention": [await _with_redis(lambda client, k=k: event_design.retention_experiment(
+                db, client, prefix=prefix, keeps_status=k)) for k in (True, False)],
             "ordering": await event_design.ordering_experiment(db, skew_ms=skew_ms),
             "versioning": [await event_design.versioning_experiment(db, versioned=v) for v in (True, False)],
         }
@@ -65,8 +66,9 @@ def workbench_results(design: event_table.Design) -> None:
         st.caption("These figures are from your previous choices: run again to measure the current ones.")
     keep, drop = found["retention"]
     st.markdown("**A status column vs delete-on-publish** "
-                f"({keep.events} events; the broker refused the first attempt of every "
-                f"{event_design.FAIL_EVERY}th, {keep.failed_attempts} in all)")
+                f"({keep.events} events appended to a throwaway stream on the lab's Redis, counted there with "
+                f"`XRANGE`; the lab refused the first attempt of every {event_design.FAIL_EVERY}th, as section 5's "
+                f"Refuse switch does, {keep.failed_attempts} in all)")
     st.dataframe(pd.DataFrame([
         {"design": f"status column{yours(design.status_column)}", "published": keep.published,
          "rows left": keep.rows_left, "published events still listed": keep.history_rows,
