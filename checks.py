@@ -304,7 +304,9 @@ EVENT_DESIGN = (
         "Two writes to two systems cannot commit together; one transaction can. In your run, with {crashes} "
         "crashes injected between the two writes: dual write announced {dual_phantom} phantom scores, publish-after-commit lost "
         "{after_lost} events, the outbox lost {outbox_lost} and invented {outbox_phantom}. (Retries do not "
-        "help a process that died before it retried.)",
+        "help a process that died before it retried.) When the outbox's relay died after appending and before "
+        "its mark, it lost {relay_lost} and appended {relay_duplicates} entries again: at least once, which "
+        "the consumer's inbox makes harmless.",
     ),
     Question(
         "Create",

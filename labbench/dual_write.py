@@ -1,4 +1,4 @@
-"""5b. Why the outbox exists: the same scores stored three ways, with a crash injected between
+"""5b. Why the outbox exists: the same scores stored four ways, with a crash injected between
 the two writes, then counted against the database and the stream.
 
 - dual write: insert the score, publish to the stream, commit (a crash after the publish rolls
@@ -6,7 +6,10 @@ the two writes, then counted against the database and the stream.
 - publish after commit: commit the score, then publish (a crash in between: the score exists
   and no event was sent, a *lost* event);
 - outbox: insert the score and its event row in one transaction, commit; a relay publishes the
-  rows afterwards (a crash between the two inserts rolls both back: nothing to lose or invent).
+  rows afterwards (a crash between the two inserts rolls both back: nothing to lose or invent);
+- outbox, the relay crashing: the writes succeed and the relay dies after appending an event and
+  before its mark commits; the restarted relay appends that batch again (duplicates, none lost:
+  at least once, which the consumer's inbox turns into exactly-once effects).
 
 The crash comes from outside the strategies: a `Crash` wrapper around the step after the first
 write raises on the operations chosen for it. Tables are throwaway (`evd_<run>_...`) and dropped
@@ -24,7 +27,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from labbench.event_design import Scratch, writing
 from source.database import WRITE_TRANSACTION, Database
 
-STRATEGIES = ("dual write", "publish after commit", "outbox")
+OUTBOX, RELAY_CRASH = "outbox", "outbox, relay crashes"
+STRATEGIES = ("dual write", "publish after commit", OUTBOX, RELAY_CRASH)
 OPERATIONS, CRASH_ON = 10, frozenset({3, 7})  # the page's run: operations 3 and 7 crash
 
 
@@ -42,6 +46,7 @@ class Crash:
     def wrap(self, number: int, step: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         async def wrapped() -> None:
             if number in self.on:
+                self.on.discard(number)  # a process dies once there; its restart goes on
                 self.crashes += 1
                 raise SimulatedCrash(f"crash injected in operation {number}")
             await step()
@@ -57,6 +62,7 @@ class CrashResult:
     events_in_stream: int  # distinct events the stream holds afterwards
     lost: int  # committed scores whose event is not in the stream
     phantom: int  # events in the stream whose score was never committed
+    duplicates: int  # stream entries that repeat an event already in it
 
 
 async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy: str, operations: int = OPERATIONS,
@@ -75,6 +81,23 @@ async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy:
 
     async def publish(score_id: str) -> None:
         await redis_client.xadd(stream, {"score_id": score_id})
+
+    async def relay() -> None:
+        """Publish what is pending, oldest first, then mark it, in one transaction; with RELAY_CRASH
+        the relay dies after appending the events of the crash operations, before the mark."""
+        while True:
+            try:
+                async with writing(db) as conn:
+                    pending = (await conn.execute(select(outbox.c.score_id).where(outbox.c.status == "pending")
+                                                  .order_by(outbox.c.id))).scalars().all()
+                    for score_id in pending:
+                        await publish(score_id)
+                        if strategy == RELAY_CRASH:
+                            await crash.wrap(int(score_id[1:4]), _carry_on)()
+                    await conn.execute(update(outbox).values(status="published"))
+                return
+            except SimulatedCrash:
+                continue  # rolled back: the restarted relay finds the same events pending
 
     try:
         async with Scratch(db, metadata):
@@ -99,15 +122,14 @@ async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy:
                             async def event_row(conn=conn, score_id=score_id) -> None:
                                 await conn.execute(insert(outbox).values(id=f"e-{score_id}", score_id=score_id))
 
-                            await crash.wrap(number, event_row)()
+                            if strategy == OUTBOX:
+                                await crash.wrap(number, event_row)()
+                            else:  # the relay crashes below instead
+                                await event_row()
                 except SimulatedCrash:
                     pass  # the process is gone; the next operation is the restarted process's
-            if strategy == "outbox":  # the relay: publish what is pending, then mark it
-                async with writing(db) as conn:
-                    for (score_id,) in (await conn.execute(select(outbox.c.score_id)
-                                                           .where(outbox.c.status == "pending"))).all():
-                        await publish(score_id)
-                    await conn.execute(update(outbox).values(status="published"))
+            if strategy in (OUTBOX, RELAY_CRASH):
+                await relay()
             async with db.engine.connect() as conn:
                 committed = set((await conn.scalars(select(scores.c.id))).all())
                 count = await conn.scalar(select(func.count()).select_from(scores))
@@ -115,5 +137,9 @@ async def crash_experiment(db: Database, redis_client, *, prefix: str, strategy:
     finally:
         await redis_client.delete(stream)
     announced = {fields["score_id"] for _, fields in entries}
-    return CrashResult(strategy, operations, crash.crashes, count, len(announced),
-                       lost=len(committed - announced), phantom=len(announced - committed))
+    return CrashResult(strategy, operations, crash.crashes, count, len(announced), lost=len(committed - announced),
+                       phantom=len(announced - committed), duplicates=len(entries) - len(announced))
+
+
+async def _carry_on() -> None:
+    """The step after an append, where the crash wrapper makes the relay die."""

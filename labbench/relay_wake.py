@@ -24,7 +24,7 @@ class WakeResult:
     interval: float  # polling: seconds between looks; notify: seconds without a wake before it looks anyway
     idle_seconds: float
     idle_queries: int  # statements the relay sent while nothing was written
-    latencies_ms: list[float]  # from sending COMMIT to the stream's reply to XADD, per event
+    latencies_ms: list[float]  # from just before the writer's COMMIT to the reply to XADD, per event
     appended: int  # entries the stream holds afterwards
 
     @property
@@ -45,8 +45,8 @@ async def wake_experiment(db: Database, redis_client, *, prefix: str, mode: str 
                           idle_seconds: float = 2.0, events: int = 5) -> WakeResult:
     """A relay on a throwaway table appends pending rows to a throwaway stream. First it runs
     `idle_seconds` with nothing to do (its statements are counted); then `events` rows are
-    committed at random moments and each one's latency is taken from sending COMMIT to the
-    reply to XADD. "notify": the writer calls pg_notify in its transaction (delivered at
+    committed at random moments and each one's latency is taken from just before the writer sends
+    COMMIT to the relay's reply to XADD. "notify": the writer calls pg_notify in its transaction (delivered at
     commit); the relay listens and looks when woken, or after `fallback` seconds without a wake
     (in case a notification is missed, e.g. while the listening connection reconnects)."""
     if mode == "notify" and db.backend != "postgresql":

@@ -72,16 +72,18 @@ views.pubsub_results()
 
 st.subheader("4. Why the outbox: a crash between the two writes")
 st.markdown(
-    f"{dual_write.OPERATIONS} scores stored three ways; the process is made to crash between the two writes of "
+    f"{dual_write.OPERATIONS} scores stored four ways; the process is made to crash between the two writes of "
     f"operations {' and '.join(map(str, sorted(dual_write.CRASH_ON)))} (an exception raised from outside, by a "
     "wrapper around the second step). Then the database "
     "and the stream are compared: a *lost* event is a committed score the stream never announced, a "
     "*phantom* one announces a score that was never committed.\n\n"
     "- **Dual write**: insert the score, publish, commit.\n"
     "- **Publish after commit**: commit the score, then publish.\n"
-    "- **Outbox**: insert the score and its event row in one transaction; a relay publishes the rows."
+    "- **Outbox**: insert the score and its event row in one transaction; a relay publishes the rows.\n"
+    "- **Outbox, relay crashes**: the writes as the outbox's, and the relay dies instead, after appending "
+    "the events of those operations and before its mark commits; the restarted relay appends them again."
 )
-if st.button("Run the three with injected crashes", key="evd_crash"):
+if st.button("Run the four with injected crashes", key="evd_crash"):
     with ui.errors_shown(), st.spinner("Crashing…"):
         views.run_crashes()
 views.crash_results()

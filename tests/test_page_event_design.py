@@ -75,8 +75,10 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     shown = texts(at.markdown)
     assert "Sent while away: **5** · lost by Pub/Sub: **5** · lost by the stream: **0**" in shown
     at = click(at, "evd_crash")
-    crash = {row["strategy"]: (row["lost events"], row["phantom events"]) for row in frames(at)[-1]}
-    assert crash == {"dual write": (0, 2), "publish after commit": (2, 0), "outbox": (0, 0)}
+    crash = {row["strategy"]: (row["lost events"], row["phantom events"], row["entries appended again"])
+             for row in frames(at)[-1]}
+    assert crash == {"dual write": (0, 2, 0), "publish after commit": (2, 0, 0), "outbox": (0, 0, 0),
+                     "outbox, relay crashes": (0, 0, 10)}
 
     at = answer(at, [q.answer for q in checks.EVENT_DESIGN])
     feedback = texts(at.success)
@@ -86,6 +88,7 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     assert f"ordering 40 events by `created_at` put {by_time} pairs out of commit order" in feedback
     assert "Pub/Sub lost 5, the stream lost 0" in feedback
     assert "dual write announced 2 phantom scores, publish-after-commit lost 2 events, the outbox lost 0" in feedback
+    assert "it lost 0 and appended 10 entries again" in feedback
     assert views.NOT_MEASURED not in feedback and "{" not in feedback
     assert "found the request's 3 events and the causation ids their order; without them, 0." in feedback
     assert re.search(r"polling sent \d+\.\d\d queries per idle second", feedback)

@@ -118,7 +118,7 @@ def workbench_results(design: event_table.Design) -> None:
                      "commit to stream, median ms": round(wake.median_ms, 1),
                      "worst ms": round(max(wake.latencies_ms), 1), "appended": wake.appended})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    st.caption(f"Latency: from sending COMMIT to the stream's reply to XADD, over {len(found['wake'][0].latencies_ms)} "
+    st.caption(f"Latency: from just before the writer sends COMMIT (its clock starts inside the transaction) to the relay's reply to XADD, over {len(found['wake'][0].latencies_ms)} "
                "events committed at random moments.")
     if len(found["wake"]) == 1:
         st.caption("LISTEN/NOTIFY is PostgreSQL's: on SQLite the relay can only poll, so only polling was measured.")
@@ -160,11 +160,11 @@ def pubsub_results() -> None:
 def run_crashes() -> None:
     db, prefix = ui.database(), source.redis_prefix()
 
-    async def all_three(client):
+    async def every_strategy(client):
         return [await dual_write.crash_experiment(db, client, prefix=prefix, strategy=s)
                 for s in dual_write.STRATEGIES]
 
-    results()["crash"] = ui.run(_with_redis(all_three), timeout=60)
+    results()["crash"] = ui.run(_with_redis(every_strategy), timeout=60)
 
 
 def crash_results() -> None:
@@ -174,7 +174,8 @@ def crash_results() -> None:
     st.dataframe(pd.DataFrame([
         {"strategy": r.strategy, "operations": r.operations, "crashes injected": r.crashes,
          "scores committed": r.scores_committed, "events in the stream": r.events_in_stream,
-         "lost events": r.lost, "phantom events": r.phantom} for r in found
+         "lost events": r.lost, "phantom events": r.phantom, "entries appended again": r.duplicates}
+        for r in found
     ]), hide_index=True, width="stretch")
 
 
@@ -213,7 +214,8 @@ def figures() -> dict[str, Any]:
         by = {r.strategy: r for r in found["crash"]}
         out.update(dual_phantom=by["dual write"].phantom, after_lost=by["publish after commit"].lost,
                    outbox_lost=by["outbox"].lost, outbox_phantom=by["outbox"].phantom,
-                   crashes=by["outbox"].crashes)
+                   crashes=by["outbox"].crashes, relay_lost=by[dual_write.RELAY_CRASH].lost,
+                   relay_duplicates=by[dual_write.RELAY_CRASH].duplicates)
     return out
 
 
