@@ -8,6 +8,7 @@ shared_session.py      2. two tasks on one AsyncSession, against a session per t
 loading.py             3. the N+1 comparison
 workbench.py           3. a users query composed from allow-listed choices, run recorded
 cache_traffic.py       4. skewed traffic through the cache, the demo user's score
+cache_inspect.py       4. a cache key as Redis holds it: raw JSON, TTL or a write's tombstone
 unreachable_redis.py   4. Redis addresses that refuse or hang
 faults.py              5. broker and relay faults, wrapped around the relay's broker client
 outbox_view.py         5. the pipeline's counts and rows, one event's progress
@@ -15,7 +16,7 @@ event_table.py         5b. the learner's event-table choices as model code, Core
 event_design.py        5b. each table choice measured on throwaway tables (retention, ordering, versions)
 relay_wake.py          5b. a polling relay vs LISTEN/NOTIFY: idle queries, commit-to-stream latency
 pubsub_vs_streams.py   5b. Pub/Sub and a stream with a subscriber away, a group, a second group
-dual_write.py          5b. dual write, publish after commit and the outbox against an injected crash
+dual_write.py          5b. dual write, publish after commit and the outbox (its writes or its relay) against an injected crash
 diagram.py             1. the schema diagram and the relationship table, from the metadata
 migrations.py          6. history, offline SQL, steps and drift
 lab_data.py            the sample users found, and the reset

@@ -2,6 +2,7 @@ import streamlit as st
 
 import checks
 import ui
+from labbench import cache_inspect
 from labbench.cache_comparison import Workload, compare_strategies
 from labbench.cache_traffic import ensure_latest_score, run_traffic
 from labbench.redis_structures import lab_structures
@@ -83,8 +84,8 @@ if write_col.button("Add a New AIRScore for Jane (a write)", key="cache_add_scor
 st.subheader("What Redis holds")
 st.caption("Read from the lab's Redis, whichever Redis your reads use above.")
 with ui.errors_shown():
-    inspect = CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache())
-    cache_views.key_states(ui.run(inspect.inspect_user_cache(jane_id)))
+    lab_redis = CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache())
+    cache_views.key_states(ui.run(cache_inspect.inspect_user_cache(lab_redis, jane_id)))
 
 st.subheader("Traffic experiment")
 st.markdown(

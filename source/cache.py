@@ -67,14 +67,6 @@ class Invalidation:
     error: str | None = None  # then the invalidation is queued (see RedisCache.invalidate)
 
 
-@dataclass(frozen=True)
-class KeyState:
-    key: str
-    raw: str | None  # the JSON exactly as stored; None if the key holds no value
-    ttl_seconds: int | None  # remaining time to live; None if the key does not exist
-    tombstone: bool = False  # the key holds a write's marker, not a value: a read of it misses
-
-
 POOL_SIZE = 16  # connections the cache's client may open; more concurrent commands queue
 
 # A write replaces each stale value with a tombstone (this prefix and a unique token) instead of
@@ -313,14 +305,6 @@ class RedisCache:
                 pipe.set(key, token, ex=TOMBSTONE_SECONDS, get=True)
             old = await pipe.execute()
         return sum(raw is not None and not raw.startswith(TOMBSTONE) for raw in old)
-
-    async def inspect(self, key: str) -> KeyState:
-        """The key as Redis holds it (raises a RedisError if Redis does not answer)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            raw, ttl = await pipe.get(key).ttl(key).execute()
-        if raw is not None and raw.startswith(TOMBSTONE):
-            return KeyState(key, None, ttl if ttl >= 0 else None, tombstone=True)
-        return KeyState(key, raw, ttl if ttl >= 0 else None)
 
     async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
         """One Redis command, failing fast. The client's own timeouts bound a slow Redis; after a

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .cache import Invalidation, KeyState, RedisCache, Write
+from .cache import Invalidation, RedisCache, Write
 from .cache_stats import CacheStats, Lookup
 from .database import WRITE_TRANSACTION
 from .errors import clean_id
@@ -98,13 +98,6 @@ class CachedUserRepository:
 
         return await self.cache.read_through(
             self.latest_score_key(user_id), load=load, kind=ScoreData, stats=self.stats
-        )
-
-    async def inspect_user_cache(self, user_id: str) -> tuple[KeyState, KeyState]:
-        """Both keys as Redis holds them: raw JSON and remaining TTL."""
-        user_id = clean_id(user_id, label="user ID")
-        return await self.cache.inspect(self.user_key(user_id)), await self.cache.inspect(
-            self.latest_score_key(user_id)
         )
 
     async def invalidate_user_cache(self, user_id: str) -> Invalidation:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import func, select
 
+from labbench.cache_inspect import inspect_key
 from labbench.cache_traffic import ensure_latest_score, run_traffic, traffic_users
 from labbench.recorder import record
 from labbench.unreachable_redis import unreachable_redis
@@ -87,7 +88,7 @@ async def test_stores_json_under_the_lab_prefix_with_a_jittered_ttl(db, cache, r
     raw = await redis_client.get(key)
     assert json.loads(raw)["email"] == "jane.doe@innovateai.com"
     assert 0.9 * 300 - 1 <= await redis_client.ttl(key) <= 1.1 * 300
-    state = await cache.inspect(key)
+    state = await inspect_key(cache.client, key)
     assert state.raw == raw and state.ttl_seconds is not None
     assert len({cache.ttl_for(object()) for _ in range(50)}) > 5  # expiries are spread
 
@@ -131,7 +132,7 @@ async def test_updating_a_user_invalidates_the_cached_user(db, cache, redis_clie
     await repo.get_by_id_cached(jane.id)
     updated, invalidation = await repo.update_user(jane.id, years_experience=9)
     assert invalidation.removed == 1
-    state = await cache.inspect(repo.user_key(jane.id))
+    state = await inspect_key(cache.client, repo.user_key(jane.id))
     assert state.tombstone and state.raw is None and 0 < state.ttl_seconds <= TOMBSTONE_SECONDS
     after = await repo.get_by_id_cached(jane.id)
     assert after.outcome == "miss" and after.value.years_experience == 9 == updated.years_experience
@@ -195,7 +196,7 @@ async def test_a_load_that_began_before_a_write_does_not_store_the_old_row(db, c
     lookup = await reader
     assert lookup.value == old  # the reader gets what it read...
     assert not lookup.stored and "invalidated" in lookup.not_stored  # ...but does not put it back
-    assert (await cache.inspect(key)).tombstone
+    assert (await inspect_key(cache.client, key)).tombstone
 
 
 class OtherProcessReader:
@@ -552,6 +553,6 @@ async def test_traffic_with_unreachable_reads_writes_its_update_to_the_labs_redi
         unreachable.close()
     assert result.counts.errors == 20  # every read was served from the database
     hottest = (await traffic_users(db.sessions, count=1))[0]
-    state = await cache.inspect(CachedUserRepository(sessions=db.sessions, cache=cache).user_key(hottest))
+    state = await inspect_key(cache.client, CachedUserRepository(sessions=db.sessions, cache=cache).user_key(hottest))
     assert state.tombstone  # the midway update invalidated the lab's Redis
     assert reads.unsent_invalidations == 0  # and owed nothing to the unreachable one

@@ -9,8 +9,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from labbench.cache_inspect import KeyState
 from labbench.cache_traffic import TrafficResult
-from source.cache import Invalidation, KeyState
+from source.cache import Invalidation
 from source.cache_stats import CacheCounts, Lookup
 
 FAULT_NOTE = (
