@@ -96,14 +96,9 @@ class Publisher:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
         db = Database(self.database_url, pool_size=3, max_overflow=2)
-        fake_server = redis_setup.FAKE_SERVER  # looked up now: tests swap it
-        publish_client = redis_setup.make_redis_client(
-            self.redis_target, timeout=self.settings.redis_timeout, fake_server=fake_server
-        )
+        publish_client = redis_setup.make_redis_client(self.redis_target, timeout=self.settings.redis_timeout)
         # A blocking XREADGROUP must not hit the socket timeout: give it the block time and more.
-        consume_client = redis_setup.make_redis_client(
-            self.redis_target, timeout=self.consumer_settings.block + 2.0, fake_server=fake_server
-        )
+        consume_client = redis_setup.make_redis_client(self.redis_target, timeout=self.consumer_settings.block + 2.0)
         self.stats.set(started_at=datetime.now(UTC), wake_mode=self.wake_mode)
         common = {"db": db, "stream": self.stream, "stop": self._stop, "stats": self.stats}
 
