@@ -93,7 +93,8 @@ class StrategyResult:
     commands_by_name: dict[str, int]
     writes: int
     failed_writes: int  # writes that raised (Redis did not answer write-behind's write)
-    unflushed_at_end: int | None  # write-behind: acknowledged writes the database lacked at the end
+    unflushed_at_end: int | None  # write-behind: users whose acknowledged write the database lacked at the end
+    unflushed_after_flush: int | None = None  # the same after a final flush: write-behind's promise is 0
 
     @property
     def hit_ratio(self) -> float:
@@ -200,7 +201,7 @@ async def run_strategy(
             except (redis.RedisError, OSError):
                 pass  # nothing was removed from the queue: the next flush tries again
 
-    unflushed = None
+    unflushed = still_unflushed = None
     try:
         with record(db) as log:
             background = asyncio.ensure_future(flusher()) if isinstance(strategy, WriteBehind) else None
@@ -212,10 +213,9 @@ async def run_strategy(
                     await asyncio.gather(background, return_exceptions=True)
             await strategy.close()
             if isinstance(strategy, WriteBehind):
-                unflushed = 0
-                for user_id, version in acknowledged.items():
-                    unflushed += await db_version(checker, user_id) < version
+                unflushed = await behind_the_database(checker, acknowledged)
                 await flush_all(strategy)  # the rest reaches the database now
+                still_unflushed = await behind_the_database(checker, acknowledged)
         commands = dict(counter.sent)
     finally:
         await client.aclose()
@@ -228,8 +228,13 @@ async def run_strategy(
     return StrategyResult(
         strategy_class.name, len(latencies), outcomes["hit"], outcomes["miss"], outcomes["error"], loads,
         log.count, stale, ahead, statistics.median(ms), ms[min(len(ms) - 1, int(0.99 * len(ms)))],
-        sum(commands.values()), commands, len(ops) - len(latencies), failed_writes, unflushed,
+        sum(commands.values()), commands, len(ops) - len(latencies), failed_writes, unflushed, still_unflushed,
     )
+
+
+async def behind_the_database(checker: Database, acknowledged: dict[str, int]) -> int:
+    """Users whose last acknowledged write's version the database does not hold yet."""
+    return sum([await db_version(checker, user_id) < version for user_id, version in acknowledged.items()])
 
 
 async def compare_strategies(

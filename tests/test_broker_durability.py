@@ -4,39 +4,12 @@ shared server's settings)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from contextlib import contextmanager
-
 import pytest
-import redis
 import redis.asyncio as aioredis
 
-from harness.served import free_port
+from harness.private_redis import private_redis
 from labbench.outbox_health import BrokerDurability, broker_durability
 from tests.conftest import need
-
-
-@contextmanager
-def private_redis(*settings: str):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "no",
-                               *settings], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(5)
 
 
 def test_no_memory_limit_neither_evicts_nor_refuses_whatever_the_policy():

@@ -55,7 +55,7 @@ def results(rows: list[StrategyResult], *, in_process: bool) -> None:
             f"**Write-behind's loss window:** when the workload ended, **{behind.unflushed_at_end}** "
             "users' last acknowledged write was not yet in the database (read from the database, "
             "not from the queue). A Redis that lost its memory at that moment would have lost them "
-            "for good; the lab then flushed them."
+            f"for good; the lab then flushed them, after which {behind.unflushed_after_flush} were missing."
         )
     long = frame.melt(id_vars="strategy", value_vars=["hit ratio", "stale reads", "reads that loaded", "p99 read (ms)"])
     chart = alt.Chart(long).mark_bar().encode(
