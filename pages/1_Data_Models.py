@@ -6,9 +6,11 @@ import checks
 import ui
 import widgets
 from labbench import diagram
+from labbench.cascade_demo import cascade_demo
 from labbench.relationship_examples import relationship_examples
 from source import Assessment, Base, TimestampMixin, User
 from source.services import create_user
+from views import models_views
 
 ui.page("1. Data Models")
 st.title("1. Defining the core data schema with SQLAlchemy 2.x")
@@ -79,8 +81,15 @@ st.markdown(
     "the profile just to delete it (one it has already loaded, it deletes itself).\n\n"
     "For `User.skills`, `session.delete(user)` loads the user's skills and deletes their "
     "`user_skills` rows; the skills stay. Those foreign keys say `ON DELETE CASCADE` too, so a "
-    "Core DELETE cannot leave pairs behind."
+    "Core DELETE cannot leave pairs behind.\n\n"
+    "The button makes three throwaway users, each with a profile and two skills, two of them with an "
+    "assessment, and deletes them: one with `session.delete`, two with a Core `DELETE FROM users`."
 )
+if st.session_state.db_initialized and st.button("Delete throwaway users three ways", key="cascade_demo"):
+    with ui.errors_shown():
+        st.session_state.cascade_runs = ui.run(cascade_demo(ui.database()))
+if runs := st.session_state.get("cascade_runs"):
+    models_views.delete_runs(runs)
 
 st.markdown("**Each kind, loaded live.** Alex's scores, profile and skills, and the user of Alex's "
             "or Jane's newest score, each awaited on its own with its default (lazy) loader: the one "

@@ -36,3 +36,16 @@ def test_the_four_kinds_are_drawn_tabled_and_loaded_live(initialised):
 def test_before_initialising_the_live_examples_ask_for_section_2(app_env):
     at = open_models()
     assert "to see these loaded from the sample data" in texts(at.info)
+
+
+def test_the_cascade_button_shows_each_ways_statements_and_rows_left(initialised):
+    at = open_models()
+    at.button(key="cascade_demo").click().run()
+    assert not at.exception and not at.error
+    body, code = texts(at.markdown), [c.value for c in at.code if "DELETE FROM users" in c.value]
+    assert ("**session.delete(user), a user with an assessment**: deleted. That user's rows afterwards: "
+            "`users` 0, `assessments` 0, `user_profiles` 0, `user_skills` 0.") in body
+    assert "**Core DELETE FROM users, a user with an assessment**: refused by the database" in body
+    assert "`users` 1, `assessments` 1, `user_profiles` 1, `user_skills` 2." in body
+    assert len(code) == 3 and "DELETE FROM assessments" in code[0] and "user_profiles" not in code[0]
+    assert code[2].count(";") == 1  # Core: one statement, the database did the rest

@@ -12,7 +12,15 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from labbench.migrations import drift
 from labbench.recorder import record
-from source import Database, Profile, Skill, User, calculate_and_store_airscore, run_db_setup_and_create_user
+from source import (
+    Assessment,
+    Database,
+    Profile,
+    Skill,
+    User,
+    calculate_and_store_airscore,
+    run_db_setup_and_create_user,
+)
 from source.database import alembic_config
 from source.models import user_skills
 from source.services import SAMPLE_PROFILES, SAMPLE_SKILLS
@@ -207,6 +215,24 @@ async def test_core_delete_cascades_in_the_database_only_where_the_foreign_key_s
     async with db.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(User)) == 1
         assert await session.scalar(select(func.count()).select_from(user_skills)) == len(SAMPLE_SKILLS[alex.email])
+
+
+async def test_page_ones_cascade_demo_shows_what_each_way_sent_and_left_and_leaves_nothing(db):
+    from labbench.cascade_demo import cascade_demo
+
+    await run_db_setup_and_create_user(db)
+    session_way, core_refused, core_way = await cascade_demo(db)
+    sql = session_way.sql
+    assert [s.split()[0] for s in sql].count("DELETE") == 3  # assessments, user_skills, users
+    assert any(s.startswith("SELECT") and "FROM assessments" in s for s in sql)
+    assert not any("user_profiles" in s for s in sql) and sql[-1].startswith("DELETE FROM users")
+    assert set(session_way.rows_left.values()) == {0}  # the profile too: the database removed it
+    assert core_refused.outcome.startswith("refused by the database")
+    assert core_refused.rows_left == {"users": 1, "assessments": 1, "user_profiles": 1, "user_skills": 2}
+    assert len(core_way.sql) == 1 and set(core_way.rows_left.values()) == {0}
+    async with db.sessions() as session:  # every throwaway user is gone
+        assert await session.scalar(select(func.count()).where(User.email.like("cascade-%"))) == 0
+        assert await session.scalar(select(func.count()).select_from(Assessment)) == 0
 
 
 async def test_a_profile_already_loaded_is_deleted_by_the_session_itself(db):
