@@ -77,6 +77,10 @@ def show_statements(log: StatementLog, *, label: str = "SQL statements sent") ->
         )
     if log.sent:
         with st.expander(f"Show all {log.commands} command{'s' if log.commands != 1 else ''} in the order sent"):
+            st.caption("On PostgreSQL a command is not always one round trip: asyncpg runs each statement as a "
+                       "prepared one, and its first use on a connection takes one more, to prepare it (the "
+                       "time below includes it). SQLAlchemy keeps a connection's last 100 prepared statements, "
+                       "so a repeat on that connection skips it.")
             number = 0
             for entry in log.sent:
                 number += 1
