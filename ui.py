@@ -1,5 +1,5 @@
-"""Streamlit glue: the one background event loop, the shared resources, the sidebar, the error
-box and the instructor gate. Pages import this module (and widgets.py, the display pieces); this
+"""Streamlit glue: the one background event loop, the shared resources, the sidebar and the error
+box. Pages import this module (and widgets.py, the display pieces; gate.py, the instructor gate); this
 module imports the lab bench and `source`; neither knows anything of Streamlit.
 
 Why one loop: asyncpg connections and redis.asyncio clients belong to the event loop that
@@ -10,10 +10,7 @@ click would make a new loop each time and break every pooled connection on the n
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import math
 import os
 import threading
 from collections.abc import Coroutine, Iterator
@@ -25,13 +22,12 @@ import redis
 import streamlit as st
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import learner
 import number_inputs
 import source
 import widgets
-from labbench import keyguard, lab_data, migrations, outbox_view, recorder
+from labbench import lab_data, migrations, outbox_view, recorder
 from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
 from labbench.singletons import process_wide
@@ -469,51 +465,3 @@ def run_recorded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> tuple[T
             return await coro, statements
 
     return run(recorded(), timeout)
-
-
-# --- actions that change what everyone sees -----------------------------------------------
-
-
-def instructor_key_set() -> bool:
-    """True when LAB_INSTRUCTOR_KEY is set: shared actions are the instructor's."""
-    return bool(os.environ.get("LAB_INSTRUCTOR_KEY", ""))
-
-
-def instructor_key_ok(action: str, *, key: str, reason: str = "changes the lab for everyone") -> bool:
-    """Gate for actions that change the lab for every session on this server (resetting data,
-    stopping the publisher, injecting a fault, stepping the schema). With LAB_INSTRUCTOR_KEY
-    set they need that key; without it the server is taken to be one learner's own."""
-    expected = os.environ.get("LAB_INSTRUCTOR_KEY", "")
-    if not expected:
-        st.caption(
-            f"{action} changes the lab for everyone using this server. No LAB_INSTRUCTOR_KEY is "
-            "set, so anyone may do it; an instructor serving a room sets one."
-        )
-        return True
-    entered = st.text_input(f"Instructor key ({action.lower()})", type="password", key=key)
-    if not entered:
-        st.caption(f"{action} {reason}: it needs the instructor key.")
-        return False
-    # Wrong keys back off per session and per address (labbench.keyguard). A key left in the box
-    # is checked again at every rerun: only a new wrong value counts as another attempt.
-    session_id, address = _session_id(), st.context.ip_address
-    address = address if isinstance(address, str) else None  # None on loopback (and in AppTest)
-    digest = hashlib.sha256(entered.encode()).hexdigest()
-    if st.session_state.get(f"{key}__wrong") == digest:
-        st.error("That is not the instructor key.")
-        return False
-    verdict = keyguard.check(action, session_id, address, lambda: hmac.compare_digest(entered.encode(), expected.encode()))
-    if not verdict.checked:
-        st.error(f"Too many wrong instructor keys from this browser or address: the key is checked "
-                 f"again in {math.ceil(verdict.wait)} s.")
-        return False
-    if not verdict.right:
-        st.session_state[f"{key}__wrong"] = digest
-        st.error(f"That is not the instructor key. The next key is checked in {verdict.wait:g} s at the earliest.")
-        return False
-    return True
-
-
-def _session_id() -> str:
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx else "none"

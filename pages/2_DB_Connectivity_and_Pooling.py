@@ -3,6 +3,7 @@ import warnings
 import streamlit as st
 
 import checks
+import gate
 import ui
 from labbench import migrations, pooling, shared_session
 from source import run_db_setup_and_create_user
@@ -33,7 +34,7 @@ st.markdown(
 # At head, Initialize only creates the sample users if they are missing; below head (or unknown) it
 # migrates the schema for everyone, so it goes through the instructor's gate.
 migrates = ui.backend_status().schema_revision != migrations.revision_history()[-1].revision
-if (not migrates or ui.instructor_key_ok("Migrating the schema", key="init_key")) and st.button(
+if (not migrates or gate.instructor_key_ok("Migrating the schema", key="init_key")) and st.button(
     f"Initialize {db.label} & create sample users", key="init_db"
 ):
     with ui.errors_shown():
@@ -131,7 +132,7 @@ st.markdown(
 st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
            "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
            "with the room's progress.")
-if st.session_state.db_initialized and ui.instructor_key_ok("Resetting the lab data", key="reset_key"):
+if st.session_state.db_initialized and gate.instructor_key_ok("Resetting the lab data", key="reset_key"):
     confirmed = st.checkbox("Yes, delete all lab data, every learner's included", key="reset_confirm")
     if st.button("Reset lab data", key="reset_lab", disabled=not confirmed):
         with ui.errors_shown():

@@ -3,6 +3,7 @@ import inspect
 import streamlit as st
 
 import checks
+import gate
 import ui
 from labbench import migrations
 from source import calculate_and_store_airscore, retry_failed_events
@@ -66,7 +67,7 @@ st.markdown(
 st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
            "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
            "with the room's progress.")
-if ui.instructor_key_ok("Starting or stopping the publisher", key="outbox_stop_key"):
+if gate.instructor_key_ok("Starting or stopping the publisher", key="outbox_stop_key"):
     start_col, stop_col = st.columns(2)
     if start_col.button("Start publisher", disabled=figures.running, key="outbox_start"):
         publisher.start()
@@ -84,7 +85,7 @@ if event_id := state.get("outbox_event_id"):
         if now is None:  # the lab data was reset
             del state.outbox_event_id
         elif not publisher.running and now.status == "pending":
-            st.caption("It goes through once the instructor starts the publisher." if ui.instructor_key_set()
+            st.caption("It goes through once the instructor starts the publisher." if gate.instructor_key_set()
                        else "Start the publisher to watch it go through.")
         elif watching and not now.settled:
             st.caption("Still on its way after 10 s: refresh the figures to see where it is.")
@@ -109,7 +110,7 @@ st.markdown(
 faults = publisher.faults
 st.markdown(f"The broker is **{'down' if faults.broker_down else 'up'}** for the relay"
             + (" and **refuses**" if faults.broker_refusing else "") + (" and **hangs**" if faults.broker_hung else "") + ".")
-faults_open = ui.instructor_key_ok("Breaking the relay or retrying failed events", key="outbox_fault_key")
+faults_open = gate.instructor_key_ok("Breaking the relay or retrying failed events", key="outbox_fault_key")
 if faults_open:
     down_col, up_col = st.columns(2)
     if down_col.button("Take the broker down", disabled=faults.broker_down, key="outbox_broker_down"):

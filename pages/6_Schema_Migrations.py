@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import checks
+import gate
 import ui
 from labbench import migrations
 from source import config
@@ -92,7 +93,7 @@ with ui.errors_shown():
     st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
            "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
            "with the room's progress.")
-    if ui.instructor_key_ok("Changing the schema", key="migrate_key"):
+    if gate.instructor_key_ok("Changing the schema", key="migrate_key"):
         up_col, down_col = st.columns(2)
         direction = None
         if up_col.button("Upgrade one step", disabled=current == head, key="upgrade_step"):

@@ -1,12 +1,13 @@
 import streamlit as st
 
+import gate
 import ui
 from views import instructor_views as views
 
 ui.page("7. Instructor")
 st.title("7. Instructor: the room")
 
-if not ui.instructor_key_set():
+if not gate.instructor_key_set():
     st.info(
         "This page is for an instructor serving the lab to a room from one server. It is off: start the "
         "server with the environment variable `LAB_INSTRUCTOR_KEY` set to a secret (for example "
@@ -14,7 +15,7 @@ if not ui.instructor_key_set():
         "then it shows nothing of other learners, and the sections' shared actions are open to anyone."
     )
     st.stop()
-if not ui.instructor_key_ok("This page", key="instructor_page_key", reason="shows every learner's progress"):
+if not gate.instructor_key_ok("This page", key="instructor_page_key", reason="shows every learner's progress"):
     st.stop()
 
 st.markdown(

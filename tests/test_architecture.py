@@ -10,7 +10,7 @@ import pytest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PACKAGES = ("source", "labbench", "views", "harness")
-TOP_LEVEL = ("ui", "learner", "widgets", "number_inputs", "checks", "app")
+TOP_LEVEL = ("ui", "gate", "learner", "widgets", "number_inputs", "checks", "app", "bench")
 
 
 def module_name(path: Path) -> str:
@@ -114,4 +114,14 @@ def test_the_answer_key_and_the_bench_know_nothing_of_streamlit_or_the_layers_ab
     offenders = {
         name: sorted(external(name) & above) for name in app_modules() if name.split(".")[0] == layer
     }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+# bench.py and the harness drive the app from outside; the harness speaks Streamlit's protocol.
+OUTSIDE = {"bench": {"tests", "pages", "streamlit"}, "harness": {"tests", "pages"}}
+
+
+@pytest.mark.parametrize("tool", sorted(OUTSIDE))
+def test_the_bench_command_and_the_harness_import_nothing_from_the_tests_or_the_pages(tool):
+    offenders = {name: sorted(external(name) & OUTSIDE[tool]) for name in app_modules() if name.split(".")[0] == tool}
     assert {name: found for name, found in offenders.items() if found} == {}
