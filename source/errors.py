@@ -36,8 +36,11 @@ class NotFound(LabError):
 # as U+202E, zero-width spaces and joiners, U+FEFF) and lone surrogates: invisible or reordering
 # text, or refused by PostgreSQL (NUL). `strip()` keeps every one of them.
 HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs"}
-# A visible character: a letter, mark-carrying letter, digit, punctuation or symbol.
+# A visible character: a letter, mark-carrying letter, digit, punctuation or symbol ...
 VISIBLE_CATEGORIES = ("L", "N", "P", "S")
+# ... except the letters and the symbol that draw nothing: the Hangul fillers and the blank
+# Braille pattern, often used to make a name look empty.
+BLANK_LOOKING = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
 
 
 def check_visible(value: str, *, field: str, label: str) -> str:
@@ -49,7 +52,7 @@ def check_visible(value: str, *, field: str, label: str) -> str:
                 f"The {label} contains an invisible or control character (U+{ord(ch):04X}, {name}) at "
                 f"position {position}: type it again without it.", field=field,
             )
-    if not any(unicodedata.category(ch).startswith(VISIBLE_CATEGORIES) for ch in value):
+    if not any(unicodedata.category(ch).startswith(VISIBLE_CATEGORIES) and ch not in BLANK_LOOKING for ch in value):
         raise InvalidInput(f"The {label} has no visible character.", field=field)
     return value
 

@@ -33,3 +33,8 @@ def count(model) -> int:
             return await session.scalar(select(func.count()).select_from(model))
 
     return ui.run(scalar())
+
+
+def create_user_button(at: AppTest):
+    """Section 1's "Create User" (the form's submit button; the page has other buttons before it)."""
+    return next(button for button in at.button if button.label == "Create User")

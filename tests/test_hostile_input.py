@@ -17,7 +17,7 @@ import ui
 from harness.served import app_subprocess_env, served_app
 from harness.wsclient import StreamlitClient
 from source import AIRScore, User
-from tests.pagekit import count, texts
+from tests.pagekit import count, create_user_button, texts
 
 MODELS = "../pages/1_Data_Models.py"
 NUMBER_PAGES = ["Data_Models", "DB_Connectivity_and_Pooling", "Repository_Pattern_and_N+1", "Caching_with_Redis",
@@ -40,7 +40,7 @@ def submit(at: AppTest, **typed: str) -> AppTest:
               "new_user_occupation": "", **typed}
     for key, value in values.items():
         at.text_input(key=key).set_value(value)
-    at.button[0].click().run()
+    create_user_button(at).click().run()
     assert not at.exception
     return at
 
@@ -62,6 +62,8 @@ def test_control_and_format_characters_are_refused_and_nothing_is_written(initia
     ("\u200b\u200b", "contains an invisible or control character (U+200B, ZERO WIDTH SPACE) at position 1"),
     (" \u2060 ", "contains an invisible or control character (U+2060, WORD JOINER) at position 1"),
     ("\u0301\u0301", "has no visible character"),  # combining accents with nothing to sit on
+    ("\u3164\u3164", "has no visible character"),  # Hangul fillers: letters that draw nothing
+    ("\u2800", "has no visible character"),  # the blank Braille pattern
 ])
 def test_a_name_or_email_with_nothing_visible_is_refused(initialised, value, message):
     at = AppTest.from_file(MODELS, default_timeout=60).run()

@@ -22,7 +22,7 @@ from labbench.pooling import pool_status
 from labbench.recorder import record
 from source import AIRScore, Database, User, run_db_setup_and_create_user
 from source.services import create_user
-from tests.pagekit import click, count, texts
+from tests.pagekit import click, count, create_user_button, texts
 
 MODELS = "pages/1_Data_Models.py"
 POOLING = "pages/2_DB_Connectivity_and_Pooling.py"
@@ -76,7 +76,7 @@ def test_creating_a_user_stores_it_keeps_its_id_and_shows_the_name_as_plain_text
     at.text_input(key="new_user_occupation").set_value("15-1252")
     at.selectbox(key="new_user_education").set_value("PhD")
     at.number_input(key="new_user_years").set_value(7.5)
-    at.button[0].click().run()
+    create_user_button(at).click().run()
     assert not at.exception and not at.error
     message = texts(at.success)
     assert widgets.escape_markdown(name) in message and "<b>" not in message
@@ -86,7 +86,7 @@ def test_creating_a_user_stores_it_keeps_its_id_and_shows_the_name_as_plain_text
     assert "SQL statements sent: 2" in texts(at.markdown)  # the email check, then the INSERT
 
     at.text_input(key="new_user_email").set_value(f"ada.{uuid.uuid4().hex[:6]}@example.com")
-    at.button[0].click().run()  # a second click works on the same loop
+    create_user_button(at).click().run()  # a second click works on the same loop
     assert not at.exception and at.session_state.created_user_id != created
     assert count(User) == 4
 
@@ -102,7 +102,7 @@ def test_a_write_kept_waiting_by_sqlites_one_writer_says_the_database_is_busy(ap
     writer = sqlite3.connect(make_url(os.environ["DATABASE_URL"]).database, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # another connection holds the one write lock throughout
     try:
-        at.button[0].click().run()
+        create_user_button(at).click().run()
     finally:
         writer.rollback()
         writer.close()
@@ -129,7 +129,7 @@ def test_every_bad_input_gets_its_message_and_writes_nothing(initialised):
         typed = {"new_user_email": "ok@example.com", "new_user_name": "Ok", "new_user_occupation": "", **changes}
         for key, value in typed.items():
             at.text_input(key=key).set_value(value)
-        at.button[0].click().run()
+        create_user_button(at).click().run()
         assert not at.exception
         assert message in texts(at.error), changes
         assert not at.success and at.session_state.created_user_id is None
