@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import fakeredis
@@ -26,6 +26,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from labbench.faults import Faults, FaultyBroker, SimulatedCrash
 from source import config
 from source.database import Database
 from source.models import DomainEvent, new_id
@@ -148,12 +149,15 @@ async def pending(db: Database) -> int:
 
 
 async def _relay_until_drained(db: Database, client: aioredis.Redis, stream: str, settings: RelaySettings,
-                               deadline: float) -> int:
+                               deadline: float, *, faulty: bool) -> int:
     published = 0
     while time.monotonic() < deadline:
-        result = await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)
+        try:
+            result = await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)
+        except SimulatedCrash:
+            continue  # the relay died after appending: its transaction rolled back, the events stay pending
         published += result.published
-        if result.error:
+        if result.error and not faulty:
             raise RuntimeError(result.error)
         if not result.claimed:
             if await pending(db) == 0:
@@ -163,11 +167,12 @@ async def _relay_until_drained(db: Database, client: aioredis.Redis, stream: str
 
 
 def _relay_thread(connect: Callable[[], Database], make_client: Callable[[], aioredis.Redis], stream: str,
-                  settings: RelaySettings, deadline: float, out: list, index: int) -> None:
+                  settings: RelaySettings, deadline: float, out: list, index: int, faults: Faults | None) -> None:
     async def main() -> None:
         db, client = connect(), make_client()
+        broker = client if faults is None else FaultyBroker(client, faults)
         try:
-            out[index] = await _relay_until_drained(db, client, stream, settings, deadline)
+            out[index] = await _relay_until_drained(db, broker, stream, settings, deadline, faulty=faults is not None)
         finally:
             await client.aclose()
             await db.dispose()
@@ -180,14 +185,18 @@ def _relay_thread(connect: Callable[[], Database], make_client: Callable[[], aio
 
 async def race(*, database_url: str, redis_target: RedisTarget, fake_server: fakeredis.FakeServer | None = None,
                relays: int, design: str, events: int, users: int, batch_size: int = 100,
-               key_prefix: str | None = None, timeout: float = 120.0) -> RaceResult:
-    """Run the experiment; raises ValueError for input out of range."""
+               key_prefix: str | None = None, timeout: float = 120.0, settings: RelaySettings | None = None,
+               broker_failure_rate: float = 0.0, crash_rate: float = 0.0) -> RaceResult:
+    """Run the experiment; raises ValueError for input out of range. With a broker failure rate or a
+    crash rate, each relay's broker client is wrapped in the lab's faults (labbench.faults): a batch
+    whose broker cannot be reached, or a relay that dies after appending, at those rates."""
     if problems := check_input(relays=relays, events=events, users=users):
         raise ValueError("; ".join(f"{name}: {why}" for name, why in problems.items()))
     if design not in DESIGNS:
         raise ValueError(f"design: one of {', '.join(DESIGNS)}")
     stream = f"{config.redis_prefix() if key_prefix is None else key_prefix}relay-race:{uuid.uuid4().hex[:10]}"
-    settings = RelaySettings(batch_size=batch_size, design=design)
+    settings = replace(settings or RelaySettings(), batch_size=batch_size, design=design)  # its back-off, say
+    faulty = bool(broker_failure_rate or crash_rate)
 
     def make_client() -> aioredis.Redis:
         return make_redis_client(redis_target, timeout=5.0, fake_server=fake_server)
@@ -200,7 +209,9 @@ async def race(*, database_url: str, redis_target: RedisTarget, fake_server: fak
                 out: list = [0] * relays
                 threads = [threading.Thread(target=_relay_thread, name=f"lab2-relay-race-{i}", daemon=True,
                                             args=(connect, make_client, stream, settings,
-                                                  time.monotonic() + timeout, out, i))
+                                                  time.monotonic() + timeout, out, i,
+                                                  Faults(broker_failure_rate=broker_failure_rate, crash_rate=crash_rate,
+                                                         seed=i) if faulty else None))
                            for i in range(relays)]
                 started = time.perf_counter()
                 for thread in threads:

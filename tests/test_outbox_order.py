@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import select, text
 
 from labbench.relay_race import check_input, order_faults, race
-from source import DomainEvent
+from source import DomainEvent, RelaySettings
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER, claim
 from tests.conftest import need
 from tests.test_outbox import add_events, make_users, status_counts, wait_until
@@ -61,6 +61,21 @@ async def test_two_relays_in_aggregate_order_invert_nothing_over_10000_events(
     assert result.appended == sum(result.per_relay) == 10_000
     if backend == "postgresql":  # concurrently, each holding users the other does not
         assert all(published > 0 for published in result.per_relay)
+
+
+async def test_two_ordered_relays_with_a_failing_broker_and_crashing_relays_lose_nothing_and_invert_nothing(
+    db_url, backend, redis_target, fake_server, key_prefix
+):
+    """A fifth of the batches find the broker unreachable and a tenth of the relays die after
+    appending: every event reaches the stream, each user's first appearances stay in order, and the
+    crashes show as duplicates (at least once)."""
+    result = await race(database_url=db_url, redis_target=redis_target, fake_server=fake_server, relays=2,
+                        design=AGGREGATE_ORDER, events=2_000, users=10, key_prefix=key_prefix,
+                        settings=RelaySettings(backoff_base=0.02, backoff_max=0.2),
+                        broker_failure_rate=0.2, crash_rate=0.1)
+    assert (result.missing, result.inversions) == (0, 0)
+    assert result.duplicates > 0  # the crashed batches, appended again
+    assert result.appended == 2_000 + result.duplicates
 
 
 async def test_four_any_order_relays_invert_events_on_postgresql_and_take_turns_on_sqlite(
