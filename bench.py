@@ -296,11 +296,9 @@ async def bench_cache(bench: Bench) -> list[Figure]:
 
 
 async def bench_outbox(bench: Bench) -> list[Figure]:
-    """Section 5: relay throughput (batches of 100) on each backend pair; commit-to-stream latency
-    on PostgreSQL with the relay woken by NOTIFY, and by a 0.2 s poll only."""
-    import random
-
-    from source import DomainEvent, RelaySettings, calculate_and_store_airscore, event_publisher
+    """Section 5: relay throughput (batches of 100) on each backend pair; on PostgreSQL the relay
+    against the minimal raw-asyncpg relay, and commit-to-stream latency against the same anchor."""
+    from source import DomainEvent, RelaySettings
     from source.models import new_id
     from source.outbox import relay_batch
 
@@ -323,39 +321,75 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
 
     if "postgresql" in bench.databases:
         figures += await _relay_against_minimal(bench)
-    if "postgresql" in bench.databases:
-        db, client = bench.databases["postgresql"], bench.redis["redis" if "redis" in bench.redis else "fakeredis"]
-        alex, _ = await run_db_setup_and_create_user(db)
-        modes = {
-            "NOTIFY": (RelaySettings(use_notify=True, notify_fallback_poll=1.0), 200),
-            "poll 0.2 s only": (RelaySettings(use_notify=False, poll_interval=0.2), 60),
-        }
-        for mode, (settings, n) in modes.items():
-            stream, stop, last_id, samples = f"{bench.key_prefix}latency-{len(figures)}", asyncio.Event(), "0-0", []
-            relay = asyncio.create_task(event_publisher(db=db, redis_client=client, stream=stream, stop=stop, settings=settings))
-            await asyncio.sleep(0.5)
+        figures += await _commit_to_stream(bench)
+    return figures
+
+
+async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) -> list[Figure]:
+    """Commit-to-stream latency on PostgreSQL: the lab's relay woken by NOTIFY against the minimal
+    raw-asyncpg relay woken by NOTIFY (the anchor), in alternating rounds (AB, BA, ...); then the
+    lab's relay with a 0.2 s poll only. Each sample: a score committed at a random moment, then the
+    time until an XREAD blocked on the stream returns its event."""
+    import random
+
+    from labbench.minimal_relay import minimal_notify_relay
+    from source import RelaySettings, calculate_and_store_airscore, event_publisher
+    from source.outbox import NOTIFY_CHANNEL
+
+    redis_name = "redis" if "redis" in bench.redis else "fakeredis"
+    db, client, backend = bench.databases["postgresql"], bench.redis[redis_name], f"postgresql+{redis_name}"
+    dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    alex, _ = await run_db_setup_and_create_user(db)
+
+    def relay(kind: str, stream: str, stop: asyncio.Event):
+        if kind == "minimal":
+            return minimal_notify_relay(dsn, client, stream, channel=NOTIFY_CHANNEL, stop=stop)
+        settings = RelaySettings(use_notify=kind == "lab NOTIFY", poll_interval=0.2)
+        return event_publisher(db=db, redis_client=client, stream=stream, stop=stop, settings=settings)
+
+    async def measure(kind: str, n: int) -> list[float]:
+        stream, stop, last_id, samples = f"{bench.key_prefix}latency-{uuid.uuid4().hex[:8]}", asyncio.Event(), "0-0", []
+        task = asyncio.create_task(relay(kind, stream, stop))
+        try:
+            await asyncio.sleep(0.5)  # listening
             for _ in range(n):
-                await asyncio.sleep(random.uniform(0, settings.poll_interval))  # commit at any phase of the poll
+                await asyncio.sleep(random.uniform(0, 0.2))  # commit at any phase of a poll
                 await calculate_and_store_airscore(sessions=db.sessions, user_id=alex.id, occupation_code="BENCH")
                 committed = time.perf_counter()
                 reply = await client.xread({stream: last_id}, count=1, block=5000)
                 samples.append(time.perf_counter() - committed)
                 last_id = reply[0][1][-1][0]
+        finally:
             stop.set()
-            await relay
-            figures += latency_figures("outbox", f"postgresql+{'redis' if 'redis' in bench.redis else 'fakeredis'}", f"commit-to-stream, {mode} (n={n})", samples)
+            await task
+            await client.delete(stream)
+        return samples
+
+    found: dict[str, list[float]] = {"lab NOTIFY": [], "minimal": []}
+    for number in range(rounds):
+        for kind in (list(found) if number % 2 == 0 else list(reversed(found))):
+            found[kind] += await measure(kind, per_round)
+    polled = await measure("lab poll", 60)
+    n = rounds * per_round
+    figures = latency_figures("outbox", backend, f"commit-to-stream, lab relay, NOTIFY (n={n})", found["lab NOTIFY"])
+    figures += latency_figures("outbox", backend, f"commit-to-stream, minimal raw-asyncpg relay, NOTIFY (n={n})",
+                               found["minimal"])
+    lab, anchor = percentiles(found["lab NOTIFY"]), percentiles(found["minimal"])
+    for quantile, ratio in zip(("p50", "p99"), (lab[0] / anchor[0], lab[1] / anchor[1]), strict=True):
+        figures.append(Figure("outbox", backend, f"commit-to-stream {quantile}, lab / minimal relay", ratio, "x"))
+    figures += latency_figures("outbox", backend, "commit-to-stream, lab relay, poll 0.2 s only (n=60)", polled)
     return figures
 
 
 async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Figure]:
     """The lab's relay_batch against a minimal raw-asyncpg relay (labbench/minimal_relay.py) in the
-    same run, on the same table: batches alternate between the two until no event is pending."""
+    same run, on the same table: batches alternate between them, in ABC then CBA order, until the
+    budget is published."""
     import asyncpg
 
     from labbench.minimal_relay import minimal_relay_batch
     from source import DomainEvent, RelaySettings
     from source.models import new_id
-    from source.outbox import relay_batch
     from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 
     db, redis_name = bench.databases["postgresql"], "redis" if "redis" in bench.redis else "fakeredis"
@@ -376,21 +410,23 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
             # The lab relay with each claim: the minimal relay's claim is the any-order one (SKIP LOCKED).
             designs = {f"lab relay_batch ({design})": RelaySettings(batch_size=batch, design=design)
                        for design in (ANY_ORDER, AGGREGATE_ORDER)}
-            spent, done = dict.fromkeys([*designs, "minimal"], 0.0), dict.fromkeys([*designs, "minimal"], 0)
+            runners = {name: (lambda settings=settings: _lab_batch(db, client, stream, settings))
+                       for name, settings in designs.items()}
+            runners["minimal"] = lambda batch=batch: minimal_relay_batch(connection, client, stream, batch_size=batch)
+            spent, done = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
             budget = events // 2 if batch == 100 else events
+            rounds = 0
             while sum(done.values()) < budget:
-                claimed = 0
-                for name, settings in designs.items():
+                order = list(runners) if rounds % 2 == 0 else list(reversed(runners))  # A B C, then C B A
+                rounds += 1
+                published = 0
+                for name in order:
                     started = time.perf_counter()
-                    result = await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)
+                    count = await runners[name]()
                     spent[name] += time.perf_counter() - started
-                    done[name] += result.published
-                    claimed += result.claimed
-                started = time.perf_counter()
-                minimal = await minimal_relay_batch(connection, client, stream, batch_size=batch)
-                spent["minimal"] += time.perf_counter() - started
-                done["minimal"] += minimal
-                if not (claimed or minimal):
+                    done[name] += count
+                    published += count
+                if not published:
                     break
             rates = {name: done[name] / spent[name] for name in spent}
             backend = f"postgresql+{redis_name}"
@@ -404,6 +440,12 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
     finally:
         await connection.close()
     return figures
+
+
+async def _lab_batch(db, client, stream, settings) -> int:
+    from source.outbox import relay_batch
+
+    return (await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)).published
 
 
 async def bench_relays(bench: Bench, events: int = 10_000, users: int = 20) -> list[Figure]:

@@ -57,3 +57,26 @@ async def minimal_relay_batch(
             return 0
         await connection.execute(MARK, [row["id"] for row in rows], now)
     return len(rows)
+
+
+async def minimal_notify_relay(dsn: str, redis_client: aioredis.Redis, stream: str, *, channel: str,
+                               stop, fallback_poll: float = 1.0) -> None:
+    """The anchor for commit-to-stream latency: LISTEN on its own connection, and on each NOTIFY
+    (or every `fallback_poll` seconds) run minimal_relay_batch until nothing is due."""
+    import asyncio
+
+    connection, listener = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    wake = asyncio.Event()
+    try:
+        await listener.add_listener(channel, lambda *_: wake.set())
+        while not stop.is_set():
+            wake.clear()
+            while await minimal_relay_batch(connection, redis_client, stream) == 100:
+                pass
+            try:
+                await asyncio.wait_for(wake.wait(), fallback_poll)
+            except TimeoutError:
+                pass
+    finally:
+        await listener.close()
+        await connection.close()
