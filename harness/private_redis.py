@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,13 +17,15 @@ from harness.served import free_port
 
 @contextmanager
 def private_redis(*settings: str) -> Iterator[str]:
-    """Yields the server's URL; the server is stopped on exit. Nothing is written to disk."""
+    """Yields the server's URL; the server is stopped on exit. A test that turns snapshots on
+    (`--save 900 1`) gets them in a temporary folder: redis-server writes one when it stops."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (.ci/run uses the one that runs the shared server)")
     port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                               *settings], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tempfile.TemporaryDirectory(prefix="lab-redis-")
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder.name, "--save", "",
+                               "--appendonly", "no", *settings], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         deadline = time.monotonic() + 10
@@ -38,3 +41,4 @@ def private_redis(*settings: str) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+        folder.cleanup()
