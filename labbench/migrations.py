@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from dataclasses import dataclass
 
 from alembic import command
@@ -14,6 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from labbench.learners import FIRST_REVISION, room_metadata
+from source import config
 from source.database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
 from source.models import Base
 
@@ -69,6 +71,41 @@ def migration_source(revision: str) -> str:
     script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
     with open(script.path, encoding="utf-8") as handle:
         return handle.read()
+
+
+# Loading the scripts costs a few milliseconds; pages ask on every rerun. What they show is read
+# again only when a revision file is added, removed or edited.
+
+
+def scripts_on_disk() -> tuple[tuple[str, int], ...]:
+    """The revision files and their modification times."""
+    versions = config.PROJECT_DIR / "alembic" / "versions"
+    return tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(versions) if e.name.endswith(".py")))
+
+
+@functools.lru_cache(maxsize=4)
+def _history_of(scripts: tuple) -> tuple[Revision, ...]:
+    return tuple(revision_history())
+
+
+@functools.lru_cache(maxsize=64)
+def _source_of(revision: str, scripts: tuple) -> str:
+    return migration_source(revision)
+
+
+def history_as_on_disk() -> list[Revision]:
+    """revision_history(), loaded again only after the scripts changed."""
+    return list(_history_of(scripts_on_disk()))
+
+
+def source_as_on_disk(revision: str) -> str:
+    """migration_source(), read again only after the scripts changed."""
+    return _source_of(revision, scripts_on_disk())
+
+
+def forget_loaded_scripts() -> None:
+    _history_of.cache_clear()
+    _source_of.cache_clear()
 
 
 def offline_sql(db: Database, *, from_revision: str | None, to_revision: str) -> str:

@@ -33,7 +33,7 @@ st.markdown(
 )
 # At head, Initialize only creates the sample users if they are missing; below head (or unknown) it
 # migrates the schema for everyone, so it goes through the instructor's gate.
-migrates = ui.backend_status().schema_revision != migrations.revision_history()[-1].revision
+migrates = ui.backend_status().schema_revision != migrations.history_as_on_disk()[-1].revision
 if (not migrates or gate.instructor_key_ok("Migrating the schema", key="init_key")) and st.button(
     f"Initialize {db.label} & create sample users", key="init_db"
 ):

@@ -153,7 +153,7 @@ with st.expander("The relay's cycle: `relay_batch`"):
     st.code(inspect.getsource(relay_batch), language="python")
 with st.expander("The migration that added attempts, retries, the failed status and the inbox (0002)"):
     with ui.errors_shown():
-        st.code(migrations.migration_source("0002"), language="python")
+        st.code(migrations.source_as_on_disk("0002"), language="python")
 
 st.subheader("5. Several relays, order kept")
 relay_race_views.several_relays(db.backend)

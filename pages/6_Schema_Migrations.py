@@ -1,5 +1,3 @@
-import os
-
 import pandas as pd
 import streamlit as st
 
@@ -7,7 +5,6 @@ import checks
 import gate
 import ui
 from labbench import migrations
-from source import config
 
 ui.page("6. Schema Migrations")
 st.title("6. Schema Migrations with Alembic")
@@ -23,33 +20,16 @@ st.markdown(
 db = ui.database()
 
 
-def scripts_on_disk() -> tuple[tuple[str, int], ...]:
-    """The revision files and their modification times: a new or edited revision changes this,
-    and with it the cached views below (which otherwise load every script on each rerun)."""
-    versions = config.PROJECT_DIR / "alembic" / "versions"
-    return tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(versions) if e.name.endswith(".py")))
-
-
-@st.cache_data(show_spinner=False)
-def revision_history(scripts: tuple) -> list[migrations.Revision]:
-    return migrations.revision_history()
-
-
-@st.cache_data(show_spinner=False)
-def migration_source(revision: str, scripts: tuple) -> str:
-    return migrations.migration_source(revision)
-
-
 @st.cache_data(show_spinner=False, max_entries=100)
 def offline_sql(backend: str, from_revision: str | None, to_revision: str, scripts: tuple) -> str:
     """Rendered once per dialect and pair of revisions: the same scripts give the same SQL."""
     return migrations.offline_sql(db, from_revision=from_revision, to_revision=to_revision)
 
 
-scripts = scripts_on_disk()
+scripts = migrations.scripts_on_disk()
 with ui.errors_shown():
     current = ui.run(db.current_revision())
-    history = revision_history(scripts)
+    history = migrations.history_as_on_disk()
     head = history[-1].revision
 
     st.subheader("Revision history")
@@ -71,7 +51,7 @@ with ui.errors_shown():
     st.markdown(f"The database is at **{current or 'base (empty schema)'}**; the newest revision is **{head}**.")
     for revision in history:
         with st.expander(f"{revision.revision}: {revision.message}"):
-            st.code(migration_source(revision.revision, scripts), language="python")
+            st.code(migrations.source_as_on_disk(revision.revision), language="python")
 
     st.subheader("See the SQL before it runs")
     st.markdown(

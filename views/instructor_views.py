@@ -84,7 +84,7 @@ def health() -> None:
 def schema_actions() -> None:
     db = ui.database()
     current = ui.backend_status().schema_revision
-    head = migrations.revision_history()[-1].revision
+    head = migrations.history_as_on_disk()[-1].revision
     st.markdown(f"The database is at **{current or 'base'}**; the newest revision is **{head}**. Below "
                 f"{migrations.FIRST_REVISION} learners' progress cannot be stored (it stays in each tab), "
                 "and a downgrade below it drops every learner's saved progress.")
