@@ -4,6 +4,7 @@ to a backend."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
@@ -89,6 +90,7 @@ def show_statements(log: StatementLog, *, label: str = "SQL statements sent") ->
                 st.code(entry.sql.strip(), language="sql")
 
 
+@functools.cache  # the class, as loaded: the text does not change while the process runs it
 def class_source(cls: type) -> tuple[int, str]:
     """The line number and source of a class, as inspect.getsource gives it but without parsing.
 
