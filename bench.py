@@ -754,24 +754,34 @@ async def bench_reruns(bench: Bench) -> list[Figure]:
     """What one rerun of each page costs the server: `streamlit run app.py` on SQLite +
     fakeredis pinned to one core, one session (harness/room.py) initialises, opens each page,
     then reruns it 20 times with nothing changed; the server process's CPU time (all threads)
-    divided by 20, and the median request-to-finished time."""
+    divided by 20, and the median request-to-finished time. The anchor: harness/bare_page.py,
+    served on the same core, rerun as often in alternating rounds with as many elements as the
+    page sent; what the page costs above it is the page's own code (queries, rendering)."""
     from harness import room
     from harness.served import app_subprocess_env, served_app
 
     figures = []
+    pinned = ("taskset", "-c", SERVER_CORE)
     with tempfile.TemporaryDirectory() as folder:
         env = app_subprocess_env({"DATABASE_URL": f"sqlite+aiosqlite:///{Path(folder) / 'reruns.db'}",
                                   "REDIS_URL": "fakeredis://", "LAB_REDIS_PREFIX": f"{bench.key_prefix}reruns:"})
         affinity = harness_on_the_other_core()
         try:
-            with served_app(env, Path(folder), prefix=("taskset", "-c", SERVER_CORE)) as app:
-                costs = await room.page_rerun_costs(app.url, app.process.pid)
+            with (served_app(env, Path(folder), prefix=pinned) as app,
+                  served_app(env, Path(folder), prefix=pinned, script="harness/bare_page.py") as bare):
+                costs = await room.page_rerun_costs(app.url, app.process.pid, bare=(bare.url, bare.process.pid))
                 alembic_info = app.log().count("INFO  [alembic")
         finally:
             os.sched_setaffinity(0, affinity)
     for cost in costs:
-        figures += [Figure("reruns", "sqlite+fakeredis", f"{cost.page}: server CPU per rerun", cost.cpu_seconds * 1000, "ms"),
-                    Figure("reruns", "sqlite+fakeredis", f"{cost.page}: rerun p50", cost.wall_p50 * 1000, "ms")]
+        figures += [
+            Figure("reruns", "sqlite+fakeredis", f"{cost.page}: server CPU per rerun", cost.cpu_seconds * 1000, "ms"),
+            Figure("reruns", "sqlite+fakeredis", f"{cost.page}: elements sent per rerun", cost.deltas, ""),
+            Figure("reruns", "sqlite+fakeredis", f"{cost.page}: bare page with as many elements, CPU per rerun",
+                   cost.bare_cpu_seconds * 1000, "ms"),
+            Figure("reruns", "sqlite+fakeredis", f"{cost.page}: page / bare page", cost.cpu_seconds / cost.bare_cpu_seconds, "x"),
+            Figure("reruns", "sqlite+fakeredis", f"{cost.page}: rerun p50", cost.wall_p50 * 1000, "ms"),
+        ]
     figures.append(Figure("reruns", "sqlite+fakeredis", "Alembic INFO lines in the server log", alembic_info, "lines"))
     return figures
 

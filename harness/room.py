@@ -22,6 +22,7 @@ database holds exactly what the learners made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import os
 import random
@@ -88,6 +89,7 @@ class Rendered:
     errors: list[str] = field(default_factory=list)  # exceptions and error elements, any run of the click
     warnings: list[str] = field(default_factory=list)
     runs: int = 0  # page runs the click caused (2 after an st.rerun())
+    deltas: int = 0  # elements and blocks the last run sent
 
     @property
     def text(self) -> str:
@@ -102,8 +104,10 @@ class Rendered:
         """A new run replaces what the page shows; problems of the earlier runs are kept."""
         self.texts, self.widgets, self.links, self.metrics = [], {}, {}, {}
         self.runs += 1
+        self.deltas = 0
 
     def add(self, delta) -> None:
+        self.deltas += 1
         kind = delta.WhichOneof("type")
         if kind == "add_block" and delta.add_block.WhichOneof("type") == "expandable":
             self.texts.append(delta.add_block.expandable.label)
@@ -580,14 +584,28 @@ class PageCost:
     page: str
     cpu_seconds: float  # the server process's CPU time per rerun (all its threads)
     wall_p50: float  # rerun request -> script_finished, median
+    deltas: int  # elements and blocks one rerun sends
+    bare_cpu_seconds: float | None  # the same on harness/bare_page.py with as many elements
 
 
-async def page_rerun_costs(url: str, server_pid: int, *, reruns: int = 20, timeout: float = 60.0) -> list[PageCost]:
+async def _rerun_cpu(session: Session, server_pid: int, reruns: int) -> float:
+    before = process_cpu_seconds(server_pid)
+    for _ in range(reruns):
+        await session.rerun("rerun")
+    return process_cpu_seconds(server_pid) - before
+
+
+async def page_rerun_costs(url: str, server_pid: int, *, bare: tuple[str, int] | None = None, reruns: int = 20,
+                           rounds: int = 4, timeout: float = 60.0) -> list[PageCost]:
     """One learner alone on the server: initialise (section 2), then for each page open it once
     (its first-visit work, e.g. section 4's demo score, is not counted), then rerun it `reruns`
-    times with no widget changed and divide the server's CPU time by `reruns`."""
+    times with no widget changed and divide the server's CPU time by `reruns`. With `bare` (the
+    URL and process id of a served harness/bare_page.py), the bare page is rerun as often, with
+    as many elements as the lab page sent, in alternating rounds."""
     costs = []
-    async with Session(url, 0, timeout=timeout) as session:
+    per_round = reruns // rounds
+    async with Session(url, 0, timeout=timeout) as session, contextlib.AsyncExitStack() as stack:
+        anchor = await stack.enter_async_context(Session(bare[0], 1, timeout=timeout)) if bare else None
         await session.open()
         await session.go("2. DB Connectivity & Pooling")
         await session.click("init_db")
@@ -595,10 +613,16 @@ async def page_rerun_costs(url: str, server_pid: int, *, reruns: int = 20, timeo
         pages += [(label, session.shown.links[label]) for label in SECTIONS]
         for label, page_hash in pages:
             await session.rerun(f"open {label}", page_hash=page_hash)
-            before = process_cpu_seconds(server_pid)
-            for _ in range(reruns):
-                await session.rerun(f"rerun {label}")
-            spent = process_cpu_seconds(server_pid) - before
-            walls = [click.seconds for click in session.clicks[-reruns:]]
-            costs.append(PageCost(label, spent / reruns, statistics.median(walls)))
+            deltas = session.shown.deltas
+            if anchor:
+                anchor.query_string = f"elements={deltas}"
+                await anchor.rerun("open")
+            spent = bare_spent = 0.0
+            for _ in range(rounds):
+                spent += await _rerun_cpu(session, server_pid, per_round)
+                if anchor:
+                    bare_spent += await _rerun_cpu(anchor, bare[1], per_round)
+            walls = [click.seconds for click in session.clicks[-per_round * rounds:]]
+            costs.append(PageCost(label, spent / (per_round * rounds), statistics.median(walls), deltas,
+                                  bare_spent / (per_round * rounds) if anchor else None))
     return costs

@@ -51,13 +51,15 @@ class ServedApp:
 
 
 @contextmanager
-def served_app(env: dict[str, str], log_dir: Path, timeout: float = 60.0, prefix: tuple[str, ...] = ()):
-    """`streamlit run app.py` with env, until its health check answers; stopped afterwards.
-    `prefix` goes before the command, e.g. ("taskset", "-c", "0") to pin the server to a core."""
+def served_app(env: dict[str, str], log_dir: Path, timeout: float = 60.0, prefix: tuple[str, ...] = (),
+               script: str = "app.py"):
+    """`streamlit run app.py` (or another script of the project) with env, until its health check
+    answers; stopped afterwards. `prefix` goes before the command, e.g. ("taskset", "-c", "0") to
+    pin the server to a core."""
     port = free_port()
     log_path = log_dir / f"streamlit-{port}.log"
     command = [
-        *prefix, sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+        *prefix, sys.executable, "-m", "streamlit", "run", script, "--server.headless=true",
         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
         "--server.fileWatcherType=none",
     ]
