@@ -335,8 +335,8 @@ def _threads() -> list[threading.Thread]:
 
 
 async def test_starting_twice_runs_one_thread_and_stop_ends_it_within_a_second(
-    db, db_url, redis_target, embedded_server, stream
-):
+    db, db_url, redis_target, redis_client, embedded_server, stream
+):  # redis_client: its teardown deletes the stream and group the publisher made
     publisher = _publisher(db_url, redis_target, stream)  # the app's settings: 0.25 s blocking reads
     try:
         assert publisher.start() is True
