@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -329,10 +329,14 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     """Commit-to-stream latency on PostgreSQL: the lab's relay woken by NOTIFY, with each claim
     design, against the minimal raw-asyncpg relay woken by NOTIFY (the anchor), in alternating
     rounds (ABC, CBA, ...); then the lab's relay with a 0.2 s poll only. Each sample: a score
-    committed at a random moment, then the time until an XREAD blocked on the stream returns its
-    event. Each round starts its relay afresh; its first event, which pays for preparing the
+    committed at a random moment, then the time until an XREAD on the stream returns its event.
+    With the Redis server, each relay woken by NOTIFY runs as deployed, in a process of its own
+    (python -m labbench.relay_process --as-deployed); with fakeredis, as a task in the bench's
+    process. Each round starts its relay afresh; its first event, which pays for preparing the
     statements on a new connection, is not counted."""
     import random
+
+    from sqlalchemy import text
 
     from labbench.minimal_relay import minimal_notify_relay
     from source import RelaySettings, calculate_and_store_airscore, event_publisher
@@ -343,50 +347,77 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     db, client, backend = bench.databases["postgresql"], bench.redis[redis_name], f"postgresql+{redis_name}"
     dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
     alex, _ = await run_db_setup_and_create_user(db)
+    async with db.engine.begin() as connection:  # the sections before left 22,000 rows published
+        await connection.execute(text("ANALYZE domain_events"))  # as autovacuum soon would
     minimal, polling = "minimal raw-asyncpg relay, NOTIFY", "lab relay, poll 0.2 s only"
-    lab_relays = {f"lab relay ({design}), NOTIFY": RelaySettings(design=design, poll_interval=0.2)
-                  for design in (AGGREGATE_ORDER, ANY_ORDER)}
-    lab_relays[polling] = RelaySettings(use_notify=False, poll_interval=0.2)
+    designs = {f"lab relay ({design}), NOTIFY": design for design in (AGGREGATE_ORDER, ANY_ORDER)}
+    # As a relay worker is deployed: sharing no event loop and no garbage collector with the code
+    # that commits and reads (a process of its own needs the Redis server, not fakeredis).
+    where = "own process" if redis_name == "redis" else "bench's process"
 
-    def relay(kind: str, stream: str, stop: asyncio.Event):
+    @asynccontextmanager
+    async def relay_running(kind: str, where: str, stream: str):
+        if where == "own process" and kind != polling:
+            arguments = ["--minimal"] if kind == minimal else ["--design", designs[kind]]
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "labbench.relay_process", bench.urls["postgresql"], bench.urls["redis"], stream,
+                "--as-deployed", *arguments, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent)
+            try:
+                await asyncio.wait_for(child.stdout.readline(), 30)  # "ready"
+                yield
+            finally:
+                child.terminate()
+                await child.wait()
+            return
+        stop = asyncio.Event()
         if kind == minimal:
-            return minimal_notify_relay(dsn, client, stream, channel=NOTIFY_CHANNEL, stop=stop)
-        return event_publisher(db=db, redis_client=client, stream=stream, stop=stop, settings=lab_relays[kind])
-
-    async def measure(kind: str, n: int) -> list[float]:
-        stream, stop, last_id, samples = f"{bench.key_prefix}latency-{uuid.uuid4().hex[:8]}", asyncio.Event(), "0-0", []
-        task = asyncio.create_task(relay(kind, stream, stop))
+            task = asyncio.create_task(minimal_notify_relay(dsn, client, stream, channel=NOTIFY_CHANNEL, stop=stop))
+        else:
+            settings = RelaySettings(use_notify=False) if kind == polling else RelaySettings(design=designs[kind])
+            task = asyncio.create_task(event_publisher(db=db, redis_client=client, stream=stream, stop=stop,
+                                                       settings=settings))
         try:
-            await asyncio.sleep(0.5)  # listening
-            for _ in range(n + 1):
-                await asyncio.sleep(random.uniform(0, 0.2))  # commit at any phase of a poll
-                await calculate_and_store_airscore(sessions=db.sessions, user_id=alex.id, occupation_code="BENCH")
-                committed = time.perf_counter()
-                reply = await client.xread({stream: last_id}, count=1, block=5000)
-                samples.append(time.perf_counter() - committed)
-                last_id = reply[0][1][-1][0]
+            yield
         finally:
             stop.set()
             await task
+
+    async def measure(kind: str, where: str, n: int) -> list[float]:
+        stream, last_id, samples = f"{bench.key_prefix}latency-{uuid.uuid4().hex[:8]}", "0-0", []
+        try:
+            async with relay_running(kind, where, stream):
+                await asyncio.sleep(0.5)  # listening
+                for _ in range(n + 1):
+                    await asyncio.sleep(random.uniform(0, 0.2))  # commit at any phase of a poll
+                    _, event = await calculate_and_store_airscore(sessions=db.sessions, user_id=alex.id,
+                                                                  occupation_code="BENCH")
+                    committed, fields = time.perf_counter(), {}
+                    while fields.get("event_id") != event.id:  # any entry before it is not this sample's
+                        reply = await client.xread({stream: last_id}, count=1, block=5000)
+                        if not reply:
+                            raise RuntimeError(f"{kind}: event {event.id} not on the stream after 5 s")
+                        last_id, fields = reply[0][1][0]
+                    samples.append(time.perf_counter() - committed)
+        finally:
             await client.delete(stream)
         return samples[1:]
 
-    notified = [minimal, *(kind for kind in lab_relays if kind != polling)]
+    notified = [minimal, *designs]
     found: dict[str, list[float]] = {kind: [] for kind in notified}
     for number in range(rounds):
         for kind in (notified if number % 2 == 0 else list(reversed(notified))):
-            found[kind] += await measure(kind, per_round)
-    polled = await measure(polling, 60)
+            found[kind] += await measure(kind, where, per_round)
+    polled = await measure(polling, "bench's process", 60)
     n = rounds * per_round
     figures = []
     for kind in notified:
-        figures += latency_figures("outbox", backend, f"commit-to-stream, {kind} (n={n})", found[kind])
+        figures += latency_figures("outbox", backend, f"commit-to-stream, {kind}, {where} (n={n})", found[kind])
     anchor = percentiles(found[minimal])
-    for kind in notified[1:]:
+    for kind in designs:
         lab = percentiles(found[kind])
         for quantile, ratio in zip(("p50", "p99"), (lab[0] / anchor[0], lab[1] / anchor[1]), strict=True):
-            figures.append(Figure("outbox", backend, f"commit-to-stream {quantile}, {kind} / minimal", ratio, "x"))
-    figures += latency_figures("outbox", backend, f"commit-to-stream, {polling} (n=60)", polled)
+            figures.append(Figure("outbox", backend, f"commit-to-stream {quantile}, {kind} / minimal, {where}", ratio, "x"))
+    figures += latency_figures("outbox", backend, f"commit-to-stream, {polling}, bench's process (n=60)", polled)
     return figures
 
 

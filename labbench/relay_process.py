@@ -1,19 +1,26 @@
-"""A relay in a process of its own, for the tests that SIGKILL it: `python -m labbench.relay_process
-DATABASE_URL REDIS_URL STREAM`. After each pipeline has appended its batch it prints "appended N"
+"""A relay in a process of its own: `python -m labbench.relay_process DATABASE_URL REDIS_URL STREAM`.
+
+For the tests that SIGKILL it: after each pipeline has appended its batch it prints "appended N"
 and waits `--hold` seconds before the relay marks the batch published, so that a test can kill
-it between the append and the commit: mid-batch."""
+it between the append and the commit: mid-batch.
+
+For bench.py's commit-to-stream latency, `--as-deployed`: the lab's relay with its default
+settings and no wrapper, or with `--minimal` the minimal raw-asyncpg relay, until SIGTERM. A process of its own, as a relay worker is deployed: it shares no event loop and no
+garbage collector with the code that commits and reads."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 import redis.asyncio as aioredis
+from sqlalchemy import make_url
 
 from labbench.faults import PipelineWrapper, WrappedBroker
 from source.database import Database
-from source.outbox import RelaySettings, event_publisher
+from source.outbox import NOTIFY_CHANNEL, RelaySettings, event_publisher
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 
 
@@ -40,13 +47,35 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--hold", type=float, default=0.2)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--design", choices=[AGGREGATE_ORDER, ANY_ORDER], default=AGGREGATE_ORDER)
+    parser.add_argument("--as-deployed", action="store_true")
+    parser.add_argument("--minimal", action="store_true")
     args = parser.parse_args(argv)
-    db = Database(args.database_url)
     client = aioredis.Redis.from_url(args.redis_url, decode_responses=True)
+    if args.as_deployed:
+        await as_deployed(args, client)
+        return
+    db = Database(args.database_url)
     settings = RelaySettings(batch_size=args.batch, poll_interval=0.02, notify_fallback_poll=0.5, design=args.design)
     print("ready", flush=True)
     await event_publisher(db=db, redis_client=WrappedBroker(client, lambda pipeline: _HoldingPipeline(pipeline, args.hold)), stream=args.stream,
                           stop=asyncio.Event(), settings=settings)
+
+
+async def as_deployed(args: argparse.Namespace, client: aioredis.Redis) -> None:
+    stop = asyncio.Event()
+    # SIGTERM lets the batch in flight commit: killed between its XADD and its commit, a relay
+    # leaves the event pending, and the next relay appends it again.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if args.minimal:
+        from labbench.minimal_relay import minimal_notify_relay
+
+        dsn = make_url(args.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        relay = minimal_notify_relay(dsn, client, args.stream, channel=NOTIFY_CHANNEL, stop=stop)
+    else:
+        relay = event_publisher(db=Database(args.database_url), redis_client=client, stream=args.stream, stop=stop,
+                                settings=RelaySettings(design=args.design))
+    print("ready", flush=True)
+    await relay
 
 
 if __name__ == "__main__":

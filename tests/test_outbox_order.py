@@ -149,6 +149,33 @@ async def test_two_relay_processes_in_aggregate_order_invert_nothing_over_10000_
         await client.aclose()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the minimal relay and NOTIFY are PostgreSQL's
+@pytest.mark.parametrize("relay", [["--design", AGGREGATE_ORDER], ["--design", ANY_ORDER], ["--minimal"]])
+async def test_a_relay_as_deployed_for_the_bench_publishes_and_stops_cleanly_at_sigterm(db, db_url, key_prefix, relay):
+    """bench.py's commit-to-stream runs each relay so: after SIGTERM none of its events is left
+    pending (a relay killed between its XADD and its commit would leave one to be sent again)."""
+    redis_url = need("LAB_TEST_REDIS_URL")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    stream = f"{key_prefix}as-deployed"
+    command = [sys.executable, "-m", "labbench.relay_process", db_url, redis_url, stream, "--as-deployed", *relay]
+    child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, cwd=REPO)
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+        users = await make_users(db, 3)
+        await add_events(db, users=users, count=300, per_transaction=10)
+        await wait_until(lambda: _none_pending(db), timeout=30)
+        child.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(child.wait(), 10) == 0
+        assert await status_counts(db) == {"published": 300}
+        assert await client.xlen(stream) == 300
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        await client.delete(stream)
+        await client.aclose()
+
+
 async def _none_pending(db) -> bool:
     return (await status_counts(db))["pending"] == 0
 
