@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from source.cache import RedisCache
@@ -20,14 +22,28 @@ from source.repositories import UserRepository
 from source.services import get_or_create_users
 
 _demo_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+DEMO_SETUP_LOCK_KEY = 2004  # a PostgreSQL advisory-lock key of the lab's (2002: the migrations')
+
+
+@asynccontextmanager
+async def _one_process_at_a_time(sessions: async_sessionmaker[AsyncSession]):
+    """PostgreSQL: a transaction-scoped advisory lock, held until the block ends, so that the app
+    processes behind a proxy take turns. (SQLite serves one process per file.)"""
+    async with sessions.begin() as session:
+        if (await session.connection()).dialect.name == "postgresql":
+            await session.execute(select(func.pg_advisory_xact_lock(DEMO_SETUP_LOCK_KEY)))
+            yield
+            return
+    yield
 
 
 async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
     """Give the demo user a score if she has none, so the latest-score read has something to
     cache. Reads the database directly: this set-up is not a cached read. One check-and-add at a
-    time per process, or learners arriving together would each add one."""
+    time, in each process and across processes, or learners arriving together would each add one
+    (two app processes behind nginx once gave her two)."""
     lock = _demo_setup_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
+    async with lock, _one_process_at_a_time(repo.sessions):
         async with repo.sessions() as session:
             users = UserRepository(session)
             user = await users.get_existing(user_id)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from labbench.cache_inspect import inspect_key
 from labbench.cache_traffic import ensure_latest_score, run_traffic, traffic_users
@@ -22,6 +23,7 @@ from source import (
     AIRScore,
     CachedUserRepository,
     CacheStats,
+    Database,
     InvalidInput,
     RedisCache,
     run_db_setup_and_create_user,
@@ -538,6 +540,33 @@ async def test_learners_arriving_together_give_the_demo_user_one_score(db, cache
         scores = await session.scalar(select(func.count()).select_from(AIRScore).where(AIRScore.user_id == jane.id))
     assert scores == 1
 
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # the app processes behind a proxy share one server
+async def test_two_app_processes_arriving_together_give_the_demo_user_one_score(
+        db, db_url, redis_target, fake_server, key_prefix, jane):
+    """Two event loops on threads, each with an engine and an asyncio lock of its own, stand in for
+    two app processes: only the lock in the database keeps them from both adding a score."""
+    start = threading.Barrier(2)
+
+    def app_process() -> None:
+        async def arrive() -> None:
+            other, client = Database(db_url), cache_client(redis_target, fake_server=fake_server)
+            try:
+                start.wait(timeout=30)
+                repo = CachedUserRepository(sessions=other.sessions, cache=RedisCache(client, prefix=key_prefix))
+                await ensure_latest_score(repo, user_id=jane.id)
+            finally:
+                await client.aclose()
+                await other.dispose()
+
+        asyncio.run(arrive())
+
+    for _ in range(5):
+        await asyncio.gather(asyncio.to_thread(app_process), asyncio.to_thread(app_process))
+        async with db.sessions.begin() as session:
+            scores = await session.scalar(select(func.count()).select_from(AIRScore).where(AIRScore.user_id == jane.id))
+            await session.execute(delete(AIRScore).where(AIRScore.user_id == jane.id))  # the next round starts bare
+        assert scores == 1
 
 
 async def test_traffic_with_unreachable_reads_writes_its_update_to_the_labs_redis(db, cache, key_prefix, jane):
