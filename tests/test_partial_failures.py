@@ -3,6 +3,9 @@ sidebar does not claim an unreachable database has no schema."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 import redis.asyncio as aioredis
 from streamlit.testing.v1 import AppTest
@@ -49,11 +52,17 @@ async def test_a_reset_whose_database_fails_after_redis_reports_the_keys_it_dele
     dead = Database(DEAD_DATABASE if backend == "postgresql" else f"sqlite+aiosqlite:///{tmp_path / 'a-directory'}")
     await redis_client.set(f"{key_prefix}cache:v1:a", "1")
     await redis_client.set(f"{key_prefix}cache:v1:b", "1")
+    threads_before = set(threading.enumerate())
     try:
         with pytest.raises(ResetIncomplete) as stopped:
             await reset_lab_data(dead, redis_client, prefix=key_prefix)
     finally:
         await dead.dispose()
+        # aiosqlite stops a connection that failed to open on its worker thread, which then reports
+        # to this event loop: wait for it, or it may find the loop closed (a warning in the run)
+        for thread in set(threading.enumerate()) - threads_before:
+            if "_connection_worker_thread" in thread.name:
+                await asyncio.to_thread(thread.join, 5)
     assert stopped.value.keys_deleted == 2 and stopped.value.rows_deleted is None
     assert [key async for key in redis_client.scan_iter(match=f"{key_prefix}*")] == []
 
