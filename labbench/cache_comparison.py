@@ -193,9 +193,17 @@ async def run_strategy(
             stale += got < before
             ahead += got > before
 
+    readers_done = asyncio.Event()
+
     async def flusher() -> None:
+        # Stopped by an event, not cancelled: a cancel landing inside a flush's transaction could
+        # leave SQLite's write lock with a connection that is never rolled back.
         while True:
-            await asyncio.sleep(FLUSH_EVERY_SECONDS)
+            try:
+                await asyncio.wait_for(readers_done.wait(), FLUSH_EVERY_SECONDS)
+                return  # readers done, no flush in flight: the run measures what is still queued
+            except TimeoutError:
+                pass
             try:
                 await strategy.flush()
             except (redis.RedisError, OSError):
@@ -208,8 +216,8 @@ async def run_strategy(
             try:
                 await asyncio.gather(*(worker() for _ in range(workload.readers)))
             finally:
+                readers_done.set()
                 if background is not None:
-                    background.cancel()
                     await asyncio.gather(background, return_exceptions=True)
             await strategy.close()
             if isinstance(strategy, WriteBehind):
