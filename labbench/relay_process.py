@@ -5,8 +5,9 @@ and waits `--hold` seconds before the relay marks the batch published, so that a
 it between the append and the commit: mid-batch.
 
 For bench.py's commit-to-stream latency, `--as-deployed`: the lab's relay with its default
-settings and no wrapper, or with `--minimal` the minimal raw-asyncpg relay, until SIGTERM. A process of its own, as a relay worker is deployed: it shares no event loop and no
-garbage collector with the code that commits and reads."""
+settings and no wrapper, or with `--minimal` the minimal raw-asyncpg relay, until SIGTERM. A
+process of its own, as a relay worker is deployed: it shares no event loop and no garbage
+collector with the code that commits and reads."""
 
 from __future__ import annotations
 
