@@ -94,12 +94,14 @@ async def test_a_pool_bigger_than_the_servers_spare_connections_is_refused(pg_db
 
 
 @on_postgresql
-async def test_on_postgresql_the_pool_outserves_a_new_connection_per_request(pg_db):
+async def test_on_postgresql_the_pool_reuses_what_nullpool_opens_per_request(pg_db):
+    # Not which one is faster: that depends on the server (the embedded one, NullPool won once).
     settings = PoolSettings(concurrency=50, requests_per_client=5, pool_size=5, max_overflow=10, hold_ms=5)
     result = await run_pool_experiment(db=pg_db, settings=settings)
     assert result.pooled.completed == result.null_pool.completed == 250
-    assert result.pooled.throughput > result.null_pool.throughput
-    assert result.pooled.connections_opened < result.null_pool.connections_opened
+    assert result.null_pool.connections_opened == 250
+    # at most 15 at once; an overflow connection is closed when it comes back to a full pool
+    assert result.pooled.peak_checked_out <= 15 and result.pooled.connections_opened < 250 / 5
 
 
 async def test_a_transaction_that_fails_part_way_leaves_nothing_behind(db):
