@@ -356,7 +356,7 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     where = "own process" if redis_name == "redis" else "bench's process"
 
     @asynccontextmanager
-    async def relay_running(kind: str, where: str, stream: str):
+    async def relay_running(kind: str, stream: str):
         if where == "own process" and kind != polling:
             arguments = ["--minimal"] if kind == minimal else ["--design", designs[kind]]
             child = await asyncio.create_subprocess_exec(
@@ -382,10 +382,10 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
             stop.set()
             await task
 
-    async def measure(kind: str, where: str, n: int) -> list[float]:
+    async def measure(kind: str, n: int) -> list[float]:
         stream, last_id, samples = f"{bench.key_prefix}latency-{uuid.uuid4().hex[:8]}", "0-0", []
         try:
-            async with relay_running(kind, where, stream):
+            async with relay_running(kind, stream):
                 await asyncio.sleep(0.5)  # listening
                 for _ in range(n + 1):
                     await asyncio.sleep(random.uniform(0, 0.2))  # commit at any phase of a poll
@@ -406,8 +406,8 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     found: dict[str, list[float]] = {kind: [] for kind in notified}
     for number in range(rounds):
         for kind in (notified if number % 2 == 0 else list(reversed(notified))):
-            found[kind] += await measure(kind, where, per_round)
-    polled = await measure(polling, "bench's process", 60)
+            found[kind] += await measure(kind, per_round)
+    polled = await measure(polling, 60)
     n = rounds * per_round
     figures = []
     for kind in notified:
