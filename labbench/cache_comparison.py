@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from labbench.cache_traffic import traffic_users, zipf_weights
 from labbench.recorder import record
+from labbench.turns import STRATEGY_COMPARISON, turn
 from source import Database
 from source.cache import RedisCache, cache_client
 from source.cache_stats import CacheStats
@@ -250,10 +251,10 @@ async def compare_strategies(
     strategies: tuple[type[CacheStrategy], ...] = STRATEGIES,
 ) -> list[StrategyResult]:
     """Every strategy through the same operations, one after another (one comparison at a time
-    per server process: they share the traffic users). Checks the controls first."""
+    in each app process and across them: they share the traffic users). Checks the controls first."""
     workload.check()
     lock = _one_at_a_time.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
+    async with lock, turn(db.sessions, STRATEGY_COMPARISON):
         user_ids = await traffic_users(db.sessions, count=workload.users)
         ops = workload.operations()
         checker = Database(db.url.render_as_string(hide_password=False))

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from labbench.turns import DEMO_SCORE, turn
 from source.cache import RedisCache
 from source.cache_stats import CacheCounts, CacheStats, Lookup, Outcome
 from source.cached_repository import CachedUserRepository, UserData
@@ -22,19 +21,6 @@ from source.repositories import UserRepository
 from source.services import get_or_create_users
 
 _demo_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
-DEMO_SETUP_LOCK_KEY = 2004  # a PostgreSQL advisory-lock key of the lab's (2002: the migrations')
-
-
-@asynccontextmanager
-async def _one_process_at_a_time(sessions: async_sessionmaker[AsyncSession]):
-    """PostgreSQL: a transaction-scoped advisory lock, held until the block ends, so that the app
-    processes behind a proxy take turns. (SQLite serves one process per file.)"""
-    async with sessions.begin() as session:
-        if (await session.connection()).dialect.name == "postgresql":
-            await session.execute(select(func.pg_advisory_xact_lock(DEMO_SETUP_LOCK_KEY)))
-            yield
-            return
-    yield
 
 
 async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
@@ -43,7 +29,7 @@ async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> No
     time, in each process and across processes, or learners arriving together would each add one
     (two app processes behind nginx once gave her two)."""
     lock = _demo_setup_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock, _one_process_at_a_time(repo.sessions):
+    async with lock, turn(repo.sessions, DEMO_SCORE):
         async with repo.sessions() as session:
             users = UserRepository(session)
             user = await users.get_existing(user_id)

@@ -26,6 +26,7 @@ from source.models import AIRScore, User
 from source.services import create_sample_airscore
 
 from .recorder import StatementLog, record
+from .turns import POOL_EXPERIMENT, turn
 
 # A whole room may share one PostgreSQL server (max_connections is often 100).
 MAX_CONCURRENCY = 100
@@ -37,7 +38,7 @@ MAX_HOLD_MS = 200
 # Connections the NullPool side leaves free on the server for everyone else.
 SERVER_RESERVE = 10
 
-_EXPERIMENT_LOCK = threading.Lock()  # one experiment per process at a time
+_EXPERIMENT_LOCK = threading.Lock()  # one experiment per process at a time (and per server: turns.py)
 
 
 class ExperimentBusy(LabError):
@@ -120,34 +121,37 @@ async def run_pool_experiment(*, db: Database, settings: PoolSettings) -> Experi
     """Run the load against a pooled engine, then against a NullPool engine, on db's database.
     Raises InvalidInput for settings out of range, ExperimentBusy if one is running."""
     settings = settings.checked()
+    busy = ExperimentBusy("Another pooling experiment is running on this database (perhaps another learner's). "
+                          "Try again in a few seconds.")
     if not _EXPERIMENT_LOCK.acquire(blocking=False):
-        raise ExperimentBusy(
-            "Another pooling experiment is running in this app (perhaps another learner's). "
-            "Try again in a few seconds."
-        )
+        raise busy
     try:
-        headroom = await _server_headroom(db)
-        capacity = settings.pool_size + settings.max_overflow
-        if capacity > headroom:
-            raise InvalidInput(
-                f"The database server has {headroom} connections to spare now (keeping {SERVER_RESERVE} "
-                f"for everyone else); pool_size + max_overflow = {capacity} would not fit.",
-                field="max_overflow",
+        # The in-process lock above; this one for the other app processes on the same server.
+        async with turn(db.sessions, POOL_EXPERIMENT, wait=False) as ours:
+            if not ours:
+                raise busy
+            headroom = await _server_headroom(db)
+            capacity = settings.pool_size + settings.max_overflow
+            if capacity > headroom:
+                raise InvalidInput(
+                    f"The database server has {headroom} connections to spare now (keeping {SERVER_RESERVE} "
+                    f"for everyone else); pool_size + max_overflow = {capacity} would not fit.",
+                    field="max_overflow",
+                )
+            pooled_db = Database(
+                db.url, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
+                pool_timeout=settings.pool_timeout,
             )
-        pooled_db = Database(
-            db.url, pool_size=settings.pool_size, max_overflow=settings.max_overflow,
-            pool_timeout=settings.pool_timeout,
-        )
-        pooled = await _measure(
-            pooled_db,
-            f"pooled (pool_size={settings.pool_size}, max_overflow={settings.max_overflow})",
-            settings, settings.concurrency,
-        )
-        null_pool = await _measure(
-            Database(db.url, null_pool=True), "NullPool (a new connection per request)", settings,
-            min(settings.concurrency, headroom),
-        )
-        return ExperimentResult(settings, pooled_db.backend, pooled, null_pool)
+            pooled = await _measure(
+                pooled_db,
+                f"pooled (pool_size={settings.pool_size}, max_overflow={settings.max_overflow})",
+                settings, settings.concurrency,
+            )
+            null_pool = await _measure(
+                Database(db.url, null_pool=True), "NullPool (a new connection per request)", settings,
+                min(settings.concurrency, headroom),
+            )
+            return ExperimentResult(settings, pooled_db.backend, pooled, null_pool)
     finally:
         _EXPERIMENT_LOCK.release()
 

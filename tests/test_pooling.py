@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from labbench.pooling import ExperimentBusy, PoolSettings, demonstrate_atomicity, run_pool_experiment
 from labbench.recorder import record
+from labbench.turns import POOL_EXPERIMENT, turn
 from source import Database, InvalidInput
 
 
@@ -72,15 +73,32 @@ on_postgresql = pytest.mark.parametrize("backend", ["postgresql"])
 
 @on_postgresql
 async def test_the_throwaway_engines_leave_no_connection_open_on_the_server(pg_db):
-    async def connections() -> int:
+    async def connections_not_in_the_apps_pool() -> int:
+        pool = pg_db.engine.sync_engine.pool
         async with pg_db.engine.connect() as conn:
-            return await conn.scalar(text(
+            on_server = await conn.scalar(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             ))
+            return on_server - pool.checkedin() - pool.checkedout()
 
-    before = await connections()
+    assert await connections_not_in_the_apps_pool() == 0
     await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=20, requests_per_client=1, hold_ms=1))
-    assert await connections() == before
+    assert await connections_not_in_the_apps_pool() == 0
+
+
+@on_postgresql
+async def test_an_experiment_in_another_app_process_makes_this_one_wait_for_its_turn(pg_db):
+    """Another app process on the same server (its turn held here on an engine of its own): this
+    process's lock cannot see it, the server's advisory lock does."""
+    other_process = Database(pg_db.url)
+    try:
+        async with turn(other_process.sessions, POOL_EXPERIMENT):
+            with pytest.raises(ExperimentBusy, match="running on this database"):
+                await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1))
+        result = await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1))
+        assert result.pooled.completed == result.null_pool.completed == 1
+    finally:
+        await other_process.dispose()
 
 
 @on_postgresql
