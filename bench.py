@@ -345,7 +345,7 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
 
     redis_name = "redis" if "redis" in bench.redis else "fakeredis"
     db, client, backend = bench.databases["postgresql"], bench.redis[redis_name], f"postgresql+{redis_name}"
-    dsn = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = db.asyncpg_dsn
     alex, _ = await run_db_setup_and_create_user(db)
     async with db.engine.begin() as connection:  # the sections before left 22,000 rows published
         await connection.execute(text("ANALYZE domain_events"))  # as autovacuum soon would
@@ -442,7 +442,7 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
                             payload={"score_id": new_id(), "air_score": 70.0})
                 for i in range(start, start + 1000)
             )
-    connection = await asyncpg.connect(db.url.set(drivername="postgresql").render_as_string(hide_password=False))
+    connection = await asyncpg.connect(db.asyncpg_dsn)
     await connection.execute("ANALYZE domain_events")  # as autovacuum soon would: plans for 20,000 rows
     figures = []
     try:

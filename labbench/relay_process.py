@@ -17,7 +17,6 @@ import signal
 import sys
 
 import redis.asyncio as aioredis
-from sqlalchemy import make_url
 
 from labbench.faults import PipelineWrapper, WrappedBroker
 from source.database import Database
@@ -70,8 +69,7 @@ async def as_deployed(args: argparse.Namespace, client: aioredis.Redis) -> None:
     if args.minimal:
         from labbench.minimal_relay import minimal_notify_relay
 
-        dsn = make_url(args.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        relay = minimal_notify_relay(dsn, client, args.stream, channel=NOTIFY_CHANNEL, stop=stop)
+        relay = minimal_notify_relay(Database(args.database_url).asyncpg_dsn, client, args.stream, channel=NOTIFY_CHANNEL, stop=stop)
     else:
         relay = event_publisher(db=Database(args.database_url), redis_client=client, stream=args.stream, stop=stop,
                                 settings=RelaySettings(design=args.design))

@@ -37,10 +37,6 @@ class WakeResult:
         return ordered[len(ordered) // 2]
 
 
-def _asyncpg_dsn(db: Database) -> str:
-    return db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def wake_experiment(db: Database, redis_client, *, prefix: str, mode: str = "poll", interval: float = 0.5, fallback: float = 5.0,
                           idle_seconds: float = 2.0, events: int = 5) -> WakeResult:
     """A relay on a throwaway table appends pending rows to a throwaway stream. First it runs
@@ -88,7 +84,7 @@ async def wake_experiment(db: Database, redis_client, *, prefix: str, mode: str 
                 if mode == "notify":
                     import asyncpg
 
-                    listener = await asyncpg.connect(_asyncpg_dsn(db))
+                    listener = await asyncpg.connect(db.asyncpg_dsn)
                     await listener.add_listener(channel, lambda *_: woken.set())
                 task = asyncio.create_task(relay())
                 await _first(looked.wait(), asyncio.shield(task))  # the relay's first look, before the idle window

@@ -87,6 +87,11 @@ class Database:
         return unquote(self.url.render_as_string(hide_password=True))
 
     @property
+    def asyncpg_dsn(self) -> str:
+        """The URL as asyncpg.connect takes it, for a connection outside the engine (LISTEN)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @property
     def label(self) -> str:
         """What the UI calls this database: the real backend, never 'in-memory' for a file."""
         if self._label:

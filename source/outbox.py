@@ -208,9 +208,8 @@ class _Listener:
             return
         import asyncpg
 
-        dsn = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
-            self.connection = await asyncio.wait_for(asyncpg.connect(dsn), 5)
+            self.connection = await asyncio.wait_for(asyncpg.connect(self.db.asyncpg_dsn), 5)
             await self.connection.add_listener(NOTIFY_CHANNEL, self._notified)
         except Exception as exc:  # fall back to polling; try again on the next cycle
             log.warning("LISTEN failed, polling instead: %s", type(exc).__name__)
