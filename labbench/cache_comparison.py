@@ -42,7 +42,6 @@ LABELS = {
     "readers": "Concurrent readers", "ttl_seconds": "TTL (s)",
 }
 FLUSH_EVERY_SECONDS = 0.2  # write-behind's flusher runs this often during the run
-_one_at_a_time: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
 
 @dataclass(frozen=True)
@@ -253,8 +252,7 @@ async def compare_strategies(
     """Every strategy through the same operations, one after another (one comparison at a time
     in each app process and across them: they share the traffic users). Checks the controls first."""
     workload.check()
-    lock = _one_at_a_time.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock, turn(db.sessions, STRATEGY_COMPARISON):
+    async with turn(db.sessions, STRATEGY_COMPARISON):
         user_ids = await traffic_users(db.sessions, count=workload.users)
         ops = workload.operations()
         checker = Database(db.url.render_as_string(hide_password=False))

@@ -3,9 +3,7 @@ server's own INFO counters beside the cache's."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-import weakref
 from dataclasses import dataclass
 
 import redis
@@ -20,16 +18,13 @@ from source.errors import InvalidInput
 from source.repositories import UserRepository
 from source.services import get_or_create_users
 
-_demo_setup_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
-
 
 async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
     """Give the demo user a score if she has none, so the latest-score read has something to
     cache. Reads the database directly: this set-up is not a cached read. One check-and-add at a
     time, in each process and across processes, or learners arriving together would each add one
     (two app processes behind nginx once gave her two)."""
-    lock = _demo_setup_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock, turn(repo.sessions, DEMO_SCORE):
+    async with turn(repo.sessions, DEMO_SCORE):
         async with repo.sessions() as session:
             users = UserRepository(session)
             user = await users.get_existing(user_id)

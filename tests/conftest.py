@@ -14,12 +14,14 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fakeredis
 import pytest
 import redis
 import redis.asyncio as aioredis
+from sqlalchemy import func, select
 
 from labbench.embedded_postgres import EmbeddedPostgres, Unavailable
 from labbench.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
@@ -125,6 +127,25 @@ async def db(db_url):
         yield database
     finally:
         await database.dispose()
+
+
+@pytest.fixture
+async def other_app_process(db_url):
+    """Another app process on the same PostgreSQL server: `async with other_app_process(key):`
+    holds the lab's advisory lock `key` on a connection of its own, as that process's turn would
+    (labbench/turns.py). This process's own locks know nothing of it."""
+    other = Database(db_url)
+
+    @asynccontextmanager
+    async def holding(key: int):
+        async with other.engine.begin() as conn:
+            await conn.execute(select(func.pg_advisory_xact_lock(key)))
+            yield
+
+    try:
+        yield holding
+    finally:
+        await other.dispose()
 
 
 # --- the app on a backend pair (for AppTest and browser tests) -------------------------

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from harness.private_redis import private_redis
 from labbench.cache_comparison import Workload, compare_strategies, db_version
 from labbench.recorder import record
-from labbench.turns import STRATEGY_COMPARISON, turn
+from labbench.turns import STRATEGY_COMPARISON
 from source import Database, InvalidInput, RedisCache, run_db_setup_and_create_user
 from source.cache import cache_client
 from source.cache_strategies import CacheStrategy, RefreshAhead, TTLOnly, WriteBehind, WriteThrough
@@ -195,28 +195,25 @@ async def test_db_version_reads_the_version_the_workload_wrote(db, jane):
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
-async def test_a_comparison_waits_while_another_app_process_runs_one(db, redis_target, fake_server, key_prefix):
-    """Another app process's comparison holds the turn (here on an engine of its own): this one
-    waits on the server's advisory lock, not only on its own process's lock, then runs."""
+async def test_a_comparison_waits_while_another_app_process_runs_one(
+        db, redis_target, fake_server, key_prefix, other_app_process):
+    """Another app process runs a comparison: this one waits on the server's advisory lock, which
+    its own process's lock cannot see, then runs."""
     workload = Workload(reads=20, users=5, skew=1.0, writes_per_100=10, readers=2, ttl_seconds=300, seed=1)
-    other_process = Database(db.url)
-    try:
-        async with turn(other_process.sessions, STRATEGY_COMPARISON):
-            comparison = asyncio.create_task(compare_strategies(
-                db=db, target=redis_target, fake_server=fake_server, prefix=key_prefix, workload=workload,
-                strategies=(CacheStrategy,),
-            ))
-            for _ in range(300):
-                if await waiting_for_advisory_lock(other_process, STRATEGY_COMPARISON):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the comparison never waited for the other process's turn")
-            assert not comparison.done()
-        [result] = await asyncio.wait_for(comparison, 60)
-        assert result.reads == 20 and result.writes == 2
-    finally:
-        await other_process.dispose()
+    async with other_app_process(STRATEGY_COMPARISON):
+        comparison = asyncio.create_task(compare_strategies(
+            db=db, target=redis_target, fake_server=fake_server, prefix=key_prefix, workload=workload,
+            strategies=(CacheStrategy,),
+        ))
+        for _ in range(300):
+            if await waiting_for_advisory_lock(db, STRATEGY_COMPARISON):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the comparison never waited for the other process's turn")
+        assert not comparison.done()
+    [result] = await asyncio.wait_for(comparison, 60)
+    assert result.reads == 20 and result.writes == 2
 
 
 async def waiting_for_advisory_lock(db: Database, key: int) -> bool:

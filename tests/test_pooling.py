@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from labbench.pooling import ExperimentBusy, PoolSettings, demonstrate_atomicity, run_pool_experiment
 from labbench.recorder import record
-from labbench.turns import POOL_EXPERIMENT, turn
+from labbench.turns import POOL_EXPERIMENT
 from source import Database, InvalidInput
 
 
@@ -87,18 +87,14 @@ async def test_the_throwaway_engines_leave_no_connection_open_on_the_server(pg_d
 
 
 @on_postgresql
-async def test_an_experiment_in_another_app_process_makes_this_one_wait_for_its_turn(pg_db):
-    """Another app process on the same server (its turn held here on an engine of its own): this
-    process's lock cannot see it, the server's advisory lock does."""
-    other_process = Database(pg_db.url)
-    try:
-        async with turn(other_process.sessions, POOL_EXPERIMENT):
-            with pytest.raises(ExperimentBusy, match="running on this database"):
-                await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1))
-        result = await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1))
-        assert result.pooled.completed == result.null_pool.completed == 1
-    finally:
-        await other_process.dispose()
+async def test_an_experiment_in_another_app_process_makes_this_one_wait_for_its_turn(pg_db, other_app_process):
+    """Another app process on the same server runs one: this process's lock cannot see it, the
+    server's advisory lock does."""
+    async with other_app_process(POOL_EXPERIMENT):
+        with pytest.raises(ExperimentBusy, match="running on this database"):
+            await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1))
+    result = await run_pool_experiment(db=pg_db, settings=PoolSettings(concurrency=1, requests_per_client=1))
+    assert result.pooled.completed == result.null_pool.completed == 1
 
 
 @on_postgresql
