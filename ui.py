@@ -32,6 +32,7 @@ from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
 from labbench.singletons import process_wide
 from labbench.unreachable_redis import unreachable_redis
+from source.redis_pool import PoolExhausted
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
@@ -416,6 +417,11 @@ def error_message(exc: BaseException) -> str:
     Never a traceback, never a URL with credentials."""
     if isinstance(exc, source.LabError):
         return exc.message
+    if isinstance(exc, PoolExhausted):
+        return f"Redis ({redis_target().label}) was not asked. {exc}. Try again in a moment."
+    if isinstance(exc, redis.TimeoutError):
+        return (f"Redis ({redis_target().label}) did not answer: TimeoutError. An app process too busy to "
+                "read the reply in time gets the same error.")
     if isinstance(exc, redis.RedisError):
         return f"Redis ({redis_target().label}) did not answer: {type(exc).__name__}."
     if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):

@@ -16,13 +16,14 @@ from harness.served import free_port
 
 
 @contextmanager
-def private_redis(*settings: str) -> Iterator[str]:
+def private_redis(*settings: str, port: int | None = None) -> Iterator[str]:
     """Yields the server's URL; the server is stopped on exit. A test that turns snapshots on
-    (`--save 900 1`) gets them in a temporary folder: redis-server writes one when it stops."""
+    (`--save 900 1`) gets them in a temporary folder: redis-server writes one when it stops.
+    `port`: a free port the test chose, e.g. one its client already failed to reach."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (.ci/run uses the one that runs the shared server)")
-    port = free_port()
+    port = port or free_port()
     folder = tempfile.TemporaryDirectory(prefix="lab-redis-")
     server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder.name, "--save", "",
                                "--appendonly", "no", *settings], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
