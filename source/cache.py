@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from . import config
 from .cache_stats import CacheStats, Lookup
+from .redis_pool import PoolExhausted
 from .redis_setup import RedisTarget, make_redis_client
 from .single_flight import SingleFlight
 
@@ -248,8 +249,7 @@ class RedisCache:
                     try:
                         raw = await self.client.get(key)
                     except (redis.RedisError, OSError) as exc:
-                        self._down_until = time.monotonic() + self.cooldown_seconds
-                        raise CacheUnavailable(type(exc).__name__) from exc
+                        raise self._failed(exc) from exc
             except CacheUnavailable as exc:
                 error = exc
             except BaseException:
@@ -323,8 +323,14 @@ class RedisCache:
             self._down_until = 0.0  # Redis answered: the fast path is open again
             return result
         except (redis.RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: BaseException) -> CacheUnavailable:
+        """Skip Redis for cooldown_seconds, unless it was not asked: this process had every
+        pooled connection busy (its own load), and Redis itself may be fine."""
+        if not isinstance(exc, PoolExhausted):
             self._down_until = time.monotonic() + self.cooldown_seconds
-            raise CacheUnavailable(type(exc).__name__) from exc
+        return CacheUnavailable(type(exc).__name__)
 
     def _count(self, lookup: Lookup[T], stats: CacheStats | None) -> Lookup[T]:
         self.stats.record(lookup)

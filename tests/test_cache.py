@@ -30,7 +30,7 @@ from source import (
 )
 from source.cache import TOMBSTONE_SECONDS, cache_client
 from source.cached_repository import UserData
-from source.redis_setup import RedisTarget
+from source.redis_setup import RedisTarget, make_redis_client
 from source.repositories import UserRepository
 
 COOLDOWN = 0.2  # seconds a failed Redis is skipped in these tests (the app uses 1 s)
@@ -508,6 +508,28 @@ async def test_an_unreachable_redis_costs_at_most_one_client_timeout_per_cooldow
     assert second.error.startswith("skipped") and second.cache_seconds < first.cache_seconds + 0.01
     assert third.error == expected  # tried again after the cooldown
     assert first.value.name == second.value.name == third.value.name == "Jane Doe"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # the Redis server: fakeredis has no pool
+async def test_a_full_pool_fails_one_read_open_without_skipping_redis(db, jane, redis_target, key_prefix):
+    """Every connection busy is this process's load, not a failed Redis: the read falls back to
+    the database, and the next read asks Redis again instead of skipping it for the cooldown.
+    (A pool of 2 and 0.5 s timeouts: the app's 16 and 50 ms would only make the test slower to
+    set up on a busy machine.)"""
+    client = make_redis_client(redis_target, timeout=0.5, max_connections=2)
+    cache = RedisCache(client, prefix=key_prefix, cooldown_seconds=5)
+    held = [await client.connection_pool.get_connection() for _ in range(2)]
+    try:
+        full = await repository(db, cache).get_by_id_cached(jane.id)
+    finally:
+        for connection in held:
+            await client.connection_pool.release(connection)
+    try:
+        after = await repository(db, cache).get_by_id_cached(jane.id)
+    finally:
+        await client.aclose()
+    assert (full.outcome, full.error, full.value.name) == ("error", "PoolExhausted", "Jane Doe")
+    assert after.outcome == "miss" and after.error is None, after  # asked at once, well inside the cooldown
 
 
 # --- the traffic experiment ----------------------------------------------------------------

@@ -68,7 +68,7 @@ def results(rows: list[StrategyResult], *, in_process: bool) -> None:
     st.altair_chart(chart)
     st.caption(
         "Failed open: Redis did not answer within 50 ms (or was skipped during the 1 s after a "
-        "failure), so the read was served from the database. Stale: the read returned an older version of the row than the database held just before "
+        "failure, or every pooled connection stayed busy for 50 ms), so the read was served from the database. Stale: the read returned an older version of the row than the database held just before "
         "the read started (a second, uncounted connection reads it). Newer than the database: "
         "write-behind's reads of writes not yet flushed, or, for the others, a write that "
         "committed between that check and the read. Statements and Redis commands are counted as "

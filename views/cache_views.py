@@ -18,8 +18,9 @@ FAULT_NOTE = (
     "The unreachable choices divert only your reads: everyone else's reads, and every write "
     "(yours too), use the lab's Redis. The client never retries, and each step of a Redis call "
     "is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
-    "read that meets all three can wait longer before it falls back). After a failure the cache "
-    "skips Redis for 1 s, then tries again, so caching resumes by itself."
+    "read that meets all three can wait longer before it falls back). After Redis fails the cache "
+    "skips it for 1 s, then tries again, so caching resumes by itself; a read that found every "
+    "pooled connection busy falls back too, but skips nothing: that was this process's load."
 )
 KEEP_TRUE = (
     "A write commits first, then replaces each key it made stale with a *tombstone* that lives "
