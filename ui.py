@@ -133,8 +133,9 @@ def _inspect_client() -> _Held:
 
 
 def inspect_client():
-    """A Redis client for the pages' reads of the stream (XPENDING, XINFO, dead letters): the
-    cache's client fails open after 50 ms, too short for these on a busy server."""
+    """A Redis client for the pages' own reads (the stream's XPENDING, XINFO and dead letters,
+    the cache's keys as Redis holds them): the cache's client fails open after 50 ms, too short
+    for these on a busy server."""
     return _inspect_client().value
 
 

@@ -29,9 +29,11 @@ async def inspect_key(client: aioredis.Redis, key: str) -> KeyState:
     return KeyState(key, raw, ttl if ttl >= 0 else None)
 
 
-async def inspect_user_cache(repository: CachedUserRepository, user_id: str) -> tuple[KeyState, KeyState]:
-    """The user's two keys, the user and the latest score, as the repository's Redis holds them."""
+async def inspect_user_cache(
+    repository: CachedUserRepository, user_id: str, *, client: aioredis.Redis
+) -> tuple[KeyState, KeyState]:
+    """The user's two keys, the user and the latest score, as the repository's Redis holds them,
+    read through `client`: the page's own, not the cache's, which gives up after 50 ms."""
     user_id = clean_id(user_id, label="user ID")
-    client = repository.cache.client
     return (await inspect_key(client, repository.user_key(user_id)),
             await inspect_key(client, repository.latest_score_key(user_id)))

@@ -85,7 +85,7 @@ st.subheader("What Redis holds")
 st.caption("Read from the lab's Redis, whichever Redis your reads use above.")
 with ui.errors_shown():
     lab_redis = CachedUserRepository(sessions=db.sessions, cache=ui.redis_cache())
-    cache_views.key_states(ui.run(cache_inspect.inspect_user_cache(lab_redis, jane_id)))
+    cache_views.key_states(ui.run(cache_inspect.inspect_user_cache(lab_redis, jane_id, client=ui.inspect_client())))
 
 st.subheader("Traffic experiment")
 st.markdown(
