@@ -350,6 +350,7 @@ class Walked:
     opened_cache: bool = False  # asked for section 4, whose first visit gives Jane a demo score
     asked_traffic: bool = False  # asked for a traffic run, which creates the shared traffic users
     degraded: list[str] = field(default_factory=list)  # warnings: Redis late, served from the database
+    traffic_errors: int = 0  # the traffic run's reads that failed open (its "Errors" figure)
     quiz_right: str = ""
     token: str = ""  # the learner's token, from the URL the app set
     event_prefix: str = ""  # the first 8 characters of the event of my score, as section 5 shows it
@@ -414,6 +415,7 @@ async def walk(session: Session, me: Walked, think) -> None:
     shown = await session.click("cache_run_traffic")
     counted = sum(int(shown.metrics.get(label, "0")) for label in ("Hits", "Misses", "Errors"))
     expect(counted == TRAFFIC_READS, f"the traffic run counted {counted} reads, not {TRAFFIC_READS} ({shown.metrics})")
+    me.traffic_errors = int(shown.metrics.get("Errors", "0"))
     me.degraded += shown.warnings
     await think()
 
