@@ -130,13 +130,15 @@ async def create_user(
 
 
 async def get_or_create_users(session: AsyncSession, rows: list[dict]) -> list[User]:
-    """Insert each user unless the email exists; safe when two sessions race (ON CONFLICT)."""
+    """Insert each user unless the email exists; safe when two sessions race (ON CONFLICT). Returns
+    the users in the order of `rows`, read back with one SELECT (not one per user: an N+1)."""
     dialect_insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
     now = utcnow()
     values = [{"id": new_id(), "created_at": now, "updated_at": now, **row} for row in rows]
     await session.execute(dialect_insert(User).values(values).on_conflict_do_nothing(index_elements=["email"]))
-    repo = UserRepository(session)
-    return [await repo.get_by_email(row["email"]) for row in rows]
+    emails = [row["email"] for row in rows]
+    by_email = {user.email: user for user in await session.scalars(select(User).where(User.email.in_(emails)))}
+    return [by_email[email] for email in emails]
 
 
 async def add_sample_profiles_and_skills(session: AsyncSession, users: list[User]) -> None:

@@ -26,6 +26,7 @@ from source import (
     run_db_setup_and_create_user,
 )
 from source.config import PROJECT_DIR
+from source.services import get_or_create_users
 
 
 async def count(db, model) -> int:
@@ -187,6 +188,22 @@ async def test_setup_races_from_a_fresh_database(db_url):
     finally:
         for d in dbs:
             await d.dispose()
+
+
+async def test_get_or_create_users_sends_two_statements_however_many_users(db):
+    rows = [{"email": f"many-{n:02d}@example.com", "name": f"Many {n:02d}"} for n in range(30)]
+    with record(db) as log:
+        async with db.sessions.begin() as session:
+            created = await get_or_create_users(session, rows)
+    assert [user.email for user in created] == [row["email"] for row in rows]
+    assert log.count == 2, log.statements  # the INSERT ... ON CONFLICT DO NOTHING, then one SELECT
+    some_again = [rows[5], {"email": "many-new@example.com", "name": "New"}, rows[0]]
+    with record(db) as log:
+        async with db.sessions.begin() as session:
+            found = await get_or_create_users(session, some_again)
+    assert [user.id for user in found[::2]] == [created[5].id, created[0].id]  # in the order asked
+    assert found[1].name == "New" and log.count == 2
+    assert await count(db, User) == 31
 
 
 def alembic(db_url: str, *args: str) -> subprocess.CompletedProcess:
