@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from labbench import outbox_health
 from labbench.faults import Faults, FaultyBroker, LabPublisher
@@ -359,6 +359,48 @@ async def test_a_stream_flushed_while_the_consumer_runs_loses_no_event(db, redis
         await consumer
     assert resent[0] == 0 and sum(resent) == 30 and await applied_ids(db) == set(ids)
     assert sum((await applied_per_user(db)).values()) == 60
+
+
+# --- the database drops the relay's connections -------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite has no server to drop a connection
+async def test_a_relay_whose_database_connections_are_dropped_goes_on_and_loses_nothing(db, redis_client, stream):
+    """The server (a restart, a failover, an idle timeout) closes every connection to the database:
+    the relay's pooled and LISTEN connections and the writer's. The relay reconnects by itself and
+    publishes each event once, in order."""
+    users = await make_users(db, 3)
+    settings = RelaySettings(poll_interval=0.05, notify_fallback_poll=0.5)
+    stats, stop = Stats(), asyncio.Event()
+    relay = asyncio.create_task(event_publisher(
+        db=db, redis_client=redis_client, stream=stream, stop=stop, settings=settings, stats=stats
+    ))
+    ids: list[str] = []
+
+    async def all_published() -> bool:
+        return await _counts_are(db, published=len(ids))
+
+    try:
+        for _ in range(3):
+            ids += await add_events(db, users=users, count=30, per_transaction=10)
+            await wait_until(all_published, timeout=15)
+            async with db.engine.connect() as admin:  # every other connection to this database
+                dropped = await admin.scalar(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ))
+            assert dropped >= 2  # at least the relay's pooled connection and its LISTEN connection
+        ids += await add_events(db, users=users, count=30, per_transaction=10)
+        await wait_until(all_published, timeout=15)
+    finally:
+        stop.set()
+        await relay
+    published = await stream_ids(redis_client, stream)
+    assert sorted(published) == sorted(ids)  # each event once
+    for k in range(3):  # add_events gives the users their events in turn: user k has ids[k::3]
+        assert [i for i in published if i in ids[k::3]] == ids[k::3]
+    # The pool's pre-ping replaced each dropped connection before a batch used it: no cycle failed.
+    assert stats.snapshot().last_error is None
 
 
 # --- a relay process SIGKILLed mid-batch --------------------------------------------------
