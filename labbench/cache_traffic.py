@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from labbench.turns import DEMO_SCORE, turn
@@ -16,9 +15,8 @@ from source.cache import RedisCache
 from source.cache_stats import CacheCounts, CacheStats, Lookup, Outcome
 from source.cached_repository import CachedUserRepository, UserData
 from source.errors import InvalidInput
-from source.models import User
 from source.repositories import UserRepository
-from source.services import get_or_create_users
+from source.services import get_or_create_users, users_by_email
 
 
 async def ensure_latest_score(repo: CachedUserRepository, *, user_id: str) -> None:
@@ -69,11 +67,11 @@ async def traffic_users(sessions: async_sessionmaker[AsyncSession], *, count: in
     ]
     emails = [row["email"] for row in rows]
     async with sessions() as session:  # after the first run they all exist: a read, no write lock
-        ids = dict((await session.execute(select(User.email, User.id).where(User.email.in_(emails)))).all())
-    if len(ids) < count:
+        users = await users_by_email(session, emails)
+    if len(users) < count:
         async with sessions.begin() as session:
-            ids = {user.email: user.id for user in await get_or_create_users(session, rows)}
-    return [ids[email] for email in emails]
+            users = {user.email: user for user in await get_or_create_users(session, rows)}
+    return [users[email].id for email in emails]
 
 
 def zipf_weights(count: int, skew: float) -> list[float]:

@@ -137,8 +137,13 @@ async def get_or_create_users(session: AsyncSession, rows: list[dict]) -> list[U
     values = [{"id": new_id(), "created_at": now, "updated_at": now, **row} for row in rows]
     await session.execute(dialect_insert(User).values(values).on_conflict_do_nothing(index_elements=["email"]))
     emails = [row["email"] for row in rows]
-    by_email = {user.email: user for user in await session.scalars(select(User).where(User.email.in_(emails)))}
+    by_email = await users_by_email(session, emails)
     return [by_email[email] for email in emails]
+
+
+async def users_by_email(session: AsyncSession, emails: list[str]) -> dict[str, User]:
+    """The users with these emails (as stored), by email, read with one SELECT."""
+    return {user.email: user for user in await session.scalars(select(User).where(User.email.in_(emails)))}
 
 
 async def add_sample_profiles_and_skills(session: AsyncSession, users: list[User]) -> None:
