@@ -413,9 +413,10 @@ async def walk(session: Session, me: Walked, think) -> None:
         await think()
     me.asked_traffic = True
     shown = await session.click("cache_run_traffic")
-    counted = sum(int(shown.metrics.get(label, "0")) for label in ("Hits", "Misses", "Errors"))
+    counts = {label: int(shown.metrics.get(label, "0")) for label in ("Hits", "Misses", "Errors")}
+    counted = sum(counts.values())
     expect(counted == TRAFFIC_READS, f"the traffic run counted {counted} reads, not {TRAFFIC_READS} ({shown.metrics})")
-    me.traffic_errors = int(shown.metrics.get("Errors", "0"))
+    me.traffic_errors = counts["Errors"]
     me.degraded += shown.warnings
     await think()
 
