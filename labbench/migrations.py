@@ -37,6 +37,8 @@ class StepResult:
     tables_dropped: list[str]
     columns_added: list[str]
     columns_dropped: list[str]
+    indexes_added: list[str]
+    indexes_dropped: list[str]
 
 
 def revision_history() -> list[Revision]:
@@ -128,16 +130,16 @@ def offline_sql(db: Database, *, from_revision: str | None, to_revision: str) ->
     return buffer.getvalue()
 
 
-def _schema(sync_connection) -> dict[str, set[str]]:
+def _schema(sync_connection) -> tuple[dict[str, set[str]], set[str]]:
+    """Each table's columns, and every index as "table.index"."""
     inspector = inspect(sync_connection)
-    return {
-        table: {column["name"] for column in inspector.get_columns(table)}
-        for table in inspector.get_table_names()
-        if table != "alembic_version"
-    }
+    tables = [table for table in inspector.get_table_names() if table != "alembic_version"]
+    columns = {table: {column["name"] for column in inspector.get_columns(table)} for table in tables}
+    indexes = {f"{table}.{index['name']}" for table in tables for index in inspector.get_indexes(table)}
+    return columns, indexes
 
 
-def _step(sync_connection, direction: str) -> tuple[str | None, str | None, dict, dict]:
+def _step(sync_connection, direction: str) -> tuple[str | None, str | None, tuple, tuple]:
     context = MigrationContext.configure(sync_connection)
     before_revision, before = context.get_current_revision(), _schema(sync_connection)
     cfg = alembic_config(sync_connection)
@@ -154,7 +156,7 @@ async def step(db: Database, *, direction: str) -> StepResult:
     if direction not in ("up", "down"):
         raise ValueError("direction is 'up' or 'down'")
     async with migration_lock(), db.engine.begin() as conn:
-        before_rev, after_rev, before, after = await conn.run_sync(_step, direction)
+        before_rev, after_rev, (before, indexes_before), (after, indexes_after) = await conn.run_sync(_step, direction)
     shared = before.keys() & after.keys()
     return StepResult(
         before=before_rev,
@@ -163,6 +165,8 @@ async def step(db: Database, *, direction: str) -> StepResult:
         tables_dropped=sorted(before.keys() - after.keys()),
         columns_added=sorted(f"{t}.{c}" for t in shared for c in after[t] - before[t]),
         columns_dropped=sorted(f"{t}.{c}" for t in shared for c in before[t] - after[t]),
+        indexes_added=sorted(indexes_after - indexes_before),
+        indexes_dropped=sorted(indexes_before - indexes_after),
     )
 
 

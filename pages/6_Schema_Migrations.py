@@ -90,6 +90,7 @@ with ui.errors_shown():
         changes = {
             "tables added": result.tables_added, "tables dropped": result.tables_dropped,
             "columns added": result.columns_added, "columns dropped": result.columns_dropped,
+            "indexes added": result.indexes_added, "indexes dropped": result.indexes_dropped,
         }
         for label, names in changes.items():
             if names:

@@ -38,7 +38,12 @@ def _is_due():
     waits_behind_a_retry = exists().where(
         earlier.aggregate_type == DomainEvent.aggregate_type,
         earlier.aggregate_id == DomainEvent.aggregate_id,
-        or_(earlier.status == "failed", and_(earlier.status == "pending", earlier.next_attempt_at > now)),
+        # Parked, or pending with a retry time (the condition of the index that holds only such
+        # events: models.HOLDING_EVENTS, written out so that SQLite, which matches it term by term,
+        # uses that index too) ...
+        or_(earlier.status == "failed", and_(earlier.status == "pending", earlier.next_attempt_at.is_not(None))),
+        # ... and that retry time is still to come.
+        or_(earlier.status == "failed", earlier.next_attempt_at > now),
         or_(
             earlier.created_at < DomainEvent.created_at,
             and_(earlier.created_at == DomainEvent.created_at, earlier.id < DomainEvent.id),
