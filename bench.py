@@ -325,10 +325,10 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
     return figures
 
 
-async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) -> list[Figure]:
+async def _commit_to_stream(bench: Bench, rounds: int = 8, per_round: int = 50) -> list[Figure]:
     """Commit-to-stream latency on PostgreSQL: the lab's relay woken by NOTIFY, with each claim
-    design, against the minimal raw-asyncpg relay woken by NOTIFY (the anchor), in alternating
-    rounds (ABC, CBA, ...); then the lab's relay with a 0.2 s poll only. Each sample: a score
+    design, against the minimal raw-asyncpg relay with the same claim woken by NOTIFY (the anchor), in
+    alternating rounds (ABCD, DCBA, ...); then the lab's relay with a 0.2 s poll only. Each sample: a score
     committed at a random moment, then the time until an XREAD on the stream returns its event.
     With the Redis server, each relay woken by NOTIFY runs as deployed, in a process of its own
     (python -m labbench.relay_process --as-deployed); with fakeredis, as a task in the bench's
@@ -347,10 +347,14 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     db, client, backend = bench.databases["postgresql"], bench.redis[redis_name], f"postgresql+{redis_name}"
     dsn = db.asyncpg_dsn
     alex, _ = await run_db_setup_and_create_user(db)
-    async with db.engine.begin() as connection:  # the sections before left 22,000 rows published
-        await connection.execute(text("ANALYZE domain_events"))  # as autovacuum soon would
-    minimal, polling = "minimal raw-asyncpg relay, NOTIFY", "lab relay, poll 0.2 s only"
+    # The sections before published about 100,000 events: their old row versions stay in the claim's
+    # index until a vacuum, and a claim steps over them. As autovacuum soon would:
+    async with db.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text("VACUUM ANALYZE domain_events"))
+    polling = "lab relay, poll 0.2 s only"
     designs = {f"lab relay ({design}), NOTIFY": design for design in (AGGREGATE_ORDER, ANY_ORDER)}
+    minimals = {f"minimal raw-asyncpg relay ({design}), NOTIFY": design for design in (AGGREGATE_ORDER, ANY_ORDER)}
     # As a relay worker is deployed: sharing no event loop and no garbage collector with the code
     # that commits and reads (a process of its own needs the Redis server, not fakeredis).
     where = "own process" if redis_name == "redis" else "bench's process"
@@ -358,7 +362,7 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     @asynccontextmanager
     async def relay_running(kind: str, stream: str):
         if where == "own process" and kind != polling:
-            arguments = ["--minimal"] if kind == minimal else ["--design", designs[kind]]
+            arguments = ["--minimal", "--design", minimals[kind]] if kind in minimals else ["--design", designs[kind]]
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "labbench.relay_process", bench.urls["postgresql"], bench.urls["redis"], stream,
                 "--as-deployed", *arguments, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent)
@@ -370,8 +374,9 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
                 await child.wait()
             return
         stop = asyncio.Event()
-        if kind == minimal:
-            task = asyncio.create_task(minimal_notify_relay(dsn, client, stream, channel=NOTIFY_CHANNEL, stop=stop))
+        if kind in minimals:
+            task = asyncio.create_task(minimal_notify_relay(dsn, client, stream, channel=NOTIFY_CHANNEL, stop=stop,
+                                                            ordered=minimals[kind] == AGGREGATE_ORDER))
         else:
             settings = RelaySettings(use_notify=False) if kind == polling else RelaySettings(design=designs[kind])
             task = asyncio.create_task(event_publisher(db=db, redis_client=client, stream=stream, stop=stop,
@@ -402,7 +407,7 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
             await client.delete(stream)
         return samples[1:]
 
-    notified = [minimal, *designs]
+    notified = [*minimals, *designs]
     found: dict[str, list[float]] = {kind: [] for kind in notified}
     for number in range(rounds):
         for kind in (notified if number % 2 == 0 else list(reversed(notified))):
@@ -412,19 +417,22 @@ async def _commit_to_stream(bench: Bench, rounds: int = 4, per_round: int = 50) 
     figures = []
     for kind in notified:
         figures += latency_figures("outbox", backend, f"commit-to-stream, {kind}, {where} (n={n})", found[kind])
-    anchor = percentiles(found[minimal])
-    for kind in designs:
+    for kind, design in designs.items():  # each against the minimal relay with the same claim
         lab = percentiles(found[kind])
+        anchor = percentiles(found[f"minimal raw-asyncpg relay ({design}), NOTIFY"])
         for quantile, ratio in zip(("p50", "p99"), (lab[0] / anchor[0], lab[1] / anchor[1]), strict=True):
             figures.append(Figure("outbox", backend, f"commit-to-stream {quantile}, {kind} / minimal, {where}", ratio, "x"))
     figures += latency_figures("outbox", backend, f"commit-to-stream, {polling}, bench's process (n=60)", polled)
     return figures
 
 
-async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Figure]:
+async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[Figure]:
     """The lab's relay_batch against a minimal raw-asyncpg relay (labbench/minimal_relay.py) in the
-    same run, on the same table: batches alternate between them, in ABC then CBA order, until the
-    budget is published."""
+    same run, on the same table, each claim design against the minimal relay with the same claim:
+    for each batch size, a fresh burst of 4 x batches_each full batches (200 users), then batches
+    alternate between the four, in ABCD then DCBA order, after one untimed round (each relay's
+    statements prepared). The minimal relays' ratio to each other is the price of keeping each
+    aggregate's order."""
     import asyncpg
 
     from labbench.minimal_relay import minimal_relay_batch
@@ -435,48 +443,46 @@ async def _relay_against_minimal(bench: Bench, events: int = 20_000) -> list[Fig
     db, redis_name = bench.databases["postgresql"], "redis" if "redis" in bench.redis else "fakeredis"
     client, stream = bench.redis[redis_name], f"{bench.key_prefix}outbox-anchor"
     users = [new_id() for _ in range(200)]
-    for start in range(0, events, 1000):
-        async with db.sessions.begin() as session:
-            session.add_all(
-                DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=users[i % 200],
-                            payload={"score_id": new_id(), "air_score": 70.0})
-                for i in range(start, start + 1000)
-            )
     connection = await asyncpg.connect(db.asyncpg_dsn)
-    await connection.execute("ANALYZE domain_events")  # as autovacuum soon would: plans for 20,000 rows
-    figures = []
+    figures, backend = [], f"postgresql+{redis_name}"
     try:
         for batch in (100, 500):
-            # The lab relay with each claim: the minimal relay's claim is the any-order one (SKIP LOCKED).
-            designs = {f"lab relay_batch ({design})": RelaySettings(batch_size=batch, design=design)
-                       for design in (ANY_ORDER, AGGREGATE_ORDER)}
-            runners = {name: (lambda settings=settings: _lab_batch(db, client, stream, settings))
-                       for name, settings in designs.items()}
-            runners["minimal"] = lambda batch=batch: minimal_relay_batch(connection, client, stream, batch_size=batch)
+            events = batch * 4 * (batches_each + 1)
+            for start in range(0, events, 1000):
+                async with db.sessions.begin() as session:
+                    session.add_all(
+                        DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User",
+                                    aggregate_id=users[i % 200], payload={"score_id": new_id(), "air_score": 70.0})
+                        for i in range(start, min(start + 1000, events))
+                    )
+            await connection.execute("VACUUM ANALYZE domain_events")  # as autovacuum soon would
+            runners = {}
+            for design in (ANY_ORDER, AGGREGATE_ORDER):
+                settings = RelaySettings(batch_size=batch, design=design)
+                runners[f"lab relay_batch ({design})"] = lambda s=settings: _lab_batch(db, client, stream, s)
+                runners[f"minimal raw-asyncpg relay ({design})"] = lambda b=batch, ordered=design == AGGREGATE_ORDER: (
+                    minimal_relay_batch(connection, client, stream, batch_size=b, ordered=ordered))
             spent, done = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
-            budget = events // 2 if batch == 100 else events
-            rounds = 0
-            while sum(done.values()) < budget:
-                order = list(runners) if rounds % 2 == 0 else list(reversed(runners))  # A B C, then C B A
-                rounds += 1
-                published = 0
-                for name in order:
+            for run in runners.values():
+                await run()  # untimed: prepares each relay's statements on its connection
+            for number in range(batches_each):
+                for name in list(runners) if number % 2 == 0 else list(reversed(runners)):  # ABCD, then DCBA
                     started = time.perf_counter()
-                    count = await runners[name]()
+                    done[name] += await runners[name]()
                     spent[name] += time.perf_counter() - started
-                    done[name] += count
-                    published += count
-                if not published:
-                    break
             rates = {name: done[name] / spent[name] for name in spent}
-            backend = f"postgresql+{redis_name}"
-            figures.append(Figure("outbox", backend, f"minimal raw-asyncpg relay, batch {batch}, interleaved",
-                                  rates["minimal"], "events/s"))
-            for name in designs:
-                figures += [
-                    Figure("outbox", backend, f"{name}, batch {batch}, interleaved", rates[name], "events/s"),
-                    Figure("outbox", backend, f"{name} / minimal relay, batch {batch}", rates[name] / rates["minimal"], "x"),
-                ]
+            if min(done.values()) < batch * batches_each:
+                bench.failures.append(f"outbox: a relay published less than full batches of {batch}: {done}")
+            figures += [Figure("outbox", backend, f"{name}, batch {batch}, interleaved", rate, "events/s")
+                        for name, rate in rates.items()]
+            for design in (ANY_ORDER, AGGREGATE_ORDER):
+                lab, minimal = rates[f"lab relay_batch ({design})"], rates[f"minimal raw-asyncpg relay ({design})"]
+                figures.append(Figure("outbox", backend, f"lab relay_batch / minimal relay, both {design}, batch {batch}",
+                                      lab / minimal, "x"))
+            figures.append(Figure(
+                "outbox", backend, f"minimal relay in aggregate order / in any order, batch {batch}",
+                rates[f"minimal raw-asyncpg relay ({AGGREGATE_ORDER})"] / rates[f"minimal raw-asyncpg relay ({ANY_ORDER})"],
+                "x"))
     finally:
         await connection.close()
     return figures

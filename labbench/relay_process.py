@@ -5,7 +5,8 @@ and waits `--hold` seconds before the relay marks the batch published, so that a
 it between the append and the commit: mid-batch.
 
 For bench.py's commit-to-stream latency, `--as-deployed`: the lab's relay with its default
-settings and no wrapper, or with `--minimal` the minimal raw-asyncpg relay, until SIGTERM. A
+settings and no wrapper, or with `--minimal` the minimal raw-asyncpg relay (its claim as
+`--design` says), until SIGTERM. A
 process of its own, as a relay worker is deployed: it shares no event loop and no garbage
 collector with the code that commits and reads."""
 
@@ -69,7 +70,8 @@ async def as_deployed(args: argparse.Namespace, client: aioredis.Redis) -> None:
     if args.minimal:
         from labbench.minimal_relay import minimal_notify_relay
 
-        relay = minimal_notify_relay(Database(args.database_url).asyncpg_dsn, client, args.stream, channel=NOTIFY_CHANNEL, stop=stop)
+        relay = minimal_notify_relay(Database(args.database_url).asyncpg_dsn, client, args.stream, channel=NOTIFY_CHANNEL,
+                                     stop=stop, ordered=args.design == AGGREGATE_ORDER)
     else:
         relay = event_publisher(db=Database(args.database_url), redis_client=client, stream=args.stream, stop=stop,
                                 settings=RelaySettings(design=args.design))
