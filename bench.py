@@ -444,6 +444,7 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
     client, stream = bench.redis[redis_name], f"{bench.key_prefix}outbox-anchor"
     users = [new_id() for _ in range(200)]
     connection = await asyncpg.connect(db.asyncpg_dsn)
+    relay_db = Database(bench.urls["postgresql"], pre_ping=False)  # as the publisher runs the relay
     figures, backend = [], f"postgresql+{redis_name}"
     try:
         for batch in (100, 500):
@@ -459,7 +460,7 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
             runners = {}
             for design in (ANY_ORDER, AGGREGATE_ORDER):
                 settings = RelaySettings(batch_size=batch, design=design)
-                runners[f"lab relay_batch ({design})"] = lambda s=settings: _lab_batch(db, client, stream, s)
+                runners[f"lab relay_batch ({design})"] = lambda s=settings: _lab_batch(relay_db, client, stream, s)
                 runners[f"minimal raw-asyncpg relay ({design})"] = lambda b=batch, ordered=design == AGGREGATE_ORDER: (
                     minimal_relay_batch(connection, client, stream, batch_size=b, ordered=ordered))
             spent, done = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
@@ -485,6 +486,7 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
                 "x"))
     finally:
         await connection.close()
+        await relay_db.dispose()
     return figures
 
 

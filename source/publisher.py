@@ -96,6 +96,9 @@ class Publisher:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
         db = Database(self.database_url, pool_size=3, max_overflow=2)
+        # The relay checks out a connection for every batch: its engine skips the pre-ping and the
+        # relay claims again when a connection turns out closed (outbox.event_publisher).
+        relay_db = Database(self.database_url, pool_size=1, max_overflow=1, pre_ping=False)
         publish_client = redis_setup.make_redis_client(self.redis_target, timeout=self.settings.redis_timeout)
         # A blocking XREADGROUP must not hit the socket timeout: give it the block time and more.
         consume_client = redis_setup.make_redis_client(self.redis_target, timeout=self.consumer_settings.block + 2.0)
@@ -113,7 +116,8 @@ class Publisher:
 
         tasks = [
             asyncio.create_task(
-                event_publisher(redis_client=self.wrap_broker(publish_client), settings=self.settings, **common)
+                event_publisher(redis_client=self.wrap_broker(publish_client), settings=self.settings,
+                                **(common | {"db": relay_db}))
             ),
             asyncio.create_task(
                 event_consumer(redis_client=consume_client, settings=self.consumer_settings,
@@ -134,7 +138,7 @@ class Publisher:
             await asyncio.wait(tasks, timeout=0.2)
         finally:
             stopping.cancel()
-            for closing in (publish_client.aclose(), consume_client.aclose(), db.dispose()):
+            for closing in (publish_client.aclose(), consume_client.aclose(), db.dispose(), relay_db.dispose()):
                 try:
                     await asyncio.wait_for(closing, 0.2)
                 except Exception:
