@@ -176,8 +176,8 @@ class DomainEvent(Base, TimestampMixin):
         # The relay's claim: pending events in (created_at, id) order ...
         Index("ix_events_claim", "status", "created_at", "id"),
         # ... except those behind an earlier event of their aggregate that is parked or waits for a
-        # retry. Only such events are indexed (revision 0005): usually none, so each event's lookup is
-        # nearly free, where an index of every event made it visit all of its aggregate's events.
+        # retry. Only such events are indexed (revision 0005), usually none: with every event in the
+        # index, the planner could read all of an aggregate's events for each event it claimed.
         Index("ix_events_holding", "aggregate_type", "aggregate_id", "created_at",
               postgresql_where=text(HOLDING_EVENTS), sqlite_where=text(HOLDING_EVENTS)),
     )
