@@ -16,6 +16,8 @@ import asyncpg
 import redis
 import redis.asyncio as aioredis
 
+from source.outbox_claims import WINDOW_PER_EVENT
+
 DUE = """e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1)
   AND NOT EXISTS (
     SELECT 1 FROM domain_events w
@@ -56,7 +58,8 @@ WHERE id = ANY($1::varchar[])"""
 async def claim(connection: asyncpg.Connection, now: datetime, batch_size: int, *, ordered: bool) -> list:
     if not ordered:
         return await connection.fetch(CLAIM, now, batch_size)
-    held = [row["lock_key"] for row in await connection.fetch(LOCK_OLDEST_AGGREGATES, now, batch_size, batch_size * 10)]
+    window = batch_size * WINDOW_PER_EVENT  # the lab's, so that both claims search as far
+    held = [row["lock_key"] for row in await connection.fetch(LOCK_OLDEST_AGGREGATES, now, batch_size, window)]
     return await connection.fetch(EVENTS_OF_HELD, now, batch_size, held) if held else []
 
 

@@ -108,6 +108,9 @@ def _lock_oldest_aggregates():
 
 
 LOCK_OLDEST_AGGREGATES = _lock_oldest_aggregates()
+# How far past its batch a relay looks for aggregates no other relay holds: the oldest
+# WINDOW_PER_EVENT x limit due events.
+WINDOW_PER_EVENT = 10
 
 # The due events of the aggregates whose locks this transaction holds (:held, their keys), oldest
 # first. (One bigint per aggregate against an array: locking and claiming 100 took 3.3 ms, against
@@ -126,7 +129,7 @@ async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str
     """Lock and return the batch this relay publishes, in the session's transaction."""
     if design == ANY_ORDER or (await session.connection()).dialect.name != "postgresql":
         return list((await session.scalars(DUE_EVENTS, {"now": now, "limit": limit})).all())
-    found = await session.execute(LOCK_OLDEST_AGGREGATES, {"now": now, "window": limit * 10, "limit": limit})
+    found = await session.execute(LOCK_OLDEST_AGGREGATES, {"now": now, "window": limit * WINDOW_PER_EVENT, "limit": limit})
     held = list(found.scalars())
     if not held:
         return []
