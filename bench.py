@@ -438,13 +438,14 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
     from labbench.minimal_relay import minimal_relay_batch
     from source import DomainEvent, RelaySettings
     from source.models import new_id
+    from source.outbox import relay_database
     from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 
     db, redis_name = bench.databases["postgresql"], "redis" if "redis" in bench.redis else "fakeredis"
     client, stream = bench.redis[redis_name], f"{bench.key_prefix}outbox-anchor"
     users = [new_id() for _ in range(200)]
     connection = await asyncpg.connect(db.asyncpg_dsn)
-    relay_db = Database(bench.urls["postgresql"], pre_ping=False)  # as the publisher runs the relay
+    relay_db = relay_database(bench.urls["postgresql"])  # as the publisher runs the relay
     figures, backend = [], f"postgresql+{redis_name}"
     try:
         for batch in (100, 500):

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from labbench.faults import PipelineWrapper, WrappedBroker
 from source.database import Database
-from source.outbox import NOTIFY_CHANNEL, RelaySettings, event_publisher
+from source.outbox import NOTIFY_CHANNEL, RelaySettings, event_publisher, relay_database
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 
 
@@ -73,7 +73,7 @@ async def as_deployed(args: argparse.Namespace, client: aioredis.Redis) -> None:
         relay = minimal_notify_relay(Database(args.database_url).asyncpg_dsn, client, args.stream, channel=NOTIFY_CHANNEL,
                                      stop=stop, ordered=args.design == AGGREGATE_ORDER)
     else:
-        relay = event_publisher(db=Database(args.database_url, pre_ping=False), redis_client=client, stream=args.stream, stop=stop,
+        relay = event_publisher(db=relay_database(args.database_url), redis_client=client, stream=args.stream, stop=stop,
                                 settings=RelaySettings(design=args.design))
     print("ready", flush=True)
     await relay

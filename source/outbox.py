@@ -228,6 +228,13 @@ class _Listener:
                 connection.terminate()
 
 
+def relay_database(url: str) -> Database:
+    """The relay's own engine: one connection at a time, and no pre-ping (three round trips per
+    checkout on asyncpg, and the relay checks out one per batch): event_publisher claims again
+    when a connection turns out closed."""
+    return Database(url, pool_size=1, max_overflow=1, pre_ping=False)
+
+
 def wake_mode(backend: str, settings: RelaySettings) -> str:
     if backend == "postgresql" and settings.use_notify:
         return f"LISTEN/NOTIFY at commit, and a poll every {settings.notify_fallback_poll:g} s as a fallback"
@@ -275,7 +282,7 @@ async def event_publisher(
                 # A connection the server had closed (a restart, a failover) fails the batch; the pool
                 # then replaces each connection it opened before, at its next checkout. So claim again
                 # at once, once: what the pool's pre-ping would have done, without its three round
-                # trips at every checkout (the publisher's relay engine has none: publisher.py).
+                # trips at every checkout (the relay's engine has none: relay_database).
                 if isinstance(exc, DBAPIError) and exc.connection_invalidated and not reconnected:
                     reconnected = True
                     continue

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from . import redis_setup
 from .consumer import ConsumerSettings, ensure_group, event_consumer
 from .database import Database
-from .outbox import RelaySettings, event_publisher, resend_unapplied, wake_mode
+from .outbox import RelaySettings, event_publisher, relay_database, resend_unapplied, wake_mode
 from .outbox_stats import PublisherSnapshot, Stats, describe
 from .redis_setup import RedisTarget
 from .retention import RetentionSettings, retention_loop
@@ -96,9 +96,7 @@ class Publisher:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
         db = Database(self.database_url, pool_size=3, max_overflow=2)
-        # The relay checks out a connection for every batch: its engine skips the pre-ping and the
-        # relay claims again when a connection turns out closed (outbox.event_publisher).
-        relay_db = Database(self.database_url, pool_size=1, max_overflow=1, pre_ping=False)
+        relay_db = relay_database(self.database_url)  # without the pre-ping
         publish_client = redis_setup.make_redis_client(self.redis_target, timeout=self.settings.redis_timeout)
         # A blocking XREADGROUP must not hit the socket timeout: give it the block time and more.
         consume_client = redis_setup.make_redis_client(self.redis_target, timeout=self.consumer_settings.block + 2.0)

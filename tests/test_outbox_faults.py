@@ -21,7 +21,6 @@ from sqlalchemy import func, select, text
 from labbench import outbox_health
 from labbench.faults import Faults, FaultyBroker, LabPublisher
 from source import (
-    Database,
     DomainEvent,
     InboxEntry,
     RelaySettings,
@@ -38,7 +37,7 @@ from source.consumer import (
     replay_dead_letter,
 )
 from source.models import new_id
-from source.outbox import discard_failed_events, relay_batch, resend_unapplied, stream_key
+from source.outbox import discard_failed_events, relay_batch, relay_database, resend_unapplied, stream_key
 from source.outbox_stats import Stats
 from source.retention import RetentionSettings, prune_tables, trim_stream
 from tests.conftest import need
@@ -383,7 +382,7 @@ async def test_a_relay_whose_database_connections_are_dropped_goes_on_and_loses_
     users = await make_users(db, 3)
     settings = RelaySettings(poll_interval=0.05, notify_fallback_poll=0.5)
     stats, stop = Stats(), asyncio.Event()
-    relay_db = Database(db_url, pool_size=1, max_overflow=1, pre_ping=False)
+    relay_db = relay_database(db_url)
     relay = asyncio.create_task(event_publisher(
         db=relay_db, redis_client=redis_client, stream=stream, stop=stop, settings=settings, stats=stats
     ))
