@@ -40,8 +40,8 @@ import redis.asyncio as aioredis
 from labbench import loading, pooling
 from labbench.cache_comparison import Workload, compare_strategies
 from labbench.recorder import record
-from labbench.scratch import scratch_postgres
 from labbench.unreachable_redis import unreachable_redis
+from runtime.scratch import scratch_postgres
 from source import Database, User, run_db_setup_and_create_user
 from source.cache import RedisCache, cache_client
 from source.cache_strategies import STRATEGIES
@@ -577,11 +577,11 @@ async def bench_load(bench: Bench) -> list[Figure]:
 
 
 async def bench_embedded_postgres(bench: Bench, rounds: int = 3) -> list[Figure]:
-    """The app's default database (labbench/embedded_postgres.py), in a fresh temporary folder each
+    """The app's default database (runtime/embedded_postgres.py), in a fresh temporary folder each
     round: the first start (initdb, then pg_ctl start), a warm start of the kept cluster, a second
     user joining the running server, the last user's stop; then the PK read anchor on it, to set
     beside the other backends'. Medians of `rounds` rounds."""
-    from labbench.embedded_postgres import EmbeddedPostgres
+    from runtime.embedded_postgres import EmbeddedPostgres
 
     first, initdb, warm, adopt, stop = [], [], [], [], []
     pk_reads: list[float] = []

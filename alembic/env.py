@@ -8,8 +8,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from labbench.embedded_postgres import resolve_database
-from labbench.learners import room_metadata
+from runtime.embedded_postgres import resolve_database
+from runtime.learners import room_metadata
 from source.models import Base, UTCDateTime
 
 config = context.config

@@ -41,13 +41,13 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
-import checks
 from harness.rows import RowCheck
 from harness.served import Walks
-from labbench import learners
 from labbench.cache_traffic import TRAFFIC_DOMAIN
 from labbench.loading import COHORT_DOMAIN
+from runtime import learners
 from source import AIRScore, Database, User
+from ui import checks
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 COHORT_USERS, COHORT_SCORES = 20, 3  # section 3's defaults

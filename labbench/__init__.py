@@ -20,10 +20,7 @@ dual_write.py          5b. dual write, publish after commit and the outbox (its 
 diagram.py             1. the schema diagram and the relationship table, from the metadata
 migrations.py          6. history, offline SQL, steps and drift
 lab_data.py            the sample users found, and the reset
-scratch.py             scratch PostgreSQL databases (tests and bench.py)
-singletons.py          process-wide resources that no client message can drop (ui.py's loop, engine, publisher)
-keyguard.py            the instructor key's back-off per session and per client address
-embedded_postgres.py   the default database: an embedded PostgreSQL in data/ (or the SQLite fallback)
 
-Imports point one way: labbench -> source. Nothing here imports streamlit.
+Imports point one way: labbench -> runtime (the app's own machinery) -> source. Nothing here
+imports streamlit.
 """

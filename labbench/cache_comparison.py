@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from labbench.cache_traffic import traffic_users, zipf_weights
 from labbench.recorder import record
-from labbench.turns import STRATEGY_COMPARISON, turn
+from runtime.turns import STRATEGY_COMPARISON, turn
 from source import Database
 from source.cache import RedisCache, cache_client
 from source.cache_stats import CacheStats

@@ -10,7 +10,7 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from labbench.turns import DEMO_SCORE, turn
+from runtime.turns import DEMO_SCORE, turn
 from source.cache import RedisCache
 from source.cache_stats import CacheCounts, CacheStats, Lookup, Outcome
 from source.cached_repository import CachedUserRepository, UserData

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from labbench.learners import FIRST_REVISION, room_metadata
+from runtime.learners import FIRST_REVISION, room_metadata
 from source import config
 from source.database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
 from source.models import Base

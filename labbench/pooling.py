@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.pool import NullPool
 
+from runtime.turns import POOL_EXPERIMENT, turn
 from source.database import Database
 from source.errors import InvalidInput, LabError
 from source.models import AIRScore, User
 from source.services import create_sample_airscore
 
 from .recorder import StatementLog, record
-from .turns import POOL_EXPERIMENT, turn
 
 # A whole room may share one PostgreSQL server (max_connections is often 100).
 MAX_CONCURRENCY = 100

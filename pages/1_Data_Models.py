@@ -2,15 +2,14 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-import checks
 import ui
-import widgets
 from labbench import diagram
 from labbench.cascade_demo import cascade_demo
 from labbench.relationship_examples import relationship_examples
 from source import Assessment, Base, TimestampMixin, User
 from source.services import create_user
-from views import models_views
+from ui import checks, widgets
+from ui.views import models_views
 
 ui.page("1. Data Models")
 st.title("1. Defining the core data schema with SQLAlchemy 2.x")

@@ -2,12 +2,11 @@ import warnings
 
 import streamlit as st
 
-import checks
-import gate
 import ui
 from labbench import migrations, pooling, shared_session
 from source import run_db_setup_and_create_user
-from views import pooling_views
+from ui import checks, gate
+from ui.views import pooling_views
 
 ui.page("2. DB Connectivity & Pooling")
 db = ui.database()

@@ -1,11 +1,10 @@
 import pandas as pd
 import streamlit as st
 
-import checks
 import ui
-import widgets
 from labbench import loading
-from views import cache_views, repository_views
+from ui import checks, widgets
+from ui.views import cache_views, repository_views
 
 ui.page("3. Repository Pattern & N+1")
 st.title("3. The Repository Pattern and the N+1 Problem")

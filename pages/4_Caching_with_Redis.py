@@ -1,6 +1,5 @@
 import streamlit as st
 
-import checks
 import ui
 from labbench import cache_inspect
 from labbench.cache_comparison import Workload, compare_strategies
@@ -8,7 +7,8 @@ from labbench.cache_traffic import ensure_latest_score, run_traffic
 from labbench.redis_structures import lab_structures
 from source import CachedUserRepository, CacheStats, config
 from source.outbox import stream_key
-from views import cache_compare_views, cache_views
+from ui import checks
+from ui.views import cache_compare_views, cache_views
 
 ui.page("4. Caching with Redis")
 st.title("4. Optimizing Data Access with Redis Caching")

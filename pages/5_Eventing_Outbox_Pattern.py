@@ -2,13 +2,12 @@ import inspect
 
 import streamlit as st
 
-import checks
-import gate
 import ui
 from labbench import migrations
 from source import calculate_and_store_airscore, retry_failed_events
 from source.outbox import discard_failed_events, relay_batch
-from views import cache_views, outbox_views, relay_race_views
+from ui import checks, gate
+from ui.views import cache_views, outbox_views, relay_race_views
 
 ui.page("5. Eventing (Outbox Pattern)")
 st.title("5. Building a Reliable Eventing System with the Outbox Pattern")

@@ -1,9 +1,9 @@
 import streamlit as st
 
-import checks
 import ui
 from labbench import dual_write, event_table
-from views import event_design_views as views
+from ui import checks
+from ui.views import event_design_views as views
 
 ui.page("5b. Event Table Design (Create)")
 st.title("5b. Design the event table and its delivery")

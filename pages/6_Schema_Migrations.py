@@ -1,10 +1,9 @@
 import pandas as pd
 import streamlit as st
 
-import checks
-import gate
 import ui
 from labbench import migrations
+from ui import checks, gate
 
 ui.page("6. Schema Migrations")
 st.title("6. Schema Migrations with Alembic")

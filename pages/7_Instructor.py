@@ -1,8 +1,8 @@
 import streamlit as st
 
-import gate
 import ui
-from views import instructor_views as views
+from ui import gate
+from ui.views import instructor_views as views
 
 ui.page("7. Instructor")
 st.title("7. Instructor: the room")

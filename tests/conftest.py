@@ -23,8 +23,8 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
-from labbench.embedded_postgres import EmbeddedPostgres, Unavailable
-from labbench.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
+from runtime.embedded_postgres import EmbeddedPostgres, Unavailable
+from runtime.scratch import create_postgres_database, drop_postgres_database, scratch_postgres
 from source import Database
 from source.outbox import stream_key
 from source.redis_setup import RedisTarget
@@ -93,7 +93,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(autouse=True)
 def _no_wrong_instructor_keys():
     """The key guard's back-off is process-wide: each test starts and ends with none."""
-    from labbench import keyguard
+    from runtime import keyguard
 
     keyguard.forget_all()
     yield
@@ -133,7 +133,7 @@ async def db(db_url):
 async def other_app_process(db_url):
     """Another app process on the same PostgreSQL server: `async with other_app_process(key):`
     holds the lab's advisory lock `key` on a connection of its own, as that process's turn would
-    (labbench/turns.py). This process's own locks know nothing of it."""
+    (runtime/turns.py). This process's own locks know nothing of it."""
     other = Database(db_url)
 
     @asynccontextmanager
@@ -153,7 +153,7 @@ async def other_app_process(db_url):
 
 @pytest.fixture(params=["embedded", "servers"])
 def app_env(request, tmp_path, monkeypatch, key_prefix):
-    """Points the app (ui.py's resources) at a fresh backend pair: "embedded" is a SQLite file
+    """Points the app (the ui package's resources) at a fresh backend pair: "embedded" is a SQLite file
     plus a fresh fakeredis server; "servers" is a scratch PostgreSQL database plus the test
     Redis, under a key prefix of its own. Yields the pair's name."""
     import ui

@@ -1,5 +1,6 @@
-"""The layers import one way (pages -> views/widgets -> ui -> labbench -> source) and no module of
-the app imports another that imports it back."""
+"""The layers import one way (pages -> ui (its views and widgets) -> labbench -> runtime -> source),
+the root holds only the entry points and one folder per layer, and no module of the app imports
+another that imports it back."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-PACKAGES = ("source", "labbench", "views", "harness")
-TOP_LEVEL = ("ui", "gate", "learner", "widgets", "number_inputs", "checks", "app", "bench")
+PACKAGES = ("source", "runtime", "labbench", "ui", "harness")
+TOP_LEVEL = ("app", "bench")
+# Top to bottom; each layer may import the ones below it, never one above.
+LAYERS = ("ui", "labbench", "runtime", "source")
 
 
 def module_name(path: Path) -> str:
@@ -100,21 +103,27 @@ def test_the_graph_sees_relative_and_package_imports():
     graph = import_graph()
     assert "source.database" in graph["source.outbox"]  # from .database import ...
     assert "source" in graph["ui"] and "labbench.faults" in graph["ui"]
+    assert "ui.widgets" in graph["ui.learner"]  # from ui import widgets
 
 
 def test_no_module_of_the_app_imports_itself_back():
     assert find_cycle(import_graph()) is None
 
 
-@pytest.mark.parametrize("layer", ["source", "labbench"])
-def test_the_answer_key_and_the_bench_know_nothing_of_streamlit_or_the_layers_above(layer):
-    above = {"streamlit", "ui", "widgets", "views", "pages", "app", "checks", "tests"}
-    if layer == "source":
-        above.add("labbench")
+@pytest.mark.parametrize("layer", LAYERS[1:])
+def test_the_layers_below_the_glue_know_nothing_of_streamlit_or_the_layers_above(layer):
+    above = {"streamlit", "pages", "app", "tests", "bench", "harness", *LAYERS[: LAYERS.index(layer)]}
     offenders = {
         name: sorted(external(name) & above) for name in app_modules() if name.split(".")[0] == layer
     }
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_root_holds_the_entry_points_and_one_folder_per_layer():
+    modules = {path.stem for path in PROJECT_DIR.glob("*.py")}
+    assert modules == set(TOP_LEVEL)
+    folders = {path.name for path in PROJECT_DIR.iterdir() if path.is_dir() and not path.name.startswith(".")}
+    assert set(LAYERS) | {"pages", "alembic", "tests", "harness"} <= folders
 
 
 # bench.py and the harness drive the app from outside; the harness speaks Streamlit's protocol.

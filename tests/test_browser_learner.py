@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.async_api import async_playwright
 
-import checks
 from harness.served import CHROMIUM, Learner, app_subprocess_env, launch_browser, served_app
-from labbench import learners
+from runtime import learners
+from ui import checks
 
 pytestmark = pytest.mark.browser
 TITLE = "1. Defining the core data schema"

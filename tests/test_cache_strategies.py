@@ -13,7 +13,7 @@ from sqlalchemy import text
 from harness.private_redis import private_redis
 from labbench.cache_comparison import Workload, compare_strategies, db_version
 from labbench.recorder import record
-from labbench.turns import STRATEGY_COMPARISON
+from runtime.turns import STRATEGY_COMPARISON
 from source import Database, InvalidInput, RedisCache, run_db_setup_and_create_user
 from source.cache import cache_client
 from source.cache_strategies import CacheStrategy, RefreshAhead, TTLOnly, WriteBehind, WriteThrough

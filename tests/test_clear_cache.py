@@ -1,6 +1,6 @@
 """Streamlit's clear_cache message, sent by a crafted client over a served app's own websocket,
 drops nothing that learners share: the event loop, the engine and the publisher are
-process-wide (labbench.singletons), not st.cache_resource. With them in st.cache_resource, this
+process-wide (runtime.singletons), not st.cache_resource. With them in st.cache_resource, this
 test's 5 clears took the server from 10 to 15 threads on SQLite and from 8 to 13 on PostgreSQL
 (a new event loop thread per clear), and the page then showed a new, stopped publisher while
 the first one kept running."""

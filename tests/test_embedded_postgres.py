@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL that the app runs when DATABASE_URL is unset (labbench/embedded_postgres.py):
+"""The embedded PostgreSQL that the app runs when DATABASE_URL is unset (runtime/embedded_postgres.py):
 started once per data folder, shared by a second process, adopted after its app was killed with
 SIGKILL (no second postmaster), recovered from a stale postmaster.pid, stopped by the last process
 to exit; and a data folder it cannot use gives the SQLite fallback with the reason, never a
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from labbench import embedded_postgres
-from labbench.embedded_postgres import EmbeddedPostgres, postmasters, resolve_database
+from runtime import embedded_postgres
+from runtime.embedded_postgres import EmbeddedPostgres, postmasters, resolve_database
 from source import Database
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 USER = """
 import asyncio, json, sys
 from pathlib import Path
-from labbench import embedded_postgres as e
+from runtime import embedded_postgres as e
 from source import Database
 
 folder = Path(sys.argv[1])

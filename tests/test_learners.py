@@ -1,4 +1,4 @@
-"""The learners' rows (labbench.learners) on SQLite and PostgreSQL: a token finds only its own
+"""The learners' rows (runtime.learners) on SQLite and PostgreSQL: a token finds only its own
 learner, saving writes what changed, 'start over' deletes only that learner's rows, and the
 instructor's figures count what is stored."""
 
@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, text, update
 
-from labbench import learners
-from labbench.learners import Saved
+from runtime import learners
+from runtime.learners import Saved
 
 
 async def _count(db, table, *where) -> int:

@@ -8,11 +8,11 @@ import re
 
 from streamlit.testing.v1 import AppTest
 
-import checks
 import ui
 from labbench import event_table
 from tests.pagekit import click, open_page, texts
-from views import event_design_views as views
+from ui import checks
+from ui.views import event_design_views as views
 
 PAGE = "../pages/5b_Event_Design_Workbench.py"
 

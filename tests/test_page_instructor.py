@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import checks
 import ui
-from labbench import learners
 from labbench.migrations import revision_history
+from runtime import learners
 from tests.pagekit import texts
+from ui import checks
 
 PAGE = "../pages/7_Instructor.py"
 MODELS = "../pages/1_Data_Models.py"

@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import event
 from streamlit.testing.v1 import AppTest
 
-import checks
 import ui
-from labbench import learners, migrations
+from labbench import migrations
+from runtime import learners
 from tests.pagekit import texts
+from ui import checks
 
 MODELS = "../pages/1_Data_Models.py"
 RIGHT = [q.answer for q in checks.MODELS]

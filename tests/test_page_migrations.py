@@ -6,10 +6,10 @@ import time
 
 from streamlit.testing.v1 import AppTest
 
-import checks
 import ui
 from labbench.migrations import revision_history
 from tests.pagekit import open_page, texts
+from ui import checks
 
 PAGE = "../pages/6_Schema_Migrations.py"
 

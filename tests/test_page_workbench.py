@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-import checks
 import ui
 from source import run_db_setup_and_create_user
 from tests.pagekit import click, open_page, texts
+from ui import checks
 
 PAGE = "../pages/3_Repository_Pattern_and_N+1.py"
 

@@ -16,13 +16,13 @@ from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 import ui
-import widgets
 from labbench.pool_figures import pool_figures
 from labbench.pooling import pool_status
 from labbench.recorder import record
 from source import AIRScore, Database, User, run_db_setup_and_create_user
 from source.services import create_user
 from tests.pagekit import click, count, create_user_button, texts
+from ui import widgets
 
 MODELS = "pages/1_Data_Models.py"
 POOLING = "pages/2_DB_Connectivity_and_Pooling.py"

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from labbench.pooling import ExperimentBusy, PoolSettings, demonstrate_atomicity, run_pool_experiment
 from labbench.recorder import record
-from labbench.turns import POOL_EXPERIMENT
+from runtime.turns import POOL_EXPERIMENT
 from source import Database, InvalidInput
 
 

@@ -12,11 +12,11 @@ import os
 import pytest
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 
-import checks
 from harness import room
 from harness.served import app_subprocess_env, served_app
-from labbench import learners
+from runtime import learners
 from source.models import new_id
+from ui import checks
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from conftest import REQUIRE_BACKENDS, need  # (as "conftest", the module pytest
 from harness import room
 from harness.proxy import COOKIE, NAMES, nginx, proxied
 from harness.served import app_subprocess_env, served_app
-from labbench.embedded_postgres import EmbeddedPostgres, postmasters
-from labbench.scratch import create_postgres_database, drop_postgres_database
+from runtime.embedded_postgres import EmbeddedPostgres, postmasters
+from runtime.scratch import create_postgres_database, drop_postgres_database
 
 REDIS_LATE = ("did not answer: TimeoutError",)  # as in tests/test_room.py: a busy machine's Redis
 LEARNERS = 6

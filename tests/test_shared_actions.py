@@ -15,7 +15,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ui
-from labbench import keyguard, migrations
+from labbench import migrations
+from runtime import keyguard
 from source import User, UserRepository
 from tests.pagekit import click, count, open_page, texts
 

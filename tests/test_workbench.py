@@ -164,7 +164,7 @@ async def test_a_bad_choice_or_value_is_refused_naming_its_field_and_nothing_is_
 
 
 async def test_the_quiz_prediction_question_has_the_measured_answer(users):
-    import checks
+    from ui import checks
 
     question = next(q for q in checks.REPOSITORY if "returns 5 users" in q.prompt)
     assert question.objective == "Apply"

@@ -6,7 +6,7 @@ Create Date: 2026-12-05 10:45:00.000000
 
 A learner is a row keyed by the SHA-256 of the token in their URL, so that a refresh, a bookmark
 or a server restart resumes them. These tables are not the lesson's models: they live in
-labbench.learners.room_metadata, which Alembic's env.py compares beside Base.metadata. Only new
+runtime.learners.room_metadata, which Alembic's env.py compares beside Base.metadata. Only new
 tables: existing rows are untouched; stepping below 0004 drops every learner's saved progress.
 """
 from collections.abc import Sequence

@@ -9,13 +9,13 @@ import pandas as pd
 import streamlit as st
 
 import ui
-import widgets
 from labbench import outbox_health
 from labbench.faults import Faults, LabPublisher
 from labbench.outbox_view import EventProgress, event_progress
 from source.consumer import dead_letter_key, replay_dead_letter
 from source.database import Database
 from source.outbox_claims import AGGREGATE_ORDER
+from ui import widgets
 
 
 def progress_text(event_id: str, now: EventProgress) -> str:

@@ -10,10 +10,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
-import widgets
 from labbench import workbench
 from source.config import PROJECT_DIR
 from source.repositories import UserRepository, UserRepositoryProtocol
+from ui import widgets
 
 FAKE = PROJECT_DIR / "tests" / "fakes.py"
 CONTRACT = PROJECT_DIR / "tests" / "test_repository_contract.py"

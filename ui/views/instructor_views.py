@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-import learner
 import ui
-import widgets
-from labbench import learners, migrations
+from labbench import migrations
+from runtime import learners
 from source import retry_failed_events, run_db_setup_and_create_user
 from source.outbox import discard_failed_events
-from views import outbox_views
+from ui import learner, widgets
+from ui.views import outbox_views
 
 MARKS = {(True, True): "✓", (True, False): "◐ action", (False, True): "◐ check", (False, False): ""}
 

@@ -9,12 +9,12 @@ import pandas as pd
 import streamlit as st
 
 import ui
-import widgets
 from labbench import server_connections
 from labbench.pool_figures import pool_figures
 from labbench.pooling import AtomicityResult, ExperimentResult, pool_settings
 from labbench.shared_session import DemoResult
 from source.database import Database
+from ui import widgets
 
 
 def engine_and_sessions(db: Database) -> None:

@@ -1,6 +1,6 @@
 """The instructor gate: actions that change what everyone on this server sees (schema steps, the
 publisher, broker faults, resets) need LAB_INSTRUCTOR_KEY when one is set. Wrong keys back off
-per browser session and per client address (labbench.keyguard)."""
+per browser session and per client address (runtime.keyguard)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from labbench import keyguard
+from runtime import keyguard
 
 
 def instructor_key_set() -> bool:
@@ -35,7 +35,7 @@ def instructor_key_ok(action: str, *, key: str, reason: str = "changes the lab f
     if not entered:
         st.caption(f"{action} {reason}: it needs the instructor key.")
         return False
-    # Wrong keys back off per session and per address (labbench.keyguard). A key left in the box
+    # Wrong keys back off per session and per address (runtime.keyguard). A key left in the box
     # is checked again at every rerun: only a new wrong value counts as another attempt.
     session_id, address = _session_id(), st.context.ip_address
     address = address if isinstance(address, str) else None  # None on loopback (and in AppTest)

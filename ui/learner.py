@@ -1,5 +1,5 @@
 """A learner is a row, not a tab: the token in the URL (`?learner=`) keys their progress marks,
-quiz answers and the IDs they made (labbench.learners), so a refresh, a bookmark or a server
+quiz answers and the IDs they made (runtime.learners), so a refresh, a bookmark or a server
 restart resumes them. ui.page calls `resume` first on every page; the places where something
 changes call `save`, which writes only when the learner's state differs from what was written.
 When the rows cannot be stored (the schema is below revision 0004, or the database is down),
@@ -15,11 +15,10 @@ from typing import Any
 
 import streamlit as st
 
-import checks
-import widgets
-from labbench import learners
+from runtime import learners
 from source.errors import LabError, clean_text
 from source.models import new_id
+from ui import checks, widgets
 
 log = logging.getLogger("lab2")
 QUERY_KEY = "learner"

@@ -1,6 +1,7 @@
-"""Streamlit glue: the one background event loop, the shared resources, the sidebar and the error
-box. Pages import this module (and widgets.py, the display pieces; gate.py, the instructor gate); this
-module imports the lab bench and `source`; neither knows anything of Streamlit.
+"""The Streamlit glue, the layer above the lab bench: the one background event loop, the shared
+resources, the sidebar and the error box. Pages import this package (and ui.widgets, the display
+pieces; ui.gate, the instructor gate; ui.views, what each section draws from a result); it imports the
+lab bench, the app's runtime and `source`, none of which knows anything of Streamlit.
 
 Why one loop: asyncpg connections and redis.asyncio clients belong to the event loop that
 created them. Streamlit reruns each page on a thread with no loop, so `asyncio.run` per
@@ -23,16 +24,14 @@ import streamlit as st
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from streamlit.errors import StreamlitPageNotFoundError
 
-import learner
-import number_inputs
 import source
-import widgets
 from labbench import lab_data, migrations, outbox_view, recorder
-from labbench.embedded_postgres import resolve_database
 from labbench.faults import LabPublisher
-from labbench.singletons import process_wide
 from labbench.unreachable_redis import unreachable_redis
+from runtime.embedded_postgres import resolve_database
+from runtime.singletons import process_wide
 from source.redis_pool import PoolExhausted
+from ui import learner, number_inputs, widgets
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
@@ -60,7 +59,7 @@ SESSION_DEFAULTS: dict[str, Any] = {
 
 
 # --- the event loop and the shared resources ---------------------------------------------
-# Process-wide (labbench.singletons), not st.cache_resource: any browser may send Streamlit's
+# Process-wide (runtime.singletons), not st.cache_resource: any browser may send Streamlit's
 # clear_cache message, which would drop them and make a second loop, engine and publisher.
 
 
