@@ -14,7 +14,8 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 import source
 from labbench import lab_data, migrations, outbox_view, recorder
 from labbench.faults import LabPublisher
+from labbench.progress import Latest, Report
 from labbench.unreachable_redis import unreachable_redis
 from runtime.embedded_postgres import resolve_database
 from runtime.singletons import process_wide
@@ -83,6 +85,39 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
     except TimeoutError:
         future.cancel()
         raise BackendTimeout(f"no answer within {timeout:g} s") from None
+
+
+def run_showing(
+    make: Callable[[Report], Coroutine[Any, Any, T]], *, label: str, about: float, timeout: float = 60.0
+) -> T:
+    """Run `make(report)` on the shared loop while a status box says what it does, about how long it
+    takes, and where it is (each `report(what, fraction)` the experiment makes). The box stays after
+    the run, collapsed, with the time it took, so the learner (and a page test) can see it ran."""
+    latest = Latest()
+    started = time.monotonic()
+    future = asyncio.run_coroutine_threadsafe(make(latest), event_loop())
+    with st.status(f"{label} (about {about:.0f} s)…", expanded=True) as box:
+        step, bar, shown = st.empty(), st.progress(0.0), None
+        while True:
+            try:
+                result = future.result(0.2)
+                break
+            except TimeoutError:
+                if time.monotonic() - started > timeout:
+                    future.cancel()
+                    box.update(label=f"{label}: no answer within {timeout:g} s", state="error", expanded=False)
+                    raise BackendTimeout(f"no answer within {timeout:g} s") from None
+            except BaseException:
+                box.update(label=f"{label}: failed", state="error", expanded=False)
+                raise
+            if (now := latest.read()) is not None and now != shown:
+                shown, (what, fraction) = now, now
+                step.caption(what)
+                if fraction is not None:
+                    bar.progress(min(max(fraction, 0.0), 1.0))
+        bar.progress(1.0)
+        box.update(label=f"{label}: done in {time.monotonic() - started:.1f} s", state="complete", expanded=False)
+    return result
 
 
 @process_wide
