@@ -93,3 +93,11 @@ async def test_the_room_figures_count_active_learners_and_right_answers(db):
         (a, "A", frozenset({"models"}), frozenset({"models"})), (b, None, frozenset(), frozenset())}
     shares = {(s.section, s.question): (s.answered, s.right) for s in await learners.question_shares(db)}
     assert shares == {("models", 0): (3, 2), ("models", 1): (1, 1)}
+
+
+async def test_key_figures_are_kept_with_the_learners_row_and_come_back(db):
+    learner_id = await learners.create(db, token := learners.new_token())
+    figures = {"pooling": {"median wait": "12.3 ms"}, "cache": {"hit rate": "91%"}}
+    await learners.save(db, learner_id, token, Saved(made={"key_figures": figures}), None)
+    _, saved = await learners.load(db, token)
+    assert saved.made["key_figures"] == figures

@@ -356,6 +356,14 @@ def remember_made(**ids: Any) -> None:
     learner.save(database(), run)
 
 
+def remember_figure(section: str, name: str, figure: str) -> None:
+    """A key figure of this learner's own run, as the page showed it (e.g. "pool: 12 ms median
+    wait"): kept with their progress, so the end of Alex's story can quote the learner's numbers."""
+    figures = dict(st.session_state.get("key_figures") or {})
+    figures[section] = {**figures.get(section, {}), name: figure}
+    remember_made(key_figures=figures)
+
+
 def require_initialized() -> None:
     """Stop the page with a pointer to section 2 unless the schema and sample users exist;
     fills in the sample users' IDs when another session created them."""

@@ -28,8 +28,9 @@ QUESTIONS = {
     "models": checks.MODELS, "pooling": checks.POOLING, "repository": checks.REPOSITORY, "cache": checks.CACHE,
     "outbox": checks.OUTBOX, "event_design": checks.EVENT_DESIGN, "migrations": checks.MIGRATIONS,
 }
-# The IDs a learner made that later runs of the pages read from session state.
-MADE = ("created_user_id", "n1_cohort_tag", "n1_cohort_ids", "outbox_event_id")
+# The IDs a learner made that later runs of the pages read from session state, and the key figures
+# of their own runs (section -> name -> figure as shown), which the lab's last page quotes back.
+MADE = ("created_user_id", "n1_cohort_tag", "n1_cohort_ids", "outbox_event_id", "key_figures")
 
 
 @dataclass
