@@ -298,7 +298,7 @@ async def bench_cache(bench: Bench) -> list[Figure]:
 async def bench_outbox(bench: Bench) -> list[Figure]:
     """Section 5: relay throughput (batches of 100) on each backend pair; on PostgreSQL the relay
     against the minimal raw-asyncpg relay, and commit-to-stream latency against the same anchor."""
-    from source import DomainEvent, RelaySettings
+    from source import DomainEvent, DomainEventRepository, RelaySettings
     from source.models import new_id
     from source.outbox import relay_batch
 
@@ -308,11 +308,11 @@ async def bench_outbox(bench: Bench) -> list[Figure]:
         db, client, stream = bench.databases[db_name], bench.redis[redis_name], f"{bench.key_prefix}outbox-{db_name}"
         for _ in range(4):  # 2,000 pending events
             async with db.sessions.begin() as session:
-                session.add_all(
+                await DomainEventRepository(session).add_all([
                     DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=new_id(),
                                 payload={"score_id": new_id(), "air_score": 70.0})
                     for _ in range(500)
-                )
+                ])
         published, started = 0, time.perf_counter()
         while (result := await relay_batch(db=db, redis_client=client, stream=stream, settings=RelaySettings())).claimed:
             published += result.published
@@ -436,7 +436,7 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
     import asyncpg
 
     from labbench.minimal_relay import minimal_relay_batch
-    from source import DomainEvent, RelaySettings
+    from source import DomainEvent, DomainEventRepository, RelaySettings
     from source.models import new_id
     from source.outbox import relay_database
     from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
@@ -452,11 +452,11 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
             events = batch * 4 * (batches_each + 1)
             for start in range(0, events, 1000):
                 async with db.sessions.begin() as session:
-                    session.add_all(
+                    await DomainEventRepository(session).add_all([
                         DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User",
                                     aggregate_id=users[i % 200], payload={"score_id": new_id(), "air_score": 70.0})
                         for i in range(start, min(start + 1000, events))
-                    )
+                    ])
             await connection.execute("VACUUM ANALYZE domain_events")  # as autovacuum soon would
             runners = {}
             for design in (ANY_ORDER, AGGREGATE_ORDER):

@@ -2,8 +2,9 @@
 lab's own migrated table, keeping the lab relay's guarantees: the due filter, the wait behind an
 earlier event of the aggregate that is retrying or parked, FOR UPDATE SKIP LOCKED, the same
 stream fields, one XADD pipeline, the pending guard on the UPDATE, one transaction per batch, and
-a retry record per event when the broker fails; in aggregate order, the lab's two claim statements
-(advisory locks, then the events of the aggregates held) in place of SKIP LOCKED. PostgreSQL only.
+a retry record per event when the broker fails, each event's stream entry ID kept with its mark; in
+aggregate order, the lab's two claim statements (advisory locks, then the events of the users held)
+in place of SKIP LOCKED. PostgreSQL only.
 Not for learners: relay_batch is the readable one; this one says how fast the same work can go."""
 
 from __future__ import annotations
@@ -18,49 +19,67 @@ import redis.asyncio as aioredis
 
 from source.outbox_claims import WINDOW_PER_EVENT
 
-DUE = """e.status = 'pending' AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1)
+DUE = """{e}.status = 'pending' AND ({e}.next_attempt_at IS NULL OR {e}.next_attempt_at <= $1)
   AND NOT EXISTS (
     SELECT 1 FROM domain_events w
-    WHERE w.aggregate_type = e.aggregate_type AND w.aggregate_id = e.aggregate_id
+    WHERE w.aggregate_type = {e}.aggregate_type AND w.aggregate_id = {e}.aggregate_id
       AND (w.status = 'failed' OR (w.status = 'pending' AND w.next_attempt_at > $1))
-      AND (w.created_at < e.created_at OR (w.created_at = e.created_at AND w.id < e.id)))"""
-COLUMNS = "e.id, e.event_type, e.aggregate_type, e.aggregate_id, e.created_at, e.payload, e.attempts"
+      AND w.sequence < {e}.sequence)"""
+COLUMNS = "c.id, c.event_type, c.aggregate_type, c.aggregate_id, c.sequence, c.created_at, c.payload, c.attempts"
+# The users of the oldest due events ($3 of them), oldest first; then each user's due events in
+# sequence order (as the lab's claims, outbox_claims.py).
+OLDEST_USERS = f"""
+SELECT aggregate_type, aggregate_id, min(created_at) AS age FROM (
+  SELECT e.aggregate_type, e.aggregate_id, e.created_at FROM domain_events e WHERE {DUE.format(e="e")}
+  ORDER BY e.created_at, e.id LIMIT $3) oldest
+GROUP BY aggregate_type, aggregate_id"""
+
+
+def _their_events(lock: str) -> str:
+    return f"""JOIN LATERAL (
+  SELECT * FROM domain_events c WHERE c.aggregate_type = u.aggregate_type AND c.aggregate_id = u.aggregate_id
+    AND {DUE.format(e="c")}
+  ORDER BY c.sequence LIMIT $2 {lock}) c ON true"""
+
+
 CLAIM = f"""
-SELECT {COLUMNS} FROM domain_events e WHERE {DUE}
-ORDER BY e.created_at, e.id
-LIMIT $2
-FOR UPDATE OF e SKIP LOCKED
+SELECT {COLUMNS} FROM (SELECT * FROM ({OLDEST_USERS}) o ORDER BY age, aggregate_type, aggregate_id LIMIT $2) u
+{_their_events("FOR UPDATE SKIP LOCKED")}
+ORDER BY u.age, u.aggregate_type, u.aggregate_id, c.sequence LIMIT $2
 """
-# The aggregate-order claim, as the lab's (outbox_claims.py): take the advisory locks of up to $2
-# aggregates among the oldest $3 due events, then, in a second statement and so a second snapshot,
-# the due events of the aggregates held.
-LOCK_KEY = "hashtextextended(e.aggregate_type || '/' || e.aggregate_id, 0)"
-LOCK_OLDEST_AGGREGATES = f"""
-SELECT lock_key FROM (
-  SELECT lock_key FROM (
-    SELECT {LOCK_KEY} AS lock_key, e.created_at FROM domain_events e WHERE {DUE}
-    ORDER BY e.created_at, e.id LIMIT $3) oldest
-  GROUP BY lock_key ORDER BY min(created_at) LIMIT $3) aggregates
+# In aggregate order: take the advisory locks of up to $2 users among those of the oldest $3 due
+# events, then, in a second statement and so a second snapshot, the due events of the users held.
+LOCK_OLDEST_USERS = f"""
+SELECT aggregate_type, aggregate_id FROM (
+  SELECT aggregate_type, aggregate_id, hashtextextended(aggregate_type || '/' || aggregate_id, 0) AS lock_key
+  FROM ({OLDEST_USERS}) o ORDER BY age, aggregate_type, aggregate_id LIMIT $3) users
 WHERE pg_try_advisory_xact_lock(lock_key)
 LIMIT $2
 """
 EVENTS_OF_HELD = f"""
-SELECT {COLUMNS} FROM domain_events e WHERE {LOCK_KEY} = ANY($3::bigint[]) AND {DUE}
-ORDER BY e.created_at, e.id
-LIMIT $2
-FOR UPDATE OF e
+SELECT {COLUMNS} FROM unnest($3::varchar[], $4::varchar[]) WITH ORDINALITY AS u(aggregate_type, aggregate_id, held)
+{_their_events("FOR UPDATE")}
+ORDER BY u.held, c.sequence LIMIT $2
 """
-MARK = "UPDATE domain_events SET status = 'published', published_at = $2 WHERE id = ANY($1::varchar[]) AND status = 'pending'"
+MARK = """UPDATE domain_events SET status = 'published', published_at = $3, stream_id = m.stream_id
+FROM unnest($1::varchar[], $2::varchar[]) AS m(id, stream_id) WHERE domain_events.id = m.id AND status = 'pending'"""
 RETRY = """UPDATE domain_events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
 WHERE id = ANY($1::varchar[])"""
 
 
 async def claim(connection: asyncpg.Connection, now: datetime, batch_size: int, *, ordered: bool) -> list:
     if not ordered:
-        return await connection.fetch(CLAIM, now, batch_size)
+        return await connection.fetch(CLAIM, now, batch_size, batch_size)
     window = batch_size * WINDOW_PER_EVENT  # the lab's, so that both claims search as far
-    held = [row["lock_key"] for row in await connection.fetch(LOCK_OLDEST_AGGREGATES, now, batch_size, window)]
-    return await connection.fetch(EVENTS_OF_HELD, now, batch_size, held) if held else []
+    held = await connection.fetch(LOCK_OLDEST_USERS, now, batch_size, window)
+    if not held:
+        return []
+    types, ids = [row["aggregate_type"] for row in held], [row["aggregate_id"] for row in held]
+    return await connection.fetch(EVENTS_OF_HELD, now, batch_size, types, ids)
+
+
+def _text(entry_id) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
 async def minimal_relay_batch(
@@ -79,15 +98,16 @@ async def minimal_relay_batch(
                 for row in rows:
                     pipe.xadd(stream, {
                         "event_id": row["id"], "event_type": row["event_type"], "aggregate_type": row["aggregate_type"],
-                        "aggregate_id": row["aggregate_id"], "created_at": row["created_at"].isoformat(),
+                        "aggregate_id": row["aggregate_id"], "sequence": str(row["sequence"]),
+                        "created_at": row["created_at"].isoformat(),
                         "payload": json.dumps(json.loads(row["payload"]), sort_keys=True),
                     })
-                await pipe.execute()
+                entry_ids = await pipe.execute()
         except (redis.RedisError, OSError) as exc:
             later = now + timedelta(seconds=0.5 * random.uniform(0.5, 1.0))
             await connection.execute(RETRY, [row["id"] for row in rows], f"{type(exc).__name__}: {exc}"[:500], later)
             return 0
-        await connection.execute(MARK, [row["id"] for row in rows], now)
+        await connection.execute(MARK, [row["id"] for row in rows], [_text(e) for e in entry_ids], now)
     return len(rows)
 
 

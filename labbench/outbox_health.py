@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import aliased
 
-from source.consumer import CONSUMER_GROUP, dead_letter_key
+from source.consumer import CONSUMER_GROUP, dead_letter_key, read_raw
 from source.database import Database
 from source.models import DomainEvent, new_id
 
@@ -30,6 +30,11 @@ class ConsumerHealth:
     dead_letter_count: int = 0
 
 
+def shown(value: bytes | None) -> str:
+    """A field as a dead letter keeps it: bytes that are not UTF-8 shown as escapes, never decoded."""
+    return "-" if value is None else value.decode("utf-8", "backslashreplace")
+
+
 def _entry_ms(entry_id: str) -> int:
     return int(entry_id.split("-")[0])
 
@@ -38,9 +43,10 @@ async def consumer_health(*, redis_client: aioredis.Redis, stream: str, limit: i
     """Raises redis.RedisError / OSError if Redis does not answer."""
     dead = dead_letter_key(stream)
     letters = [
-        {"dead letter": dead_id, "stream entry": f.get("dead_stream_id", ""), "event": f.get("event_id", "-")[:8],
-         "deliveries": f.get("dead_deliveries", ""), "error": f.get("dead_error", "")}
-        for dead_id, f in await redis_client.xrevrange(dead, count=limit)
+        {"dead letter": dead_id.decode(), "stream entry": shown(f.get(b"dead_stream_id")),
+         "event": shown(f.get(b"event_id"))[:12], "deliveries": shown(f.get(b"dead_deliveries")),
+         "error": shown(f.get(b"dead_error"))}
+        for dead_id, f in await read_raw(redis_client, "XREVRANGE", dead, "+", "-", "COUNT", limit)
     ]
     dead_count = await redis_client.xlen(dead)
     if not await redis_client.exists(stream):
@@ -72,6 +78,10 @@ POISONS = {
     "no score_id": {"payload": json.dumps({"air_score": 50.0})},
     "air_score is not a number": {"payload": json.dumps({"score_id": "s-1", "air_score": "high"})},
     "an 80-character event ID": {"event_id": "x" * 80},
+    "a NUL byte in the event ID": {"event_id": "bad\x00id"},
+    "created_at before year 1 in UTC": {"created_at": "0001-01-01T00:00:00+14:00"},
+    "bytes that are not UTF-8": {"aggregate_id": b"\xff\xfe-user"},
+    "a 1 MB payload": {"payload": json.dumps({"score_id": "s-1", "air_score": 50.0, "pad": "x" * 1_000_000})},
 }
 
 
@@ -79,7 +89,8 @@ async def append_poison(*, redis_client: aioredis.Redis, stream: str, kind: str,
     """Append an entry the consumer cannot apply (as a broken producer might); its stream ID."""
     fields = {
         "event_id": new_id(), "event_type": "AIRScoreCalculated", "aggregate_type": "User", "aggregate_id": user_id,
-        "created_at": "2026-01-01T00:00:00+00:00", "payload": json.dumps({"score_id": new_id(), "air_score": 50.0}),
+        "sequence": "1", "created_at": "2026-01-01T00:00:00+00:00",
+        "payload": json.dumps({"score_id": new_id(), "air_score": 50.0}),
     }
     return await redis_client.xadd(stream, {**fields, **POISONS[kind]})
 
@@ -93,9 +104,7 @@ async def blocked_aggregates(*, db: Database, limit: int = 10) -> list[dict]:
         select(func.count())
         .where(
             later.aggregate_type == DomainEvent.aggregate_type, later.aggregate_id == DomainEvent.aggregate_id,
-            later.status == "pending",
-            or_(later.created_at > DomainEvent.created_at,
-                and_(later.created_at == DomainEvent.created_at, later.id > DomainEvent.id)),
+            later.status == "pending", later.sequence > DomainEvent.sequence,
         )
         .scalar_subquery()
     )
@@ -103,10 +112,10 @@ async def blocked_aggregates(*, db: Database, limit: int = 10) -> list[dict]:
                    and_(DomainEvent.status == "pending", DomainEvent.next_attempt_at > now))
     async with db.sessions() as session:
         rows = (await session.execute(
-            select(DomainEvent, behind).where(blocking).order_by(DomainEvent.created_at, DomainEvent.id).limit(limit)
+            select(DomainEvent, behind).where(blocking).order_by(DomainEvent.created_at, DomainEvent.sequence).limit(limit)
         )).all()
     return [
-        {"user": event.aggregate_id[:8], "blocking event": event.id[:8],
+        {"user": event.aggregate_id[:8], "blocking event": f"{event.id[:8]} (no. {event.sequence})",
          "why": ("parked as failed: retry or discard it" if event.status == "failed"
                  else f"waits for its retry at {event.next_attempt_at:%H:%M:%S} UTC"),
          "events waiting behind it": waiting, "last error": event.last_error or ""}

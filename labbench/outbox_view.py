@@ -4,14 +4,14 @@ the read model and the stream (XINFO), and where one learner's event is."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from source.consumer import CONSUMER_GROUP
+from source.consumer import CONSUMER_GROUP, read_raw
 from source.database import Database
 from source.models import DomainEvent, InboxEntry, ScoreSummary
 
@@ -63,13 +63,22 @@ def _event_row(event: DomainEvent) -> dict:
         "event": event.id[:8],
         "type": event.event_type,
         "user": event.aggregate_id[:8],
+        "no.": event.sequence,
         "status": event.status,
         "attempts": event.attempts,
         "next attempt": event.next_attempt_at if event.status == "pending" else None,
         "last error": event.last_error or "",
         "created": event.created_at,
-        "published": event.published_at,
+        "appended": appended_at(event.stream_id),
+        "marked published": event.published_at,
     }
+
+
+def appended_at(entry_id: str | None) -> datetime | None:
+    """When Redis appended the entry: its ID starts with the server's clock, in milliseconds."""
+    if not entry_id:
+        return None
+    return datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC)
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,11 @@ class EventProgress:
     """Where one event is now: its outbox row, and the consumer's inbox row once applied."""
 
     status: str  # pending, published or failed
-    created_at: datetime
-    published_at: datetime | None
-    applied_at: datetime | None
+    created_at: datetime  # the writer's clock, at the insert
+    stream_id: str | None  # the entry of its last append, as the relay recorded it with its mark
+    published_at: datetime | None  # the relay's clock, when it marked the event (after the append)
+    applied_at: datetime | None  # the consumer's clock, when it applied the event
+    applied_stream_id: str | None  # the entry the consumer applied (an earlier one, after a crash)
     attempts: int
     last_error: str | None
 
@@ -97,8 +108,10 @@ async def event_progress(*, db: Database, event_id: str) -> EventProgress | None
             return None
         applied = await session.get(InboxEntry, event_id)
         return EventProgress(
-            status=event.status, created_at=event.created_at, published_at=event.published_at,
-            applied_at=applied.applied_at if applied else None, attempts=event.attempts,
+            status=event.status, created_at=event.created_at, stream_id=event.stream_id,
+            published_at=event.published_at,
+            applied_at=applied.applied_at if applied else None,
+            applied_stream_id=applied.stream_id if applied else None, attempts=event.attempts,
             last_error=event.last_error,
         )
 
@@ -115,7 +128,10 @@ async def outbox_overview(*, db: Database, redis_client: aioredis.Redis, stream:
     appended = length = pending = lag = None
     try:
         if await redis_client.exists(stream):
-            info = await redis_client.xinfo_stream(stream)
+            # Read as bytes: XINFO STREAM shows the first and last entries, which may not be UTF-8.
+            reply = await read_raw(redis_client, "XINFO", "STREAM", stream)
+            pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+            info = {key.decode() if isinstance(key, bytes) else key: value for key, value in pairs}
             length, appended = info["length"], info.get("entries-added", info["length"])
             group = next((g for g in await redis_client.xinfo_groups(stream) if g["name"] == CONSUMER_GROUP), None)
             if group is not None:

@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from labbench.faults import Faults, FaultyBroker, SimulatedCrash
 from source import config
 from source.database import Database
-from source.models import DomainEvent, new_id
+from source.event_repository import DomainEventRepository
+from source.models import AggregateSequence, Base, DomainEvent, new_id
 from source.outbox import RelaySettings, relay_batch
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
 from source.redis_setup import RedisTarget, make_redis_client
@@ -65,8 +66,8 @@ def check_input(*, relays: int, events: int, users: int) -> dict[str, str]:
 
 def order_faults(stream_entries: list[dict], database_order: list[tuple[str, str]]) -> tuple[int, int, int]:
     """(duplicates, inversions, missing) as an observer sees them: `stream_entries` are the stream's
-    fields in stream order, `database_order` the (aggregate_id, event_id) pairs in the order the
-    database commits them (created_at, id). A repeat of an event is a duplicate, not an inversion."""
+    fields in stream order, `database_order` the (aggregate_id, event_id) pairs in each user's
+    commit order (their sequence numbers). A repeat of an event is a duplicate, not an inversion."""
     rank = {event_id: i for i, (_, event_id) in enumerate(database_order)}
     seen: set[str] = set()
     latest: dict[str, int] = {}  # per aggregate, the highest rank appended so far
@@ -111,7 +112,7 @@ async def throwaway_outbox(database_url: str, *, events: int, users: int) -> Asy
             if schema:
                 await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
                 conn = await conn.execution_options(schema_translate_map={None: schema})
-            await conn.run_sync(DomainEvent.__table__.create)
+            await conn.run_sync(Base.metadata.create_all, tables=[AggregateSequence.__table__, DomainEvent.__table__])
         await add_burst(admin, events=events, users=users)
         if schema:  # as autovacuum soon would: without statistics the claim's plan is a poor guess
             async with admin.engine.begin() as conn:
@@ -133,11 +134,11 @@ async def add_burst(db: Database, *, events: int, users: int) -> None:
     aggregates = [new_id() for _ in range(users)]
     for start in range(0, events, 500):
         async with db.sessions.begin() as session:
-            session.add_all(
+            await DomainEventRepository(session).add_all([
                 DomainEvent(event_type="RelayRace", aggregate_type="User", aggregate_id=aggregates[i % users],
                             payload={"n": i})
                 for i in range(start, min(start + 500, events))
-            )
+            ])
 
 
 async def pending(db: Database) -> int:
@@ -223,7 +224,7 @@ async def race(*, database_url: str, redis_target: RedisTarget, fake_server: fak
                     raise failures[0]
                 async with db.sessions() as session:
                     order = (await session.execute(select(DomainEvent.aggregate_id, DomainEvent.id)
-                                                   .order_by(DomainEvent.created_at, DomainEvent.id))).all()
+                                                   .order_by(DomainEvent.aggregate_id, DomainEvent.sequence))).all()
                 backend = db.backend
             finally:
                 await db.dispose()

@@ -29,6 +29,7 @@ from .config import database_url, mask_url, redis_prefix, redis_url
 from .consumer import ConsumerSettings, event_consumer
 from .database import Database
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
+from .event_repository import DomainEventRepository
 from .models import (
     AIRScore,
     Assessment,
@@ -45,7 +46,7 @@ from .outbox import RelaySettings, event_publisher, retry_failed_events
 from .outbox_stats import PublisherSnapshot
 from .publisher import Publisher
 from .redis_setup import FAKE_SERVER, RedisTarget, make_redis_client, resolve_redis
-from .repositories import DomainEventRepository, UserRepository
+from .repositories import UserRepository
 from .services import (
     AIRScoreCalculated,
     calculate_and_store_airscore,

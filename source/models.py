@@ -6,7 +6,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Float, ForeignKey, Index, MetaData, String, Table, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -154,6 +166,20 @@ class Skill(Base):
 HOLDING_EVENTS = "status = 'failed' OR (status = 'pending' AND next_attempt_at IS NOT NULL)"
 
 
+class AggregateSequence(Base):
+    """Each aggregate's event counter (revision 0006). A writer increments its row in the same
+    transaction as the event, so the row stays locked until that commit: two writes for one user
+    take turns, and their numbers follow their commit order whatever the app servers' clocks say.
+    A counter, not max(sequence) of the events: retention deletes old events, and a number must
+    never be given twice."""
+
+    __tablename__ = "aggregate_sequences"
+
+    aggregate_type: Mapped[str] = mapped_column(String(100), primary_key=True)
+    aggregate_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+
+
 class DomainEvent(Base, TimestampMixin):
     """A row of the transactional outbox: written in the same commit as the change it reports."""
 
@@ -163,9 +189,16 @@ class DomainEvent(Base, TimestampMixin):
     event_type: Mapped[str] = mapped_column(String(100), index=True)
     aggregate_type: Mapped[str] = mapped_column(String(100))
     aggregate_id: Mapped[str] = mapped_column(String(36), index=True)
+    # The event's number within its aggregate: 1, 2, 3, ... in commit order (AggregateSequence).
+    # Each user's events are published and applied in this order; created_at, the writer's clock,
+    # only decides which user goes first.
+    sequence: Mapped[int] = mapped_column(BigInteger)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, published, failed, discarded
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The stream entry the relay appended (revision 0006): a broker that comes back from an older
+    # snapshot has lost some of them, and the check in reconcile.py finds which.
+    stream_id: Mapped[str | None] = mapped_column(String(40))
     # The relay's bookkeeping (revision 0002): a broker error schedules a retry with back-off;
     # after too many attempts the event is parked as "failed" until someone retries it.
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))  # failed attempts so far
@@ -173,12 +206,16 @@ class DomainEvent(Base, TimestampMixin):
     last_error: Mapped[str | None] = mapped_column(String(500))
 
     __table_args__ = (
-        # The relay's claim: pending events in (created_at, id) order ...
+        Index("uq_domain_events_aggregate_sequence", "aggregate_type", "aggregate_id", "sequence", unique=True),
+        # The relay's claim: which users go first, by their oldest pending events ...
         Index("ix_events_claim", "status", "created_at", "id"),
+        # ... then each user's pending events in sequence order, none skipped ...
+        Index("ix_events_pending", "aggregate_type", "aggregate_id", "sequence",
+              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
         # ... except those behind an earlier event of their aggregate that is parked or waits for a
         # retry. Only such events are indexed (revision 0005), usually none: with every event in the
         # index, the planner could read all of an aggregate's events for each event it claimed.
-        Index("ix_events_holding", "aggregate_type", "aggregate_id", "created_at",
+        Index("ix_events_holding", "aggregate_type", "aggregate_id", "sequence",
               postgresql_where=text(HOLDING_EVENTS), sqlite_where=text(HOLDING_EVENTS)),
     )
 
@@ -193,6 +230,13 @@ class InboxEntry(Base):
     stream_id: Mapped[str] = mapped_column(String(40))  # the entry of the first delivery
     deliveries: Mapped[int] = mapped_column(default=1)
     applied_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The event's aggregate and number (revision 0006; empty on rows from before it): the consumer
+    # compares a new event's number with the highest it applied for that user, to notice a gap.
+    aggregate_type: Mapped[str | None] = mapped_column(String(100))
+    aggregate_id: Mapped[str | None] = mapped_column(String(36))
+    sequence: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_consumer_inbox_aggregate", "aggregate_type", "aggregate_id", "sequence"),)
 
 
 class ScoreSummary(Base):
@@ -206,4 +250,5 @@ class ScoreSummary(Base):
     latest_score_id: Mapped[str] = mapped_column(String(36))
     latest_air_score: Mapped[float] = mapped_column(Float)
     latest_event_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    latest_sequence: Mapped[int | None] = mapped_column(BigInteger)  # the latest score's event number (0006)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -25,10 +25,10 @@ from sqlalchemy.exc import DBAPIError
 
 from . import config
 from .database import WRITE_TRANSACTION, Database
+from .event_repository import DomainEventRepository
 from .models import DomainEvent, InboxEntry
 from .outbox_claims import AGGREGATE_ORDER, claim
 from .outbox_stats import Stats, describe
-from .repositories import DomainEventRepository
 
 log = logging.getLogger("lab2.outbox")
 NOTIFY_CHANNEL = "domain_events_pending"  # revision 0002's trigger notifies it on PostgreSQL
@@ -73,6 +73,7 @@ def stream_fields(event: DomainEvent) -> dict[str, str]:
         "event_type": event.event_type,
         "aggregate_type": event.aggregate_type,
         "aggregate_id": event.aggregate_id,
+        "sequence": str(event.sequence),  # the consumer applies each user's events in this order
         "created_at": event.created_at.isoformat(),
         "payload": json.dumps(event.payload, sort_keys=True),
     }
@@ -105,11 +106,17 @@ async def relay_batch(
             async with redis_client.pipeline(transaction=False) as pipe:
                 for event in events:
                     pipe.xadd(stream, stream_fields(event))
-                await pipe.execute()
+                entry_ids = await pipe.execute()
         except (redis.RedisError, OSError) as exc:
             return schedule_retries(events, error=exc, now=now, settings=settings, rng=rng)
-        await DomainEventRepository(session).mark_as_published([e.id for e in events])
+        # Each event's entry ID is kept with its mark, so a broker that loses entries is noticed (reconcile.py).
+        appended = [(event.id, _text(entry_id)) for event, entry_id in zip(events, entry_ids, strict=True)]
+        await DomainEventRepository(session).mark_as_published(appended)
     return BatchResult(claimed=len(events), published=len(events))
+
+
+def _text(entry_id: str | bytes) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
 def refused(error: BaseException) -> bool:

@@ -26,10 +26,14 @@ class PublisherSnapshot:
     delivered: int = 0
     applied: int = 0
     duplicates: int = 0
+    gaps: int = 0  # sequence numbers skipped when an event arrived (its user's earlier events not applied yet)
+    late: int = 0  # events applied after a later event of their user
     claimed: int = 0  # entries taken over with XAUTOCLAIM (abandoned, or failed and delivered again)
     dead_lettered: int = 0
     consumers_removed: int = 0  # idle consumers with nothing pending, removed at start
     resent: int = 0  # published events sent again because the broker lost them
+    last_reconciled_at: datetime | None = None  # the last check of recorded entries against the stream
+    reconcile_error: str | None = None
     pruned_outbox: int = 0  # retention: published outbox rows deleted
     pruned_inbox: int = 0
     trimmed_entries: int = 0  # stream entries removed with XTRIM MINID

@@ -1,5 +1,6 @@
-"""5. The publisher thread: the relay and the consumer on a thread of their own, with their own
-event loop, engine and Redis clients. One per process, shared by every session of the app."""
+"""5. The publisher thread: the relay, the consumer, retention and the check for lost entries on a
+thread of their own, with their own event loop, engine and Redis clients. One per process, shared by
+every session of the app."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .consumer import ConsumerSettings, ensure_group, event_consumer
 from .database import Database
 from .outbox import RelaySettings, event_publisher, relay_database, resend_unapplied, wake_mode
 from .outbox_stats import PublisherSnapshot, Stats, describe
+from .reconcile import ReconcileSettings, reconcile_loop
 from .redis_setup import RedisTarget
 from .retention import RetentionSettings, retention_loop
 
@@ -36,6 +38,7 @@ class Publisher:
         consumer_settings: ConsumerSettings | None = None,
         wrap_broker: Callable[[aioredis.Redis], aioredis.Redis] | None = None,
         retention: RetentionSettings | None = None,
+        reconcile: ReconcileSettings | None = None,
     ) -> None:
         self.database_url = database_url
         self.redis_target = redis_target
@@ -43,6 +46,7 @@ class Publisher:
         self.settings = settings or RelaySettings()
         self.consumer_settings = consumer_settings or ConsumerSettings()
         self.retention = retention or RetentionSettings()
+        self.reconcile = reconcile or ReconcileSettings()
         # The relay's broker client passes through this (the lab bench wraps it to inject faults).
         self.wrap_broker = wrap_broker or (lambda client: client)
         self.stats = Stats()
@@ -122,6 +126,8 @@ class Publisher:
                                on_group_created=broker_forgot, **common)
             ),
             asyncio.create_task(retention_loop(redis_client=consume_client, settings=self.retention, **common)),
+            asyncio.create_task(reconcile_loop(redis_client=consume_client, settings=self.reconcile,
+                                               keep_for=self.retention.keep_for, **common)),
         ]
         stopping = asyncio.create_task(self._stop.wait())
         try:

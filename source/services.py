@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .database import WRITE_TRANSACTION, Database
 from .errors import clean_id, clean_text
+from .event_repository import DomainEventRepository
 from .models import AIRScore, DomainEvent, Profile, Skill, User, new_id, user_skills, utcnow
-from .repositories import DomainEventRepository, UserRepository
+from .repositories import UserRepository
 
 PARAMETER_VERSION = "v2.1"
 SAMPLE_USERS = (
@@ -87,11 +88,7 @@ async def calculate_and_store_airscore(
     """The outbox write: the score and its pending event commit together, or neither does."""
     user_id = clean_id(user_id, label="user ID")
     async with sessions.begin() as session:  # commits on success, rolls back on any error
-        # Lock the aggregate first (PostgreSQL: the user's row; SQLite: its one write lock, at
-        # BEGIN): writes for one user commit one after another, so their events' created_at
-        # order is their commit order, the order in which the relay publishes them.
-        await session.connection(execution_options=WRITE_TRANSACTION)
-        await session.get(User, user_id, with_for_update=True)
+        await session.connection(execution_options=WRITE_TRANSACTION)  # SQLite: its write lock, at BEGIN
         score = await create_sample_airscore(
             session=session, user_id=user_id, occupation_code=occupation_code, rng=rng
         )
@@ -100,7 +97,9 @@ async def calculate_and_store_airscore(
             air_score=score.air_score, ci_lower=score.ci_lower, ci_upper=score.ci_upper,
             parameter_version=score.parameter_version,
         )
-        event = DomainEventRepository(session).add(
+        # The event gets its user's next number, from a counter row this transaction keeps locked
+        # until it commits: a second score for the same user waits, so numbers follow commit order.
+        event = await DomainEventRepository(session).add(
             DomainEvent(
                 event_type=type(payload).__name__,
                 aggregate_type="User",

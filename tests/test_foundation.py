@@ -129,7 +129,7 @@ async def test_score_and_its_event_commit_together(db):
 async def test_a_failure_between_score_and_event_leaves_neither(db, monkeypatch):
     user = await create_user(db, email="atomic@example.com", name="A")
 
-    def broken_add(self, event):
+    async def broken_add(self, event):
         raise RuntimeError("crash after the score was written")
 
     monkeypatch.setattr(DomainEventRepository, "add", broken_add)
@@ -147,15 +147,31 @@ async def test_calculating_for_an_unknown_user_writes_nothing(db):
     assert await count(db, AIRScore) == 0
 
 
-async def test_mark_as_published_moves_only_pending_events(db):
+async def test_mark_as_published_moves_only_pending_events_and_keeps_their_stream_entries(db):
     user = await create_user(db, email="pub@example.com", name="P")
     _, event = await calculate_and_store_airscore(sessions=db.sessions, user_id=user.id, occupation_code="X")
+    _, other = await calculate_and_store_airscore(sessions=db.sessions, user_id=user.id, occupation_code="X")
     async with db.sessions.begin() as session:
-        assert await DomainEventRepository(session).mark_as_published([event.id]) == 1
+        assert await DomainEventRepository(session).mark_as_published([(event.id, "5-0"), (other.id, "5-1")]) == 2
     async with db.sessions.begin() as session:
-        assert await DomainEventRepository(session).mark_as_published([event.id]) == 0
-        stored = await session.get(DomainEvent, event.id)
-    assert stored.status == "published" and stored.published_at is not None
+        assert await DomainEventRepository(session).mark_as_published([(event.id, "9-0")]) == 0
+        stored = [await session.get(DomainEvent, e.id) for e in (event, other)]
+    assert [(e.status, e.stream_id) for e in stored] == [("published", "5-0"), ("published", "5-1")]
+    assert stored[0].published_at is not None
+
+
+async def test_each_users_events_are_numbered_one_by_one_however_many_writers_race(db):
+    """The counter row is the lock: 20 concurrent scores of one user get 1..20, each number once
+    (PostgreSQL: the counter's row lock; SQLite: the write lock)."""
+    user = await create_user(db, email="seq@example.com", name="S")
+    other = await create_user(db, email="seq2@example.com", name="T")
+    results = await asyncio.gather(*(
+        calculate_and_store_airscore(sessions=db.sessions, user_id=who.id, occupation_code="X")
+        for who in [user] * 20 + [other] * 5
+    ))
+    numbers = sorted(event.sequence for _, event in results if event.aggregate_id == user.id)
+    assert numbers == list(range(1, 21))
+    assert sorted(event.sequence for _, event in results if event.aggregate_id == other.id) == [1, 2, 3, 4, 5]
 
 
 async def test_setup_is_idempotent_sequentially_and_concurrently(db_url):

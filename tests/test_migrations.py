@@ -44,28 +44,35 @@ async def test_offline_sql_is_rendered_for_the_database_dialect_without_running_
     assert await db.current_revision() == revision_history()[-1].revision  # nothing ran
 
 
-async def test_the_claim_finds_the_events_that_hold_an_aggregate_back_in_their_own_index(db):
-    """Revision 0005: the index behind the wait rule holds only parked events and events waiting
-    for a retry, and both claims look the rule up in it (EXPLAIN, on 2,000 pending events of 20
-    users). Its predicate is what lets the planner use it: the claim's own condition implies it."""
+async def test_the_claim_finds_the_events_that_hold_a_user_back_in_their_own_index(db):
+    """Revision 0005 (0006 orders it by sequence): the index behind the wait rule holds only parked
+    events and events waiting for a retry, and the claims look the rule up in it (EXPLAIN, on 2,000
+    pending events of 20 users). Its predicate is what lets the planner use it: the claim's own
+    condition implies it."""
     from datetime import UTC, datetime
 
     from sqlalchemy import text
 
-    from source.outbox_claims import DUE_EVENTS, LOCK_OLDEST_AGGREGATES
+    from source import outbox_claims as claims
     from tests.test_outbox import add_events
 
-    await add_events(db, users=[f"user-{n}" for n in range(20)], count=2000, per_transaction=500)
+    users = [f"user-{n}" for n in range(20)]
+    await add_events(db, users=users, count=2000, per_transaction=500)
     async with db.engine.begin() as connection:
         await connection.execute(text("ANALYZE"))
-        statements = [DUE_EVENTS] + ([LOCK_OLDEST_AGGREGATES] if db.backend == "postgresql" else [])
-        for statement in statements:
+        statements = {"claim": claims.SQLITE_CLAIM} if db.backend == "sqlite" else {
+            "any order": claims.ANY_ORDER_CLAIM, "lock users": claims.LOCK_OLDEST_USERS,
+            "events of held": claims.EVENTS_OF_HELD}
+        plans = {}
+        for name, statement in statements.items():
             compiled = statement.compile(dialect=connection.dialect)
-            given = compiled.construct_params({"now": datetime.now(UTC), "limit": 100, "window": 1000})
+            given = compiled.construct_params({"now": datetime.now(UTC), "limit": 100, "window": 1000,
+                                               "types": ["User"] * 3, "ids": users[:3]})
             explain = "EXPLAIN " if db.backend == "postgresql" else "EXPLAIN QUERY PLAN "
             plan = await connection.exec_driver_sql(explain + str(compiled),
                                                     tuple(given[name] for name in compiled.positiontup))
-            assert "ix_events_holding" in "\n".join(str(row[-1]) for row in plan)
+            plans[name] = "\n".join(str(row[-1]) for row in plan)
+    assert all("ix_events_holding" in plan for plan in plans.values()), plans
 
 
 async def test_stepping_below_0005_puts_back_the_index_of_every_event(db):
@@ -76,3 +83,47 @@ async def test_stepping_below_0005_puts_back_the_index_of_every_event(db):
     down = await step(db, direction="down")
     assert (down.indexes_dropped, down.indexes_added) == (
         ["domain_events.ix_events_holding"], ["domain_events.ix_events_aggregate_wait"])
+
+
+async def test_upgrading_from_0005_numbers_each_users_existing_events_in_their_order(db):
+    """Revision 0006 on a database that already holds events: each user's events get 1, 2, 3, ...
+    in (created_at, id) order, the counters continue from there, and down and up again keep it so."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select, text
+
+    from source.event_repository import DomainEventRepository
+    from source.models import AggregateSequence, DomainEvent
+
+    while (await db.current_revision()) != "0005":
+        await step(db, direction="down")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [(f"e{n:03}", f"user-{n % 3}", start + timedelta(seconds=(n * 7) % 10)) for n in range(30)]
+    async with db.engine.begin() as connection:
+        for event_id, user, created in rows:
+            await connection.execute(text(
+                "INSERT INTO domain_events (id, event_type, aggregate_type, aggregate_id, payload, status, attempts, "
+                "created_at, updated_at) VALUES (:id, 'E', 'User', :user, '{}', 'pending', 0, :at, :at)"
+            ), {"id": event_id, "user": user, "at": created})
+    while (await db.current_revision()) != revision_history()[-1].revision:
+        await step(db, direction="up")
+
+    async def numbered() -> dict[str, int]:
+        async with db.sessions() as session:
+            return dict((await session.execute(select(DomainEvent.id, DomainEvent.sequence))).all())
+
+    expected = {}
+    for user in {user for _, user, _ in rows}:
+        theirs = sorted((created, event_id) for event_id, who, created in rows if who == user)
+        expected |= {event_id: n for n, (_, event_id) in enumerate(theirs, start=1)}
+    assert await numbered() == expected
+    async with db.sessions.begin() as session:
+        assert {c.aggregate_id: c.last_sequence for c in await session.scalars(select(AggregateSequence))} == {
+            f"user-{n}": 10 for n in range(3)}
+        event = await DomainEventRepository(session).add(
+            DomainEvent(event_type="E", aggregate_type="User", aggregate_id="user-1", payload={}))
+    assert event.sequence == 11
+    before = await numbered()
+    await step(db, direction="down")
+    await step(db, direction="up")
+    assert await numbered() == before

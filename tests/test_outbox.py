@@ -31,7 +31,9 @@ from source import (
     make_redis_client,
     retry_failed_events,
 )
-from source.consumer import CONSUMER_GROUP, apply_entries, ensure_group, event_consumer
+from source.consumer import CONSUMER_GROUP, ensure_group, event_consumer
+from source.event_repository import DomainEventRepository
+from source.inbox import apply_entries
 from source.models import new_id
 from source.outbox import relay_batch
 from source.outbox_claims import ANY_ORDER
@@ -61,14 +63,14 @@ async def add_events(db, *, users: list[str], count: int, per_transaction: int =
     ids = []
     for start in range(0, count, per_transaction):
         async with db.sessions.begin() as session:
-            for i in range(start, min(start + per_transaction, count)):
-                user = users[i % len(users)]
-                event = DomainEvent(
-                    id=new_id(), event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=user,
-                    payload={"score_id": new_id(), "user_id": user, "air_score": float(i % 100)},
-                )
-                session.add(event)
-                ids.append(event.id)
+            events = [
+                DomainEvent(id=new_id(), event_type="AIRScoreCalculated", aggregate_type="User",
+                            aggregate_id=users[i % len(users)],
+                            payload={"score_id": new_id(), "user_id": users[i % len(users)], "air_score": float(i % 100)})
+                for i in range(start, min(start + per_transaction, count))
+            ]
+            await DomainEventRepository(session).add_all(events)
+            ids += [event.id for event in events]
     return ids
 
 
@@ -134,7 +136,8 @@ async def test_the_relay_never_sees_an_event_whose_score_is_not_committed(db, re
             user_id=user, occupation_code="X", air_score=1, vr_score=1, hr_score=1, synergy_score=1,
             ci_lower=0, ci_upper=2, parameter_version="v", calculation_metadata={},
         ))
-        session.add(DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=user, payload={}))
+        await DomainEventRepository(session).add(
+            DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=user, payload={}))
         await session.flush()  # sent, not committed
         relay = asyncio.create_task(relay_batch(db=db, redis_client=redis_client, stream=stream, settings=FAST))
         await asyncio.sleep(0.2)  # PostgreSQL: the relay saw nothing; SQLite: it waits for the write lock
@@ -275,16 +278,18 @@ async def test_relay_wakes_on_notify_at_commit_on_postgresql_and_polls_on_sqlite
 
 async def test_consumer_applies_a_repeated_event_once_and_counts_the_duplicate(db):
     (user,) = await make_users(db, 1)
-    fields = {
+    text = {
         "event_id": new_id(), "event_type": "AIRScoreCalculated", "aggregate_type": "User", "aggregate_id": user,
-        "created_at": "2026-01-01T00:00:00+00:00", "payload": json.dumps({"score_id": new_id(), "air_score": 70.0}),
+        "sequence": "1", "created_at": "2026-01-01T00:00:00+00:00",
+        "payload": json.dumps({"score_id": new_id(), "air_score": 70.0}),
     }
+    fields = {name.encode(): value.encode() for name, value in text.items()}  # as the consumer reads them
     first = await apply_entries(db=db, entries=[("1-0", fields), ("2-0", fields)])
     again = await apply_entries(db=db, entries=[("3-0", fields)])
     assert (first.applied, first.duplicates, again.applied, again.duplicates) == (1, 1, 0, 1)
     async with db.sessions() as session:
         summary = await session.get(ScoreSummary, user)
-        inbox = await session.get(InboxEntry, fields["event_id"])
+        inbox = await session.get(InboxEntry, text["event_id"])
     assert summary.scores_applied == 1 and summary.latest_air_score == 70.0
     assert (inbox.deliveries, inbox.stream_id) == (3, "1-0")
 

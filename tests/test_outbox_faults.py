@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import fakeredis
@@ -21,6 +22,7 @@ from sqlalchemy import func, select, text
 from labbench import outbox_health
 from labbench.faults import Faults, FaultyBroker, LabPublisher
 from source import (
+    Database,
     DomainEvent,
     InboxEntry,
     RelaySettings,
@@ -34,6 +36,7 @@ from source.consumer import (
     dead_letter_key,
     ensure_group,
     event_consumer,
+    read_raw,
     replay_dead_letter,
 )
 from source.models import new_id
@@ -81,17 +84,42 @@ async def group_pending(client, stream) -> int:
     return group["pending"]
 
 
-def good_fields(user: str) -> dict[str, str]:
+def good_fields(user: str, sequence: int = 1) -> dict[str, str]:
     return {
         "event_id": new_id(), "event_type": "AIRScoreCalculated", "aggregate_type": "User", "aggregate_id": user,
-        "created_at": "2026-01-01T00:00:00+00:00", "payload": json.dumps({"score_id": new_id(), "air_score": 50.0}),
+        "sequence": str(sequence), "created_at": "2026-01-01T00:00:00+00:00",
+        "payload": json.dumps({"score_id": new_id(), "air_score": 50.0}),
     }
 
 
-# --- poison entries -----------------------------------------------------------------------
+IDENTIFIERS = ("event_id", "event_type", "aggregate_type", "aggregate_id")
 
 
-async def test_poison_entries_are_dead_lettered_after_n_deliveries_and_every_good_entry_is_applied(
+def poison_changes() -> list[tuple[str, dict]]:
+    """Every kind of entry a broken producer can leave in the stream, as (what it is, the fields it
+    changes). `None` removes a field."""
+    kinds = [(f"a NUL in {name}", {name: "bad\x00value"}) for name in IDENTIFIERS]
+    kinds += [(f"bytes that are not UTF-8 in {name}", {name: b"\xff\xfe" + b"x"})
+              for name in (*IDENTIFIERS, "sequence", "created_at", "payload")]
+    kinds += [
+        ("created_at before year 1 in UTC", {"created_at": "0001-01-01T00:00:00+14:00"}),
+        ("created_at after year 9999 in UTC", {"created_at": "9999-12-31T23:59:59-14:00"}),
+        ("created_at without a time zone", {"created_at": "2026-01-01T00:00:00"}),
+        ("created_at that is no time", {"created_at": "yesterday"}),
+        ("sequence 0", {"sequence": "0"}), ("sequence past 2^63", {"sequence": str(2**63)}),
+        ("sequence that is no number", {"sequence": "1e3"}),
+        ("a 1 MB payload", {"payload": json.dumps({"score_id": new_id(), "air_score": 50.0, "pad": "x" * 1_000_000})}),
+        ("payload that is not JSON", {"payload": "not json"}),
+        ("a NUL in score_id", {"payload": json.dumps({"score_id": "a\x00b", "air_score": 50.0})}),
+        ("air_score that is no number", {"payload": json.dumps({"score_id": new_id(), "air_score": "high"})}),
+        ("air_score NaN", {"payload": '{"score_id": "s", "air_score": NaN}'}),
+        ("an 80-character event ID", {"event_id": "x" * 80}),
+        ("no event_id", {"event_id": None}),
+    ]
+    return kinds
+
+
+async def test_every_kind_of_poison_is_dead_lettered_after_n_deliveries_and_every_good_entry_is_applied(
     db, redis_client, stream
 ):
     users = await make_users(db, 3)
@@ -103,38 +131,73 @@ async def test_poison_entries_are_dead_lettered_after_n_deliveries_and_every_goo
         (await session.get(DomainEvent, no_score[0])).payload = {"air_score": 1.0}
     await drain(db, redis_client, stream)
     assert await redis_client.xlen(stream) == 40  # one relay batch of 40
-    # Entries no relay writes but a stream can hold: each kind of poison, between good entries.
-    poisons = []
-    for change in (
-        {"payload": "not json"},
-        {"payload": json.dumps({"score_id": new_id(), "air_score": "high"})},
-        {"created_at": "yesterday"},
-        {"event_id": "x" * 80},
-        {"event_id": None},
-    ):
+    # Entries no relay writes but a stream can hold: each kind of poison, between good entries, so
+    # that the consumer's batches of 10 each hold poisons and good entries.
+    poisons, changes = [], poison_changes()
+    for n, (_, change) in enumerate(changes):
         fields = {k: v for k, v in {**good_fields(users[0]), **change}.items() if v is not None}
         poisons.append(await redis_client.xadd(stream, fields))
-        good_entry = good_fields(users[1])
+        good_entry = good_fields(users[1 + n % 2], sequence=100 + n)
         await redis_client.xadd(stream, good_entry)
         good.append(good_entry["event_id"])
 
-    dead = dead_letter_key(stream)
-    stats = await run_consumer(db, redis_client, stream, lambda: _settled(redis_client, stream, dead, 6))
+    dead, expected = dead_letter_key(stream), len(poisons) + 1
+    settings = replace(CONSUMER, batch_size=10)
+    stats = await run_consumer(db, redis_client, stream, lambda: _settled(redis_client, stream, dead, expected),
+                               settings=settings, timeout=60)
 
     assert await applied_ids(db) == set(good)  # every good entry applied, poison or not beside it
     assert sum((await applied_per_user(db)).values()) == len(good)
-    letters = await redis_client.xrange(dead)
-    assert [f["dead_stream_id"] for _, f in letters if f["dead_stream_id"] in poisons] == poisons
-    assert {f["dead_deliveries"] for _, f in letters} == {"3"}  # read once, claimed twice
-    errors = {f.get("event_id", "-"): f["dead_error"] for _, f in letters}
-    assert any("score_id missing" in e for e in errors.values())
-    assert any("air_score is not a number" in e for e in errors.values())
-    assert any("unreadable payload" in e for e in errors.values())
-    assert any("event_id missing or not an ID" in e for e in errors.values())
+    letters = await read_raw(redis_client, "XRANGE", dead, "-", "+")
+    assert [f[b"dead_stream_id"].decode() for _, f in letters if f[b"dead_stream_id"].decode() in poisons] == poisons
+    assert {f[b"dead_deliveries"] for _, f in letters} == {b"3"}  # read once, claimed twice
+    kept = {f[b"dead_stream_id"].decode(): f for _, f in letters}
+    for entry_id, (kind, change) in zip(poisons, changes, strict=True):
+        for name, value in change.items():  # the dead letter keeps the bytes as they were
+            raw = kept[entry_id].get(name.encode())
+            assert raw == (None if value is None else value if isinstance(value, bytes) else value.encode()), kind
     assert await group_pending(redis_client, stream) == 0  # all acknowledged, the dead ones too
     figures = stats.snapshot()
-    assert figures.dead_lettered == 6 and figures.claimed == 12  # 6 entries, each claimed twice
+    assert figures.dead_lettered == expected and figures.claimed == 2 * expected  # each claimed twice
     assert figures.applied == len(good) and "not applied" in figures.consumer_error
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite has no statement timeout
+async def test_a_statement_timeout_during_a_batch_dead_letters_nothing(db, redis_client, stream):
+    """The database's fault is not the entry's: while the read model's table is locked, every
+    batch's upsert hits the consumer's statement_timeout (SQLSTATE 57014); the batch is rolled back
+    and delivered again, past max_deliveries, and once the lock goes every entry is applied and
+    none is dead-lettered."""
+    users = await make_users(db, 2)
+    ids = await add_events(db, users=users, count=30)
+    await drain(db, redis_client, stream)
+    name = db.url.database
+    async with db.engine.connect() as connection:
+        await connection.execute(text(f'ALTER DATABASE "{name}" SET statement_timeout = 200'))
+        await connection.commit()
+    consumer_db = Database(db.url)  # its connections log in with the 200 ms timeout
+    try:
+        async with db.engine.connect() as locker:
+            await locker.execute(text("LOCK TABLE score_summaries IN ACCESS EXCLUSIVE MODE"))
+            stats = await run_consumer(consumer_db, redis_client, stream,
+                                       lambda: _deliveries_at_least(redis_client, stream, CONSUMER.max_deliveries + 1))
+            await locker.rollback()
+        assert "statement timeout" in stats.snapshot().consumer_error
+        stats = await run_consumer(consumer_db, redis_client, stream, lambda: _applied_count(db, 30), stats=stats)
+    finally:
+        await consumer_db.dispose()
+        async with db.engine.connect() as connection:
+            await connection.execute(text(f'ALTER DATABASE "{name}" RESET statement_timeout'))
+            await connection.commit()
+    assert await applied_ids(db) == set(ids)
+    assert stats.snapshot().dead_lettered == 0 and not await redis_client.exists(dead_letter_key(stream))
+
+
+async def _deliveries_at_least(client, stream, times: int) -> bool:
+    if not any(group["name"] == CONSUMER_GROUP for group in await client.xinfo_groups(stream)):
+        return False  # the consumer has not made its group yet
+    pending = await client.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=1)
+    return bool(pending) and pending[0]["times_delivered"] >= times
 
 
 async def _settled(client, stream, dead, dead_count) -> bool:
@@ -146,20 +209,20 @@ async def test_a_dead_letter_replayed_once_the_consumer_is_fixed_is_applied_once
     users = await make_users(db, 1)
     [event_id] = await add_events(db, users=users, count=1)
     await drain(db, redis_client, stream)
-    from source import consumer
+    from source import inbox
 
-    def broken(fields):
-        raise consumer.PoisonEntry("a consumer bug")
+    def broken(event):
+        raise inbox.PoisonEntry("a consumer bug")
 
-    fixed = consumer.parse_score_event
-    monkeypatch.setattr(consumer, "parse_score_event", broken)
+    fixed = inbox.parse_score
+    monkeypatch.setattr(inbox, "parse_score", broken)
     dead = dead_letter_key(stream)
     await run_consumer(db, redis_client, stream, lambda: _settled(redis_client, stream, dead, 1))
     assert await applied_ids(db) == set()
     [(dead_id, fields)] = await redis_client.xrange(dead)
     assert fields["event_id"] == event_id and "a consumer bug" in fields["dead_error"]
 
-    monkeypatch.setattr(consumer, "parse_score_event", fixed)
+    monkeypatch.setattr(inbox, "parse_score", fixed)
     new_id_ = await replay_dead_letter(redis_client, stream=stream, dead_id=dead_id)
     assert new_id_ and await redis_client.xlen(dead) == 0
     assert await replay_dead_letter(redis_client, stream=stream, dead_id=dead_id) is None  # once only
@@ -218,7 +281,8 @@ async def test_a_parked_event_holds_its_users_later_events_until_retried_or_disc
     assert await stream_ids(redis_client, stream) == [other]  # Jane's went; Alex's wait
     assert await statuses(db, [first, *later]) == ["failed", "pending", "pending"]
     [blocked] = await outbox_health.blocked_aggregates(db=db)
-    assert (blocked["user"], blocked["blocking event"], blocked["events waiting behind it"]) == (alex[:8], first[:8], 2)
+    assert (blocked["user"], blocked["blocking event"], blocked["events waiting behind it"]) == (
+        alex[:8], f"{first[:8]} (no. 1)", 2)
     assert blocked["why"].startswith("parked as failed") and "refused" in blocked["last error"]
 
     if release == "retry":
@@ -293,7 +357,10 @@ async def test_a_hung_broker_never_marks_a_delivered_event_failed(db, redis_clie
     faults.broker_hung = False
     await asyncio.sleep(0.05)
     await drain(db, redis_client, stream, settings=settings)
-    assert await stream_ids(redis_client, stream) == ids + ids  # sent again: at least once
+    by_user = {user: [i for n, i in enumerate(ids) if users[n % 2] == user] for user in users}
+    appended = [(f["aggregate_id"], f["event_id"]) for _, f in await redis_client.xrange(stream)]
+    for user, theirs in by_user.items():  # sent again (at least once), each user's in order both times
+        assert [event for who, event in appended if who == user] == theirs + theirs
     await run_consumer(db, redis_client, stream, lambda: _applied_count(db, 5))
     await wait_until(lambda: _group_idle(redis_client, stream))
     assert sum((await applied_per_user(db)).values()) == 5  # the repeats were no-ops

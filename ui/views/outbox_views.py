@@ -11,7 +11,7 @@ import streamlit as st
 import ui
 from labbench import outbox_health
 from labbench.faults import Faults, LabPublisher
-from labbench.outbox_view import EventProgress, event_progress
+from labbench.outbox_view import EventProgress, appended_at, event_progress
 from source.consumer import dead_letter_key, replay_dead_letter
 from source.database import Database
 from source.outbox_claims import AGGREGATE_ORDER
@@ -19,17 +19,25 @@ from ui import widgets
 
 
 def progress_text(event_id: str, now: EventProgress) -> str:
-    def after(moment) -> str:
-        return f"{(moment - now.created_at).total_seconds():.2f} s after it was created"
-
-    steps = [f"Your event `{event_id[:8]}`: **{now.status}**"]
-    if now.published_at:
-        steps.append(f"appended to the stream {after(now.published_at)}")
+    """What happened to the event, in the order it happened, each time from the clock of the part
+    that did it (the writer, Redis from the entry ID, the relay, the consumer)."""
+    moments = []
+    if now.applied_stream_id:
+        moments.append((appended_at(now.applied_stream_id), "appended to the stream"))
+    if now.stream_id and now.stream_id != now.applied_stream_id:
+        again = ("appended again (the relay had died before marking it; the consumer's inbox drops the repeat)"
+                 if now.applied_stream_id else "appended to the stream")
+        moments.append((appended_at(now.stream_id), again))
     if now.applied_at:
-        steps.append(f"applied by the consumer {after(now.applied_at)}")
-    elif now.status == "failed":
+        moments.append((now.applied_at, "applied by the consumer"))
+    if now.published_at:
+        moments.append((now.published_at, "marked published by the relay"))
+    steps = [f"Your event `{event_id[:8]}`: **{now.status}**"]
+    steps += [f"{what} {(moment - now.created_at).total_seconds():.2f} s after it was created"
+              for moment, what in sorted(moments, key=lambda pair: pair[0])]
+    if now.applied_at is None and now.status == "failed":
         steps.append(f"parked after {now.attempts} failed attempts ({widgets.escape_markdown(now.last_error)})")
-    elif now.attempts:
+    elif now.applied_at is None and now.attempts:
         steps.append(f"attempt {now.attempts} failed ({widgets.escape_markdown(now.last_error)}); the relay retries "
                      "with back-off")
     return " · ".join(steps)
