@@ -1,0 +1,16 @@
+"""The exercises, in the order of the lab's sections."""
+
+from __future__ import annotations
+
+from .catalogue import Exercise
+from .latest_scores import EXERCISE as LATEST_SCORES
+from .session_per_task import EXERCISE as SESSION_PER_TASK
+
+EXERCISES: dict[str, Exercise] = {exercise.id: exercise for exercise in (SESSION_PER_TASK, LATEST_SCORES)}
+
+
+def get(exercise_id: str) -> Exercise:
+    try:
+        return EXERCISES[exercise_id]
+    except KeyError:
+        raise ValueError(f"No exercise is called {exercise_id!r}; there are: {', '.join(EXERCISES)}") from None
