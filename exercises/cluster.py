@@ -31,6 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -240,17 +241,23 @@ class ExerciseCluster:
             await engine.dispose()
         return RunDatabase(name, password)
 
-    async def drop_run(self, run: RunDatabase | str) -> None:
+    async def drop_run(self, run: RunDatabase | str, *, tries: int = 3) -> None:
         name = run.name if isinstance(run, RunDatabase) else run
         if not RUN_NAME.match(name):
             raise ValueError(f"not a run's name: {name!r}")
-        engine = _engine(self.admin_url())
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                await conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
-        finally:
-            await engine.dispose()
+        for attempt in range(tries):
+            engine = _engine(self.admin_url())
+            try:
+                async with engine.connect() as conn:
+                    await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    await conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+                return
+            except DBAPIError:
+                if attempt == tries - 1:
+                    raise
+                await asyncio.sleep(0.2)
+            finally:
+                await engine.dispose()
 
     async def sweep(self) -> list[str]:
         """Drop the runs whose process is gone, or that are older than STALE_AFTER_SECONDS."""

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from labbench.progress import Report, silent
 from runtime.embedded_postgres import Unavailable
 
-from . import registry
+from . import registry, sandbox
 from .catalogue import CheckResult, InvalidCode, validate
 from .cluster import ExerciseCluster, default_cluster
 from .runner import Run, Stopped
 from .runqueue import QUEUE, RunQueue
-from .sandbox import Limits, capabilities
+from .sandbox import Limits
 
 LOADS = "Your code loads"
 
@@ -57,14 +57,15 @@ async def grade(exercise_id: str, code: str, *, report: Report | None = None, cl
         validate(exercise, code)
     except InvalidCode as error:
         return Grade(exercise.id, False, False, str(error))
-    missing = tuple(capabilities().missing())
+    missing = tuple(sandbox.capabilities().missing())
     async with (queue or QUEUE).turn(report):
         waited = time.perf_counter() - began
         report("Starting a sandbox, with a database and a Redis of its own", 0.05)
         results: list[CheckResult] = []
         names = exercise.check_names
+        run = Run(exercise, cluster or default_cluster(), redis=redis, limits=limits)
         try:
-            async with Run(exercise, cluster or default_cluster(), redis=redis, limits=limits) as run:
+            async with run:
                 loaded = False
                 try:
                     state = await exercise.before_load(run)
@@ -82,11 +83,13 @@ async def grade(exercise_id: str, code: str, *, report: Report | None = None, cl
                     if not loaded:
                         results.append(CheckResult(LOADS, False, f"Stopped while loading: {stop}"))
                     results += not_run(names, str(stop), done=len(results) if loaded else 0)
-                output, start_seconds, redis_mode = run.output_text(), run.start_seconds, run.redis_mode
+        except Stopped as stop:  # the sandbox itself did not start
+            results = [CheckResult(LOADS, False, f"The sandbox did not start: {stop}"),
+                       *not_run(names, "the sandbox did not start")]
         except Unavailable as error:
             return Grade(exercise.id, False, False, f"Exercises cannot run here: their database could not start "
                          f"({error}).", sandbox_missing=missing)
     passed, message = summary(results)
-    return Grade(exercise.id, passed, True, message, tuple(results), output, redis_mode, missing,
-                 time.perf_counter() - began, waited, start_seconds)
+    return Grade(exercise.id, passed, True, message, tuple(results), run.output_text(), run.redis_mode, missing,
+                 time.perf_counter() - began, waited, run.start_seconds)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from .cache_aside import EXERCISE as CACHE_ASIDE
 from .catalogue import Exercise
 from .latest_scores import EXERCISE as LATEST_SCORES
 from .session_per_task import EXERCISE as SESSION_PER_TASK
 
-EXERCISES: dict[str, Exercise] = {exercise.id: exercise for exercise in (SESSION_PER_TASK, LATEST_SCORES)}
+EXERCISES: dict[str, Exercise] = {exercise.id: exercise for exercise in (SESSION_PER_TASK, LATEST_SCORES, CACHE_ASIDE)}
 
 
 def get(exercise_id: str) -> Exercise:

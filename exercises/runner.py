@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -35,10 +37,10 @@ from .serverlog import Seen, ServerLog
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 15.0  # the interpreter starts and imports SQLAlchemy, asyncpg and redis
-STEP_TIMEOUT = 10.0
 OUTPUT_KEPT = 8192  # bytes of the code's printed output kept for the learner
 CHILD_NICE = 10
 SOCKETS = {"pg": "/run/pg", "redis": "/run/redis"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,6 +135,8 @@ class Run:
         self._admin_engine = None
         self._log: ServerLog | None = None
         self._reader: asyncio.Task | None = None
+        self._work: str | None = None  # the working folder, without bubblewrap
+        self.driver_pid: int | None = None  # the child's interpreter, found at its start (Linux)
         self.start_seconds = 0.0
 
     # --- set-up and clean-up --------------------------------------------------------------
@@ -165,6 +169,7 @@ class Run:
         if not (isinstance(ready, dict) and ready.get("ready")):
             raise Stopped(self.stopped or "the sandbox did not start")
         self.start_seconds = time.perf_counter() - began
+        self.driver_pid = _driver_pid(self.process.pid)
         await self._send({"ops": f"{self.exercise.package}_ops", "database_url": self._database_url(),
                           "redis": self._redis_settings(), **self.exercise.child_settings})
         await self.fence()  # the measuring starts here
@@ -183,7 +188,6 @@ class Run:
         lab = support_folder()
         packages = sandbox.CHILD_PACKAGES + (sandbox.FAKEREDIS_PACKAGES if self.redis_mode == "fakeredis" else ())
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        self._work = None
         if self.caps.os_sandbox:
             env |= {"HOME": "/work", "TMPDIR": "/work"}
             child = [str(sandbox.interpreter()), "-I", "-S", "-B", "/lab/driver.py", "/lab", "/site"]
@@ -245,7 +249,10 @@ class Run:
         if self._admin_engine is not None:
             await self._admin_engine.dispose()
         if self.database is not None:
-            await self.cluster.drop_run(self.database)
+            try:
+                await self.cluster.drop_run(self.database)
+            except DBAPIError as error:  # left for the sweep: the learner still gets the results
+                log.warning("could not drop the run's database %s: %s", self.database.name, error)
         if self._work:
             shutil.rmtree(self._work, ignore_errors=True)
 
@@ -273,8 +280,9 @@ class Run:
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
         except TimeoutError:
+            limit = self._limit_reached()
             self._kill()
-            self.stopped = f"no answer within {timeout:g} s: the run was stopped"
+            self.stopped = f"no answer within {timeout:g} s" + (f" ({limit})" if limit else "") + ": the run was stopped"
             raise Stopped(self.stopped) from None
         except (ValueError, asyncio.LimitOverrunError):
             self._kill()
@@ -291,14 +299,19 @@ class Run:
         except ValueError:
             return None
 
+    def _limit_reached(self) -> str | None:
+        if self.cgroup is not None and self.cgroup.hit_memory_limit():
+            return f"the code used all of its {self.limits.memory_bytes // 2**20} MB of memory"
+        if self.cgroup is not None and self.cgroup.hit_process_limit():
+            return f"the code reached its limit of {self.limits.processes} processes"
+        return None
+
     def _why_gone(self) -> str:
         if self.stopped:
             return self.stopped
         code = self.process.returncode if self.process else None
-        if self.cgroup is not None and self.cgroup.hit_memory_limit():
-            why = f"the code used more than {self.limits.memory_bytes // 2**20} MB of memory and was stopped"
-        elif self.cgroup is not None and self.cgroup.hit_process_limit():
-            why = f"the code reached the limit of {self.limits.processes} processes and the run was stopped"
+        if (limit := self._limit_reached()) is not None:
+            why = f"{limit} and was stopped"
         elif code is not None and code < 0:
             why = f"the child was stopped by signal {signal.Signals(-code).name}"
         else:
@@ -306,13 +319,13 @@ class Run:
         self.stopped = why
         return why
 
-    async def call(self, op: str, *, timeout: float = STEP_TIMEOUT, **args) -> Answer:
+    async def call(self, op: str, *, timeout: float | None = None, **args) -> Answer:
         """One request, timed on the grader's clock. Raises Stopped when the child is gone."""
         if self.stopped:
             raise Stopped(self.stopped)
         began = time.perf_counter()
         await self._send({"op": op, "args": args})
-        raw = await self._receive(timeout)
+        raw = await self._receive(timeout or self.limits.step_seconds)
         seconds = time.perf_counter() - began
         if not isinstance(raw, dict) or "ok" not in raw:
             return Answer(False, error={"type": "protocol", "message": "an answer the grader cannot read",
@@ -322,7 +335,7 @@ class Run:
     async def load(self, code: str) -> Answer:
         began = time.perf_counter()
         await self._send({"op": "load", "code": code})
-        raw = await self._receive(STEP_TIMEOUT)
+        raw = await self._receive(self.limits.step_seconds)
         raw = raw if isinstance(raw, dict) else {"ok": False, "error": {"type": "protocol", "message": "?"}}
         return Answer(bool(raw.get("ok")), None, raw.get("error"), time.perf_counter() - began)
 
@@ -330,7 +343,17 @@ class Run:
         """What the run's role sent since the last fence, as the server logged it."""
         return await self._log.until_fence(self._admin, self.database.name)
 
-    async def step(self, op: str, *, timeout: float = STEP_TIMEOUT, **args) -> Step:
+    def cpu_wait(self) -> float | None:
+        """Seconds the child's main thread has spent runnable but waiting for a CPU (its
+        run_delay in /proc/<pid>/task/<pid>/schedstat); None where that cannot be read. Only that
+        thread: threads the code starts to busy the machine add nothing here."""
+        try:
+            fields = Path(f"/proc/{self.driver_pid}/task/{self.driver_pid}/schedstat").read_text().split()
+            return int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError, TypeError):
+            return None
+
+    async def step(self, op: str, *, timeout: float | None = None, **args) -> Step:
         """A request, with what the database saw during it."""
         await self.fence()
         answer = await self.call(op, timeout=timeout, **args)
@@ -345,6 +368,19 @@ class Run:
         if self.output_bytes > len(self.output):
             text += f"\n[... {self.output_bytes - len(self.output)} more bytes not kept]"
         return text
+
+
+def _driver_pid(root: int) -> int | None:
+    """The first Python interpreter in the child's tree (the driver; the code has not run yet)."""
+    try:
+        import psutil
+
+        for process in [psutil.Process(root), *psutil.Process(root).children(recursive=True)]:
+            if Path(process.exe()).resolve() == sandbox.interpreter():
+                return process.pid
+    except Exception:  # noqa: BLE001 - then no CPU-wait figure
+        return None
+    return None
 
 
 def _sweep_leftovers() -> None:

@@ -35,6 +35,7 @@ NOBODY = 65534
 
 @dataclass(frozen=True)
 class Limits:
+    step_seconds: float = 10.0  # wall time for one request (loading the code, one check's call)
     cpu_seconds: int = 30
     memory_bytes: int = 512 * 2**20
     processes: int = 64
@@ -257,15 +258,16 @@ def interpreter() -> Path:
 
 
 def package_paths(names: tuple[str, ...]) -> list[Path]:
-    """The top-level files and folders of these installed distributions, in site-packages."""
+    """The top-level files and folders of these installed distributions in site-packages, their
+    metadata (.dist-info) included: some read their own version at import."""
     site = Path(sysconfig.get_paths()["purelib"]).resolve()
     found: set[Path] = set()
     for name in names:
         for file in importlib.metadata.distribution(name).files or ():
             top = file.parts[0]
-            if top.endswith((".dist-info", ".data")) or top in ("..", "__pycache__"):
+            if top.endswith(".data") or top in ("..", "__pycache__"):
                 continue
-            found.add(site / (top if not top.endswith(".py") else top))
+            found.add(site / top)
     return sorted(path for path in found if path.exists())
 
 
