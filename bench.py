@@ -10,6 +10,8 @@
                                     # only (--learners N ..., --think MIN MAX)
     python bench.py --only room_proxy  # the same room through nginx in front of two app
                                     # processes on the PostgreSQL and Redis servers
+    python bench.py --only exercises   # learner code graded in the sandbox: per exercise, grading
+                                    # start to results, and the sandbox's start against python -c pass
 
 Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
 a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
@@ -804,6 +806,87 @@ async def bench_room_proxy(bench: Bench) -> list[Figure]:
     return figures
 
 
+async def _spawn_seconds(argv: list[str], cgroup: bool = False) -> float:
+    """Seconds from spawning argv until it exits; with cgroup, through the exercises' launcher
+    into a cgroup of its own (made and removed around it), as a graded run starts."""
+    from exercises import sandbox
+    from exercises.runner import HERE
+
+    group = sandbox.RunCgroup(sandbox.capabilities().cgroup, f"{os.getpid()}-bench", sandbox.Limits()) \
+        if cgroup and sandbox.capabilities().cgroup else None
+    began = time.perf_counter()
+    if cgroup:
+        plan = {"cgroups": group.procs_files if group else [], "nice": 10, "argv": argv,
+                "rlimits": sandbox.rlimits(sandbox.Limits(), cgroup=group is not None)}
+        argv = [str(sandbox.interpreter()), "-I", "-S", str(HERE / "launch.py"), json.dumps(plan)]
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
+    await process.wait()
+    seconds = time.perf_counter() - began
+    if group is not None:
+        group.remove()
+    return seconds
+
+
+async def bench_exercises(bench: Bench, rounds: int = 3, starts: int = 10) -> list[Figure]:
+    """Learner code graded in the sandbox (exercises/), on an exercise cluster of its own in a
+    temporary folder: its first start (initdb, migrations, the seeded template); the sandbox's
+    start-up against a bare `python -c pass` of the same interpreter (medians of `starts`,
+    alternating); then, per exercise, the answer key graded `rounds` times: the time from the
+    start of grading to the results (target: at most 3 s), and the sandboxed interpreter's start up
+    to its first answer (it imports SQLAlchemy, asyncpg and redis)."""
+    import exercises
+    from exercises import sandbox
+    from exercises.cluster import ExerciseCluster
+    from exercises.runner import support_folder
+
+    caps, section = sandbox.capabilities(), "exercises"
+    where = "bubblewrap" if caps.os_sandbox else "no bubblewrap"
+    python = str(sandbox.interpreter())
+    boxed = sandbox.bwrap_command(lab=support_folder(), sockets={}, limits=sandbox.Limits(), packages=[],
+                                  argv=[python, "-I", "-S", "-c", "pass"], env={"PATH": "/usr/bin:/bin"}) \
+        if caps.os_sandbox else [python, "-I", "-S", "-c", "pass"]
+    bare, isolated, sandboxed = [], [], []
+    load = os.getloadavg()[0]
+    for _ in range(starts):
+        bare.append(await _spawn_seconds([python, "-c", "pass"]))
+        isolated.append(await _spawn_seconds([python, "-I", "-S", "-c", "pass"]))
+        sandboxed.append(await _spawn_seconds(boxed, cgroup=True))
+    figures = [
+        Figure(section, "-", "load average over the last minute, at the start", load, ""),
+        Figure(section, "-", f"python -c pass, bare (median of {starts})", statistics.median(bare) * 1000, "ms"),
+        Figure(section, "-", f"python -I -S -c pass, bare: the sandbox's flags (median of {starts})",
+               statistics.median(isolated) * 1000, "ms"),
+        Figure(section, where, f"python -I -S -c pass in the sandbox: launcher, cgroup, {where} (median of {starts})",
+               statistics.median(sandboxed) * 1000, "ms"),
+        Figure(section, where, "  sandboxed / bare python -c pass", statistics.median(sandboxed) / statistics.median(bare), "x"),
+        Figure(section, where, "  sandboxed / bare with the same flags",
+               statistics.median(sandboxed) / statistics.median(isolated), "x"),
+    ]
+    with tempfile.TemporaryDirectory(prefix="lab2-bench-exercises-") as folder:
+        cluster = ExerciseCluster(Path(folder))
+        try:
+            began = time.perf_counter()
+            await cluster.ensure_ready()
+            figures.append(Figure(section, "embedded postgresql", "exercise cluster's first start (initdb, migrations, "
+                                  "seeded template)", time.perf_counter() - began, "s"))
+            for exercise in exercises.catalogue():
+                grades = [await exercises.grade(exercise.id, exercise.answer_key, cluster=cluster) for _ in range(rounds)]
+                for grade in grades:
+                    if not grade.passed:
+                        bench.failures.append(f"exercises: the answer key of {exercise.id} failed: {grade.message}")
+                pair = f"embedded postgresql+{grades[0].redis}" if grades[0].redis else "embedded postgresql"
+                figures += [
+                    Figure(section, pair, f"{exercise.id}: grading start to results (median of {rounds})",
+                           statistics.median(g.seconds for g in grades), "s"),
+                    Figure(section, pair, f"{exercise.id}: slowest of {rounds}", max(g.seconds for g in grades), "s"),
+                    Figure(section, pair, f"{exercise.id}: sandboxed interpreter ready, imports included (median)",
+                           statistics.median(g.start_seconds for g in grades) * 1000, "ms"),
+                ]
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    return figures
+
+
 async def bench_reruns(bench: Bench) -> list[Figure]:
     """What one rerun of each page costs the server: `streamlit run app.py` on SQLite +
     fakeredis pinned to one core, one session (harness/room.py) initialises, opens each page,
@@ -851,7 +934,8 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
     "embedded_postgres": bench_embedded_postgres,
     "reruns": bench_reruns,
 }
-ON_REQUEST = {"load": bench_load, "room": bench_room, "room_proxy": bench_room_proxy}  # named with --only; not part of the default run
+ON_REQUEST = {"load": bench_load, "room": bench_room, "room_proxy": bench_room_proxy,
+              "exercises": bench_exercises}  # named with --only; not part of the default run
 
 
 # --- running -----------------------------------------------------------------------------
