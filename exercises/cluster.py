@@ -213,9 +213,9 @@ class ExerciseCluster:
         return self._template
 
     async def _prepare_cluster(self, conn) -> None:
-        exists = await conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :name"), {"name": LEARNERS})
-        if not exists:
-            await conn.execute(text(f"CREATE ROLE {LEARNERS} NOLOGIN"))
+        # Idempotent, and safe when two processes prepare the cluster at once.
+        await conn.execute(text(f"DO $$BEGIN CREATE ROLE {LEARNERS} NOLOGIN; "
+                                "EXCEPTION WHEN duplicate_object THEN NULL; END$$"))
         # No run may connect to the cluster's own databases (pg_hba says so too).
         await conn.execute(text("REVOKE ALL ON DATABASE postgres FROM PUBLIC"))
 

@@ -17,11 +17,13 @@ def main() -> None:
             handle.write(str(os.getpid()))
     try:
         import resource
-
-        for name, value in plan["rlimits"].items():
-            resource.setrlimit(getattr(resource, name), (value, value))
     except ImportError:  # Windows: no rlimits
-        pass
+        resource = None
+    for name, value in plan["rlimits"].items() if resource else ():
+        try:
+            resource.setrlimit(getattr(resource, name), (value, value))
+        except (AttributeError, ValueError, OSError):  # a limit this platform does not take
+            print(f"launch: {name} could not be set on this platform", file=sys.stderr)
     os.nice(plan["nice"])
     os.execv(plan["argv"][0], plan["argv"])
 

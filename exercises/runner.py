@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,27 +82,32 @@ class Stopped(Exception):
 
 
 _support: Path | None = None
+_support_lock = threading.Lock()
 
 
 def support_folder() -> Path:
     """What the sandbox mounts at /lab (read-only), made once per process: the driver, each
     exercise's ops module, and a copy of the lab's models (source/models.py: SQLAlchemy only)."""
     global _support
-    if _support is None:
-        sweep_support()
-        folder = Path(tempfile.mkdtemp(prefix=f"lab2-exercise-lab-{os.getpid()}-"))
-        folder.chmod(0o755)
-        shutil.copy(HERE / "driver.py", folder / "driver.py")
-        for ops in HERE.glob("*/child.py"):
-            shutil.copy(ops, folder / f"{ops.parent.name}_ops.py")
-        (folder / "source").mkdir(mode=0o755)
-        shutil.copy(PROJECT_DIR / "source" / "models.py", folder / "source" / "models.py")
-        (folder / "source" / "__init__.py").write_text("from .models import *  # noqa: F403\n")
-        for path in folder.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        atexit.register(shutil.rmtree, folder, True)
-        _support = folder
-    return _support
+    with _support_lock:
+        return _support or _make_support()
+
+
+def _make_support() -> Path:
+    global _support
+    sweep_support()
+    folder = Path(tempfile.mkdtemp(prefix=f"lab2-exercise-lab-{os.getpid()}-"))
+    shutil.copy(HERE / "driver.py", folder / "driver.py")
+    for ops in HERE.glob("*/child.py"):
+        shutil.copy(ops, folder / f"{ops.parent.name}_ops.py")
+    (folder / "source").mkdir()
+    shutil.copy(PROJECT_DIR / "source" / "models.py", folder / "source" / "models.py")
+    (folder / "source" / "__init__.py").write_text("from .models import *  # noqa: F403\n")
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the sandbox's user, writable by none
+    atexit.register(shutil.rmtree, folder, True)
+    _support = folder
+    return folder
 
 
 def sweep_support() -> None:
