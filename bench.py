@@ -810,7 +810,7 @@ async def _spawn_seconds(argv: list[str], cgroup: bool = False) -> float:
     """Seconds from spawning argv until it exits; with cgroup, through the exercises' launcher
     into a cgroup of its own (made and removed around it), as a graded run starts."""
     from exercises import sandbox
-    from exercises.runner import HERE
+    from exercises.child_process import HERE
 
     group = sandbox.RunCgroup(sandbox.capabilities().cgroup, f"{os.getpid()}-bench", sandbox.Limits()) \
         if cgroup and sandbox.capabilities().cgroup else None
@@ -836,8 +836,8 @@ async def bench_exercises(bench: Bench, rounds: int = 3, starts: int = 10) -> li
     to its first answer (it imports SQLAlchemy, asyncpg and redis)."""
     import exercises
     from exercises import sandbox
+    from exercises.child_process import support_folder
     from exercises.cluster import ExerciseCluster
-    from exercises.runner import support_folder
 
     caps, section = sandbox.capabilities(), "exercises"
     where = "bubblewrap" if caps.os_sandbox else "no bubblewrap"

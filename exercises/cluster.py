@@ -37,7 +37,7 @@ from sqlalchemy.pool import NullPool
 
 from runtime.embedded_postgres import EmbeddedPostgres, Unavailable, data_dir
 
-from . import seed
+from . import sandbox, seed
 
 ADMIN = "postgres"
 LEARNERS = "exercise_learner"  # the group role every run's role belongs to; the template grants to it
@@ -282,15 +282,7 @@ def _is_stale(name: str) -> bool:
     pid, made = int(match.group(1)), int(match.group(2))
     if time.time() - made > STALE_AFTER_SECONDS:
         return True
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid != os.getpid() and not sandbox.alive(pid)
 
 
 _default: ExerciseCluster | None = None

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from . import sandbox
+
 START_TIMEOUT = 10.0
 CONFIG = """port 0
 unixsocket {socket}
@@ -98,19 +100,10 @@ def sweep() -> None:
     root = Path(tempfile.gettempdir())
     for folder in root.glob("lab2-exercise-redis-*-*"):
         pid = folder.name.split("-")[3]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not sandbox.alive(int(pid)):
             _kill_server_of(folder)
             shutil.rmtree(folder, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _kill_server_of(folder: Path) -> None:

@@ -227,7 +227,7 @@ def sweep_cgroups() -> None:
             continue
         for folder in root.iterdir():
             owner = folder.name.split("-")[0]
-            if folder.is_dir() and owner.isdigit() and not _alive(int(owner)):
+            if folder.is_dir() and owner.isdigit() and not alive(int(owner)):
                 kill_cgroup([folder])
                 try:
                     folder.rmdir()
@@ -235,7 +235,8 @@ def sweep_cgroups() -> None:
                     pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid runs (the owner of a leftover, named after its pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -45,7 +45,7 @@ def test_what_runs_in_the_sandbox_imports_only_what_the_sandbox_holds():
 
 
 def test_every_exercise_has_its_four_files_and_its_child_side_is_copied_into_the_sandbox():
-    from exercises.runner import support_folder
+    from exercises.child_process import support_folder
 
     copied = {path.name for path in support_folder().iterdir()}
     for exercise in exercises.catalogue():

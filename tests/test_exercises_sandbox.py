@@ -140,7 +140,7 @@ async def test_the_apps_modules_and_their_singletons_cannot_be_imported(cluster)
     assert set(outcomes(grade).values()) == {"blocked: ModuleNotFoundError"}
 
 
-async def test_patching_what_the_code_can_see_leaves_the_statement_count_as_postgresql_logged_it(cluster):
+async def test_patching_what_the_code_can_see_leaves_the_statement_count_as_the_server_logged_it(cluster):
     n_plus_one = KEY.replace(
         "select(User).where(User.id.in_(user_ids)).options(selectinload(User.scores))",
         "select(User).where(User.id.in_(user_ids))").replace("max(user.scores,", "max(await user.awaitable_attrs.scores,")
