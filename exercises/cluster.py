@@ -125,13 +125,18 @@ class ExerciseServer(EmbeddedPostgres):
         return time.perf_counter() - began
 
     def start(self) -> None:
-        """Start it (or join it), making it afresh when its settings are out of date."""
+        """Start it (or join it), making it afresh when its settings are out of date, or when it
+        does not start (with fsync off, a machine that crashed can leave it unreadable)."""
         version = self.folder / "config-version"
         if self.pgdata.exists() and (not version.exists() or version.read_text().strip() != CONFIG_VERSION):
-            if self._running_postmaster() is not None:
-                self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], timeout=60)
-            shutil.rmtree(self.pgdata)
-        started = self.ensure_running()
+            self._remove()
+        try:
+            started = self.ensure_running()
+        except Unavailable:
+            if not (self.pgdata / "PG_VERSION").exists():
+                raise
+            self._remove()
+            started = self.ensure_running()
         if not started.reused:
             try:
                 import psutil
@@ -139,6 +144,12 @@ class ExerciseServer(EmbeddedPostgres):
                 psutil.Process(started.postmaster_pid).nice(5)  # its backends, forked later, inherit it
             except Exception:  # noqa: BLE001 - a priority is a courtesy, not a requirement
                 pass
+
+
+    def _remove(self) -> None:
+        if self._running_postmaster() is not None:
+            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], timeout=60)
+        shutil.rmtree(self.pgdata, ignore_errors=True)
 
 
 def admin_url(password: str, socket_dir: Path, database: str = "postgres") -> str:

@@ -92,3 +92,19 @@ async def test_what_a_process_that_died_mid_run_left_is_swept(cluster):
     assert redis_folders_of(pid) == [] and cgroups_of(pid) == []
     assert not psutil.pid_exists(redis_pid) or psutil.Process(redis_pid).status() == psutil.STATUS_ZOMBIE
     private_redis.sweep()  # a second sweep finds nothing and fails on nothing
+
+
+async def test_an_exercise_cluster_that_no_longer_starts_is_made_afresh(tmp_path):
+    if os.name != "posix":
+        pytest.skip("the embedded PostgreSQL runs on Linux and macOS")
+    first = ExerciseCluster(tmp_path / "exercise-pg")
+    await first.ensure_ready()
+    first.stop()
+    (first.server.pgdata / "global" / "pg_control").unlink()  # as a crash with fsync off might leave it
+    again = ExerciseCluster(tmp_path / "exercise-pg")
+    try:
+        assert (await again.ensure_ready()).startswith("exercise_template_")
+        run = await again.create_run()
+        await again.drop_run(run)
+    finally:
+        again.stop()
