@@ -65,6 +65,12 @@ class StreamlitClient:
         self.values[widget_id] = WidgetState(id=widget_id, string_value=value)
         return self.run()
 
+    def set_bool(self, drawn: Drawn, label: str, value: bool) -> Drawn:
+        """A checkbox or a toggle switched on or off."""
+        widget_id = drawn.widgets[label]
+        self.values[widget_id] = WidgetState(id=widget_id, bool_value=value)
+        return self.run()
+
     def set_number(self, drawn: Drawn, label: str, value: float) -> Drawn:
         """Send any double for a number input, NaN and ±inf included (a browser sends neither)."""
         widget_id = drawn.widgets[label]

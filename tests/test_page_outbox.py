@@ -1,5 +1,6 @@
-"""Section 5 through AppTest on both backend pairs: the publisher is started and stopped from the
-page, and the page's numbers follow what really happened, faults included."""
+"""Section 5 through AppTest on both backend pairs: the arc (the problem, the minimal outbox, the
+failures against the minimal and the lab's code) and the live pipeline: the publisher started and
+stopped from the page, and the page's numbers following what really happened, faults included."""
 
 from __future__ import annotations
 
@@ -42,9 +43,30 @@ async def relays_listening() -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'"))
 
 
+STEP = re.compile(r"(appended to the stream|appended again|marked published by the relay|applied by the consumer)"
+                  r"[^·]*?(\d+\.\d\d) s after it was created")
+
+
+def steps(at: AppTest) -> list[tuple[str, float]]:
+    """The followed event's steps, as the page lists them: (what, seconds after it was created)."""
+    line = next(text for text in (m.value for m in at.markdown) if text.startswith("Your event `"))
+    return [(what, float(seconds)) for what, seconds in STEP.findall(line)]
+
+
+def test_the_page_states_the_claim_design_that_runs_with_its_statements(initialised):
+    at = open_page(PAGE)
+    design = ui.publisher().settings.design
+    assert f"Its relay claims **{design}**" in texts(at.markdown)
+    shown = texts(at.code)
+    if initialised == "servers":
+        assert "pg_try_advisory_xact_lock" in shown and "FOR UPDATE" in shown and "SKIP LOCKED" not in shown
+    assert "ORDER BY" in shown and "sequence" in shown
+
+
 def test_a_score_and_its_pending_event_are_stored_together(initialised):
     at = click(open_page(PAGE), "outbox_create")
     assert "in one transaction" in texts(at.success) and "pending" in texts(at.success)
+    assert "no. 1 of its user" in texts(at.success)
     assert metrics(at)["Created (outbox rows)"] == "1" and metrics(at)["Pending"] == "1"
     assert at.session_state["done_outbox"] is True
 
@@ -54,10 +76,12 @@ def test_the_publisher_started_from_the_page_publishes_and_the_consumer_applies(
     assert "Start the publisher to watch it go through." in texts(at.caption)
     at = click(at, "outbox_start")
     assert ui.publisher().running
-    # The run that started the publisher watched the event through the pipeline, then drew the figures.
-    watched = texts(at.markdown)
-    assert re.search(r"Your event `\w{8}`: \*\*published\*\* · appended to the stream (\d+\.\d\d) s after it "
-                     r"was created · applied by the consumer (\d+\.\d\d) s after", watched), watched
+    # The run that started the publisher watched the event through the pipeline, in a status box that
+    # stays, then drew the figures again.
+    assert any(box.label.startswith("Your event `") and box.label.endswith("settled") for box in at.status)
+    done = steps(at)
+    assert [what for what, _ in done][0] == "appended to the stream" and len(done) == 3, done
+    assert [seconds for _, seconds in done] == sorted(seconds for _, seconds in done)
     shown = metrics(at)
     assert (shown["Pending"], shown["Published"], shown["Appended to the stream"]) == ("0", "1", "1")
     assert (shown["Delivered to the consumer"], shown["Applied (inbox rows)"], shown["Duplicates dropped"]) == ("1", "1", "0")
@@ -78,33 +102,40 @@ def test_an_event_stored_while_the_publisher_runs_wakes_it_by_notify_on_postgres
     at = click(at, "outbox_refresh")
     shown = texts(at.markdown)
     if initialised == "servers":
-        assert "It wakes on LISTEN/NOTIFY at commit" in shown
+        assert "wakes on LISTEN/NOTIFY at commit" in shown
         woken = re.search(r"\*\*Publisher running\*\* · woken by NOTIFY (\d+)×", shown)
         assert woken and int(woken.group(1)) >= 1, shown
         assert ui.publisher().snapshot().notify_wakeups == int(woken.group(1))
     else:
-        assert "It wakes on a poll every" in shown and "woken by NOTIFY" not in shown
+        assert "wakes on a poll every" in shown and "woken by NOTIFY" not in shown
 
 
-def test_a_relay_crash_after_append_delivers_again_and_the_duplicate_is_dropped(initialised):
+def test_a_relay_crash_after_append_delivers_again_the_duplicate_is_dropped_and_the_times_read_in_order(
+    initialised
+):
     at = click(open_page(PAGE), "outbox_crash")
-    assert "Armed" in texts(at.info)
+    assert "Armed" in texts(at.caption)
     at = click(click(at, "outbox_create"), "outbox_start")
     wait_for(lambda: ui.outbox_overview().duplicates == 1 and ui.outbox_overview().pending == 0)
     at.run()
     shown = metrics(at)
     assert (shown["Appended to the stream"], shown["Applied (inbox rows)"], shown["Duplicates dropped"]) == ("2", "1", "1")
     assert ui.publisher().faults.crashes == 1
+    done = steps(at)  # no "applied" before the entry it applied was appended
+    assert [what for what, _ in done][0] == "appended to the stream" and "appended again" in dict(done), done
+    assert [seconds for _, seconds in done] == sorted(seconds for _, seconds in done)
+    assert dict(done)["applied by the consumer"] >= dict(done)["appended to the stream"]
 
 
 def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instructor_key(initialised, monkeypatch):
     monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")
     at = open_page(PAGE)
     assert not [b for b in at.button if b.key in ("outbox_broker_down", "outbox_stop")]
+    assert not [t for t in at.toggle if t.key == "outbox_broker_down"]
     at.text_input(key="outbox_fault_key").set_value("letmein").run()
     at.text_input(key="outbox_stop_key").set_value("letmein").run()
-    at = click(at, "outbox_broker_down")
-    assert "The broker is **down**" in texts(at.markdown)
+    at.toggle(key="outbox_broker_down").set_value(True).run()
+    assert "The relay's broker: **down**" in texts(at.caption)
     at = click(click(at, "outbox_create"), "outbox_start")
     wait_for(lambda: ui.publisher().snapshot().retries_scheduled >= 2)
     at.run()
@@ -112,7 +143,7 @@ def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instruc
     assert "broker unreachable" in texts(at.sidebar.caption)
     assert ui.run(ui.redis_client().ping())  # everyone else's Redis traffic is unaffected
 
-    at = click(at, "outbox_broker_up")
+    at.toggle(key="outbox_broker_down").set_value(False).run()
     wait_for(lambda: ui.outbox_overview().applied == 1, timeout=15)
     at.run()
     assert metrics(at)["Published"] == "1" and metrics(at)["Pending"] == "0"
@@ -132,3 +163,36 @@ def test_several_relays_run_from_the_page_in_aggregate_order_show_no_inversion(i
     assert (shown["Inversions"], shown["Duplicates"], shown["Not appended"]) == ("0", "0", "0")
     assert "3 relay(s), in aggregate order" in texts(at.caption)
     assert not ui.publisher().running  # the lab's publisher was not started or touched
+
+
+# --- the arc, on the learner's own outbox ---------------------------------------------------
+
+
+def test_the_problem_is_measured_a_commit_then_a_publish_loses_the_crashed_ones(initialised):
+    at = click(open_page(PAGE), "outbox_problem_run")
+    assert any(box.label.startswith("Storing 10 scores") and "done in" in box.label for box in at.status)
+    assert "**10** scores committed, **8** announced: **2 lost**" in texts(at.markdown)
+
+
+def test_a_prediction_is_asked_for_then_compared_with_the_measurement(initialised):
+    at = click(open_page(PAGE), "outbox_predict_run")
+    assert "Enter a prediction first" in texts(at.error) and not at.status
+    at.number_input(key="outbox_guess").set_value(20).run()
+    at = click(at, "outbox_predict_run")
+    assert "Enter a prediction first" not in texts(at.error)
+    assert "Measured: **20** applied twice (right)" in texts(at.markdown)
+
+
+@pytest.mark.parametrize("failure", ["crash", "rollback"])
+def test_each_failure_breaks_the_minimal_code_and_not_the_labs(initialised, failure):
+    at = open_page(PAGE)
+    at.radio(key="outbox_failure").set_value(failure).run()
+    at = click(at, "outbox_break_run")
+    assert len([box for box in at.status if "done in" in box.label]) == 2  # the minimal code, then the lab's
+    [table] = [df.value for df in at.dataframe if "applied twice" in df.value.columns]
+    minimal, lab = table.to_dict("records")
+    assert (lab["lost"], lab["applied twice"], lab["out of order"]) == (0, 0, 0)
+    assert (minimal["applied twice"] if failure == "crash" else minimal["lost"]) == 20
+    at.run()  # the result stays until the experiment runs again
+    assert [df for df in at.dataframe if "applied twice" in df.value.columns]
+    assert at.session_state["key_figures"]["outbox"]

@@ -78,7 +78,7 @@ def health() -> None:
                         ("Redis", "up" if status.redis_ok else "down")])
     st.caption(f"{db.label} · {widgets.escape_markdown(target.label)}. Read now (the status is cached for 3 s).")
     publisher = ui.publisher()
-    outbox_views.pipeline_figures(publisher, faults=publisher.faults)
+    outbox_views.pipeline_figures(publisher)
 
 
 def schema_actions() -> None:
