@@ -228,6 +228,28 @@ OUTBOX = (
         "takes an advisory lock per user first, then reads its batch in a new snapshot, so one relay at a "
         "time has a user's events in flight.",
     ),
+    Question(
+        "Create",
+        "Two app servers write scores for the same user; one server's clock runs 200 ms behind. What should "
+        "decide the order of that user's events?",
+        ("`created_at`, from the writing server's clock",
+         "A number per user from a counter row that the writer's transaction increments and keeps locked "
+         "until it commits", "The order in which the relay happens to read the rows", "The stream entry IDs"),
+        1,
+        "The counter row makes a second writer of the same user wait for the first to commit, so the numbers "
+        "follow commit order; a clock that runs behind stamps a later commit with an earlier time.",
+    ),
+    Question(
+        "Analyze",
+        "Redis restarts from an RDB snapshot taken before its last appends. The consumer group looks fine: "
+        "nothing pending, no lag. What happens to the events whose entries were lost?",
+        ("Redis sends them again", "They stay published and are never applied, unless something compares "
+         "the events' recorded entry IDs with the stream and sends the missing ones again",
+         "The consumer group replays them", "The relay notices because XADD fails"),
+        1,
+        "The relay records each event's entry ID with its mark; the lab's publisher looks the unapplied ones "
+        "up in the stream every few seconds and puts those gone back to pending.",
+    ),
 )
 
 MIGRATIONS = (
