@@ -27,7 +27,10 @@ from sqlalchemy import MetaData, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from labbench.event_table import Design, build_metadata
+from labbench.outbox_arc import throwaway_outbox
 from source.database import WRITE_TRANSACTION, Database
+from source.event_repository import DomainEventRepository
+from source.models import DomainEvent
 
 # --- throwaway tables ----------------------------------------------------------------------
 
@@ -182,48 +185,39 @@ def inversions(truth: Sequence[str], seen: Sequence[str]) -> int:
 
 async def ordering_experiment(db: Database, *, skew_ms: float = 50.0, per_writer: int = 20) -> OrderingResult:
     """Two writers append events to one aggregate at once; writer B's app clock runs `skew_ms`
-    behind writer A's. Each stamps created_at from its clock as it builds the event, then in one
-    transaction takes the aggregate's counter row (UPDATE ... RETURNING: a row lock on
-    PostgreSQL; on SQLite the write lock taken at BEGIN IMMEDIATE) and inserts the event with that
-    sequence number. Writers hold the lock until they commit, so the order in which they take it is
-    the commit order: it is recorded here, while the lock is held, as the truth."""
-    run = run_id()
-    metadata, table, counter = scratch_metadata(Design(status_column=False, sequence=True, versioned=False),
-                                                run, "order")
-    aggregate = "user-1"
+    behind writer A's. Each writes as the lab's own writer does, on a throwaway copy of the lab's
+    outbox tables: created_at from its clock, and the number from DomainEventRepository.add, which
+    increments the aggregate's counter row (a row lock on PostgreSQL; on SQLite the write lock
+    taken at BEGIN IMMEDIATE). Writers hold the lock until they commit, so the order in which they
+    take it is the commit order: it is recorded here, while the lock is held, as the truth."""
+    aggregate = f"user-{run_id()}"
     committed: list[str] = []  # event ids in the order their transactions took the lock
     writer_of: dict[str, str] = {}
-    async with Scratch(db, metadata):
-        async with writing(db) as conn:
-            await conn.execute(insert(counter).values(aggregate_id=aggregate, last_sequence=0))
+    async with throwaway_outbox(db) as own:
 
         async def writer(name: str, offset: timedelta) -> None:
             for n in range(per_writer):
-                event_id = f"{name}{n:03d}-{run}"
-                created_at = utc_now() - offset  # this writer's app clock
-                async with writing(db) as conn:
-                    sequence = (await conn.execute(
-                        update(counter).where(counter.c.aggregate_id == aggregate)
-                        .values(last_sequence=counter.c.last_sequence + 1).returning(counter.c.last_sequence)
-                    )).scalar_one()
-                    committed.append(event_id)
-                    writer_of[event_id] = name
-                    await conn.execute(insert(table).values(
-                        id=event_id, aggregate_id=aggregate, event_type="AIRScoreCalculated",
-                        payload={"writer": name}, created_at=created_at, sequence=sequence))
+                event = DomainEvent(id=f"{name}{n:03d}-{aggregate}"[:36], event_type="AIRScoreCalculated",
+                                    aggregate_type="User", aggregate_id=aggregate, payload={"writer": name},
+                                    created_at=utc_now() - offset)  # this writer's app clock
+                async with own.sessions.begin() as session:
+                    await session.connection(execution_options=WRITE_TRANSACTION)
+                    await DomainEventRepository(session).add(event)
+                    committed.append(event.id)
+                    writer_of[event.id] = name
                 await asyncio.sleep(random.uniform(0, 0.003))  # think time: the writers interleave
 
         await asyncio.gather(writer("A", timedelta(0)), writer("B", timedelta(milliseconds=skew_ms)))
-        async with db.engine.connect() as conn:
-            by_time = (await conn.scalars(select(table.c.id).order_by(table.c.created_at, table.c.id))).all()
-            by_sequence = (await conn.scalars(select(table.c.id).order_by(table.c.sequence))).all()
-            sequences = (await conn.scalars(select(table.c.sequence).order_by(table.c.sequence))).all()
-            rows = {r.id: r for r in (await conn.execute(select(table))).all()}
+        async with own.sessions() as session:
+            rows = {event.id: event for event in await session.scalars(select(DomainEvent))}
+    by_time = [e.id for e in sorted(rows.values(), key=lambda e: (e.created_at, e.id))]
+    by_sequence = [e.id for e in sorted(rows.values(), key=lambda e: e.sequence)]
+    sequences = sorted(e.sequence for e in rows.values())
     first = [{"commit order": n + 1, "writer": writer_of[i], "sequence": rows[i].sequence,
               "created_at": f"{_aware(rows[i].created_at):%H:%M:%S.%f}"[:-3]} for n, i in enumerate(committed[:8])]
     switches = sum(1 for a, b in zip(committed, committed[1:], strict=False) if writer_of[a] != writer_of[b])
     return OrderingResult(skew_ms, len(committed), inversions(committed, by_time), inversions(committed, by_sequence),
-                          list(sequences) == list(range(1, len(committed) + 1)), switches, first)
+                          sequences == list(range(1, len(committed) + 1)), switches, first)
 
 
 # --- 3. schema version and correlation/causation ids -------------------------------------------

@@ -8,10 +8,10 @@ from ui.views import event_design_views as views
 ui.page("5b. Event Table Design (Create)")
 st.title("5b. Design the event table and its delivery")
 st.markdown(
-    "Section 5 showed one finished design. Here you choose: your choices for the table change its "
-    "definition below, and the lab runs the same workload through both alternatives of each choice "
-    "(where the database offers both) on throwaway tables in the lab's database, dropped afterwards "
-    "(the lab's `domain_events` table is never touched), and measures what happens. Your choice is "
+    "Alex has a working outbox. Before other teams copy it, he wants each choice in its table measured, "
+    "not argued. Your choices for the table change its definition below, and the lab runs the same "
+    "workload through both alternatives of each choice (where the database offers both) on throwaway "
+    "tables, dropped afterwards (the lab's `domain_events` table is never touched). Your choice is "
     "marked in each result."
 )
 if not ui.backend_status().database_ok:
@@ -53,20 +53,20 @@ st.markdown(
     "read by a consumer; and a relay that polls or listens, idle and then with events arriving."
 )
 if st.button("Run my design's workload", key="evd_run"):
-    with ui.errors_shown(), st.spinner("Measuring…"):
+    with ui.errors_shown():
         views.run_workbench(design, skew_ms=float(skew_ms), interval=float(interval))
         ui.mark_done("event_design")
 views.workbench_results(design)
 
 st.subheader("3. Pub/Sub or Streams: a subscriber goes away")
 st.markdown(
-    "The introduction names Redis as *Cache + Pub/Sub*, yet the lab's relay appends to a **stream**. Why: "
+    "Redis also has Pub/Sub, yet the lab's relay appends to a **stream**. Why: "
     "the same events are published both ways (`PUBLISH` to a channel and `XADD` to a stream) while a "
     "Pub/Sub subscriber is unsubscribed and a stream consumer stops reading for at least a second, then both "
     "come back."
 )
 if st.button("Publish both ways with the subscriber away", key="evd_pubsub"):
-    with ui.errors_shown(), st.spinner("Publishing…"):
+    with ui.errors_shown():
         views.run_pubsub()
 views.pubsub_results()
 
@@ -84,7 +84,7 @@ st.markdown(
     "the events of those operations and before its mark commits; the restarted relay appends them again."
 )
 if st.button("Run the four with injected crashes", key="evd_crash"):
-    with ui.errors_shown(), st.spinner("Crashing…"):
+    with ui.errors_shown():
         views.run_crashes()
 views.crash_results()
 

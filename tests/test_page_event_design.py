@@ -57,6 +57,7 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     assert "○ 5b. Event Table Design (Create)" in texts(at.sidebar.caption)
     at = click(at, "evd_run")
     assert at.session_state["done_event_design"] is True
+    assert any(box.label.startswith("Running your design's workload: done in") for box in at.status)
     tables = frames(at)
     retention, ordering = tables[0], tables[1]
     assert [row["rows left"] for row in retention] == [20, 0]
@@ -75,6 +76,7 @@ def test_the_default_run_shows_each_choice_measured_and_the_check_cites_it(app_e
     shown = texts(at.markdown)
     assert "Sent while away: **5** · lost by Pub/Sub: **5** · lost by the stream: **0**" in shown
     at = click(at, "evd_crash")
+    assert any(box.label.startswith("Storing scores four ways") and "done in" in box.label for box in at.status)
     crash = {row["strategy"]: (row["lost events"], row["phantom events"], row["entries appended again"])
              for row in frames(at)[-1]}
     assert crash == {"dual write": (0, 2, 0), "publish after commit": (2, 0, 0), "outbox": (0, 0, 0),

@@ -38,19 +38,23 @@ async def _with_redis(use: Callable[[Any], Awaitable[Any]]) -> Any:
 def run_workbench(design: event_table.Design, *, skew_ms: float, interval: float) -> None:
     db, prefix = ui.database(), source.redis_prefix()
 
-    async def everything() -> dict[str, Any]:
+    async def everything(report) -> dict[str, Any]:
+        report("retention: a status column, then delete-on-publish", 0.0)
         found: dict[str, Any] = {
             "retention": [await _with_redis(lambda client, k=k: event_design.retention_experiment(
                 db, client, prefix=prefix, keeps_status=k)) for k in (True, False)],
-            "ordering": await event_design.ordering_experiment(db, skew_ms=skew_ms),
-            "versioning": [await event_design.versioning_experiment(db, versioned=v) for v in (True, False)],
         }
+        report(f"ordering: two writers, one {skew_ms:g} ms behind", 0.25)
+        found["ordering"] = await event_design.ordering_experiment(db, skew_ms=skew_ms)
+        report("versions: old and new payloads, one request's chain", 0.5)
+        found["versioning"] = [await event_design.versioning_experiment(db, versioned=v) for v in (True, False)]
         modes = ["poll"] + (["notify"] if db.backend == "postgresql" else [])
+        report("waking: a relay idle, then with events arriving (" + " and ".join(modes) + ")", 0.6)
         found["wake"] = [await _with_redis(lambda client, m=m: relay_wake.wake_experiment(
             db, client, prefix=prefix, mode=m, interval=interval)) for m in modes]
         return found
 
-    results().update(ui.run(everything(), timeout=180))
+    results().update(ui.run_showing(everything, label="Running your design's workload", about=9, timeout=180))
     results()["design"] = design
 
 
@@ -129,8 +133,8 @@ def workbench_results(design: event_table.Design) -> None:
 
 def run_pubsub() -> None:
     prefix = source.redis_prefix()
-    results()["pubsub"] = ui.run(_with_redis(lambda client: pubsub_vs_streams.pubsub_vs_streams(
-        client, prefix=prefix)), timeout=60)
+    results()["pubsub"] = ui.run_showing(lambda report: _with_redis(lambda client: pubsub_vs_streams.pubsub_vs_streams(
+        client, prefix=prefix)), label="Publishing both ways with the subscriber away", about=3, timeout=60)
 
 
 def pubsub_results() -> None:
@@ -160,11 +164,17 @@ def pubsub_results() -> None:
 def run_crashes() -> None:
     db, prefix = ui.database(), source.redis_prefix()
 
-    async def every_strategy(client):
-        return [await dual_write.crash_experiment(db, client, prefix=prefix, strategy=s)
-                for s in dual_write.STRATEGIES]
+    async def every_strategy(report):
+        async def each(client):
+            found = []
+            for n, strategy in enumerate(dual_write.STRATEGIES):
+                report(strategy, n / len(dual_write.STRATEGIES))
+                found.append(await dual_write.crash_experiment(db, client, prefix=prefix, strategy=strategy))
+            return found
+        return await _with_redis(each)
 
-    results()["crash"] = ui.run(_with_redis(every_strategy), timeout=60)
+    results()["crash"] = ui.run_showing(every_strategy, label="Storing scores four ways, with crashes injected",
+                                        about=3, timeout=60)
 
 
 def crash_results() -> None:
