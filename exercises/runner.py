@@ -60,6 +60,9 @@ class Run:
         self._admin = None
         self._admin_engine = None
         self._log: ServerLog | None = None
+        self._sockets: dict = {}
+        self._code = ""
+        self._earlier_output = ""  # what a child that was replaced (restart) printed
 
     @property
     def stopped(self) -> str | None:
@@ -70,7 +73,7 @@ class Run:
         return self.child.start_seconds
 
     def output_text(self) -> str:
-        return self.child.output()
+        return self._earlier_output + self.child.output()
 
     def cpu_wait(self) -> float | None:
         return self.child.cpu_wait()
@@ -99,11 +102,15 @@ class Run:
             self.redis = private_redis.PrivateRedis()
             await self.redis.start()
             sockets[SOCKETS["redis"]] = self.redis.socket_dir
+        self._sockets = sockets
+        await self._start_child()
+        await self.fence()  # the measuring starts here
+
+    async def _start_child(self) -> None:
         packages = sandbox.CHILD_PACKAGES + (sandbox.FAKEREDIS_PACKAGES if self.redis_mode == "fakeredis" else ())
-        await self.child.start(name=self.database.name, sockets=sockets, packages=packages)
+        await self.child.start(name=self.database.name, sockets=self._sockets, packages=packages)
         await self.child.send({"ops": f"{self.exercise.package}_ops", "database_url": self._database_url(),
                                "redis": self._redis_settings(), **self.exercise.child_settings})
-        await self.fence()  # the measuring starts here
 
     def _database_url(self) -> str:
         inside = SOCKETS["pg"] if self.caps.os_sandbox else self.cluster.socket_dir
@@ -136,7 +143,17 @@ class Run:
         return await self.child.request({"op": op, "args": args}, timeout or self.limits.step_seconds)
 
     async def load(self, code: str) -> Answer:
+        self._code = code
         return await self.child.request({"op": "load", "code": code}, self.limits.step_seconds)
+
+    async def restart(self) -> Answer:
+        """A fresh child with the code loaded again, in place of one that died or was killed (a
+        relay process that dies and its successor): the same database and Redis. Raises Stopped."""
+        self._earlier_output += self.child.output()
+        await self.child.close()
+        self.child = Child(self.limits)
+        await self._start_child()
+        return await self.load(self._code)
 
     async def fence(self) -> Seen:
         """What the run's role sent since the last fence, as the server logged it."""
