@@ -46,7 +46,7 @@ RUN_NAME = re.compile(r"^exrun_(\d+)_(\d+)_[0-9a-f]{8}$")
 STALE_AFTER_SECONDS = 3600  # a run this old is dropped even if its process still runs
 RUN_CONNECTION_LIMIT = 40  # connections one run may hold; the cluster allows 100
 # Bump when the settings below change: a cluster with other settings is made afresh.
-CONFIG_VERSION = "2"
+CONFIG_VERSION = "3"
 SETTINGS = """
 # --- the lab's exercise cluster (exercises/cluster.py) ---
 max_connections = 100
@@ -64,6 +64,8 @@ log_parameter_max_length = 0
 client_connection_check_interval = '1s'
 idle_in_transaction_session_timeout = '30s'
 temp_file_limit = '256MB'
+# each transaction's commit time: the true commit order of rows a run's code wrote (section 5b's exercise)
+track_commit_timestamp = on
 """
 HBA = """# the lab's exercise cluster: a password for everyone, each run's role only to its own database
 local  all       postgres  scram-sha-256
