@@ -36,7 +36,7 @@ async def grant_relay(run) -> None:
 
 def grader_database(run) -> Database:
     """The run's database as the grader (the cluster's superuser): not logged, not the child's."""
-    return Database(run.cluster.admin_url(run.database.name), pool_size=2, max_overflow=0, pre_ping=False)
+    return Database(run.cluster.admin_url(run.database.name), pool_size=2, max_overflow=2, pre_ping=False)
 
 
 def new_stream() -> str:
