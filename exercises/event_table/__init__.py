@@ -22,7 +22,7 @@ from sqlalchemy import text
 from labbench.event_design import FAIL_EVERY, inversions, ordering_experiment, retention_experiment
 
 from ..catalogue import CheckResult, Exercise
-from ..outbox_relay.observe import Broker, grader_database, new_stream
+from ..outbox_relay.grader import Broker, grader_database, new_stream
 
 SCHEMA = "design"
 SKEW_MS = 200.0

@@ -14,21 +14,22 @@ relays at once. What reached the stream is then applied by the lab's consumer wi
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
-
-from sqlalchemy import text
 
 from ..catalogue import CheckResult, Exercise
 from ..checking import statements_evidence
 from ..runner import Stopped
-from .observe import (
+from .grader import (
+    HOLD_SECONDS,
     Broker,
     Outcome,
     created_at_inversions,
+    cut,
     follows_created_at,
     grader_database,
     grant_relay,
+    held_backend,
+    hold_commits,
     lost_statuses,
     new_stream,
     observe,
@@ -39,7 +40,6 @@ from .observe import (
 BATCH = 20
 MOST_STATEMENTS = 3  # the claim (the lab's aggregate-order claim takes two) and one UPDATE for the marks
 SKEW_MS = 200
-HOLD_SECONDS = 8  # how long the trigger holds a COMMIT; the grader kills the relay well before
 CHECKS = (
     f"A batch of {BATCH}: each event appended with its fields, then marked published",
     f"Statements for a batch of {BATCH}: at most {MOST_STATEMENTS}, in one transaction",
@@ -77,11 +77,11 @@ def calls_said(calls: list) -> str:
     return said + (f", then one raised {errors[0]}" if errors else "")
 
 
-def relays_failed(answer, relays: list) -> str | None:
-    """Why the relays' loop did not drain the events, or None."""
+def relays_failed(answer) -> str | None:
+    """Why the relays' calls (the "relays" op) did not drain the events, or None."""
     if not answer.ok:
         return f"the calls raised {answer.error_text}"
-    for calls in relays:
+    for calls in answer.value:
         if calls and calls[-1][0] != "ok":
             return f"relay_batch raised {calls[-1][1]}"
         if calls and calls[-1][1] != 0:
@@ -114,9 +114,9 @@ async def one_batch(run, db, broker: Broker) -> tuple[CheckResult, CheckResult]:
     xadds = await broker.xadds()
     step = await run.step("relay", stream=stream, batch_size=BATCH)
     after_xadds = await broker.xadds()
-    batch, _ = await observe(run, db, broker, stream, events, consume=False)
+    batch = await observe(run, db, broker, stream, events, consume=False)
     drained = await run.call("relays", stream=stream, batch_size=BATCH)
-    outcome, _ = await observe(run, db, broker, stream, events)
+    outcome = await observe(run, db, broker, stream, events)
     figures = {"returned": step.answer.value if step.answer.ok else None, "appended": batch.appended,
                "marked_published": batch.marked, "marked_never_appended": batch.marked_not_appended,
                "xadd_commands": None if xadds is None else after_xadds - xadds} | {
@@ -131,7 +131,7 @@ async def one_batch(run, db, broker: Broker) -> tuple[CheckResult, CheckResult]:
                    f"from {len(events)} pending: a batch is {BATCH}, each appended and then marked")
     elif step.answer.value != BATCH:
         problem = f"relay_batch returned {step.answer.value!r} for a batch of {BATCH} it published"
-    elif (why := relays_failed(drained, drained.value or [])) is not None:
+    elif (why := relays_failed(drained)) is not None:
         problem = f"Draining the other {len(events) - BATCH} events: {why}"
     elif (why := delivery_problem(outcome)) is not None:
         problem = why
@@ -177,10 +177,10 @@ async def skewed_writers(run, db, broker: Broker) -> CheckResult:
     stream = new_stream()
     answer = await run.call("relays", stream=stream, batch_size=10)
     entries = await broker.entries(stream)
-    outcome, _ = await observe(run, db, broker, stream, events)
+    outcome = await observe(run, db, broker, stream, events)
     by_clock = created_at_inversions(events)
     figures = outcome.figures() | {"skew_ms": SKEW_MS, "batch_size": 10, "created_at_order_inversions": by_clock}
-    if (why := relays_failed(answer, answer.value or [])) is not None:
+    if (why := relays_failed(answer)) is not None:
         return CheckResult(CHECKS[2], False, f"Relaying {len(events)} events: {why}.", figures)
     if outcome.inversions:
         because = (f": the stream follows created_at, and writer B's clock runs {SKEW_MS} ms behind writer A's, so "
@@ -197,44 +197,6 @@ async def skewed_writers(run, db, broker: Broker) -> CheckResult:
 
 # --- 4: the relay dies at its commit -------------------------------------------------------------
 
-async def hold_commits(run, on: bool) -> None:
-    """A deferred trigger that holds each COMMIT marking an event published (the grader's own:
-    the run's role cannot alter the table, nor see the function)."""
-    if on:
-        await run.sql(text("CREATE FUNCTION exercise_hold_commit() RETURNS trigger LANGUAGE plpgsql AS "
-                           f"$$BEGIN PERFORM pg_sleep({HOLD_SECONDS}); RETURN NULL; END$$"))
-        await run.sql(text("CREATE CONSTRAINT TRIGGER exercise_relay_dies AFTER UPDATE ON domain_events DEFERRABLE "
-                           "INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'published') "
-                           "EXECUTE FUNCTION exercise_hold_commit()"))
-    else:
-        await run.sql(text("DROP TRIGGER IF EXISTS exercise_relay_dies ON domain_events"))
-        await run.sql(text("DROP FUNCTION IF EXISTS exercise_hold_commit()"))
-
-
-async def held_backend(run, task: asyncio.Future, timeout: float) -> int | None:
-    """The run's backend whose COMMIT the trigger holds, once it is there; None if the call ended
-    first, or after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not task.done():
-        pid = (await run.sql(text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND wait_event = 'PgSleep'"),
-                             {"role": run.database.name})).scalar()
-        if pid is not None:
-            return pid
-        await asyncio.sleep(0.01)
-    return None
-
-
-async def cut(run, pid: int) -> None:
-    """What the server does when a relay's process dies: its session ends and its open
-    transaction rolls back (the server notices the closed socket within
-    client_connection_check_interval; the grader does not wait for that)."""
-    await run.sql(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    for _ in range(500):
-        if not (await run.sql(text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})).scalar():
-            return
-        await asyncio.sleep(0.01)
-
-
 async def relay_dies(run, db, broker: Broker) -> CheckResult:
     await set_aside_pending(run)
     events = await write_events(db, users=6, count=30)
@@ -246,7 +208,7 @@ async def relay_dies(run, db, broker: Broker) -> CheckResult:
         pid = await held_backend(run, task, timeout=HOLD_SECONDS - 2)
         if pid is not None:
             if broker.outside:
-                at_death, _ = await observe(run, db, broker, stream, events, consume=False)
+                at_death = await observe(run, db, broker, stream, events, consume=False)
                 run.child.kill()  # the relay's process dies
             await cut(run, pid)
     finally:
@@ -267,14 +229,14 @@ async def relay_dies(run, db, broker: Broker) -> CheckResult:
             return CheckResult(CHECKS[3], False, f"The next relay could not load the code: {loaded.error_text}.")
     else:  # fakeredis: the stream lives in the relay's process, which must survive; its connection ends
         how = "its database connection was cut: with fakeredis the stream lives in the relay's process"
-        at_death, _ = await observe(run, db, broker, stream, events, consume=False)
+        at_death = await observe(run, db, broker, stream, events, consume=False)
     drained = await run.call("relays", stream=stream, batch_size=BATCH)
-    outcome, _ = await observe(run, db, broker, stream, events)
+    outcome = await observe(run, db, broker, stream, events)
     figures = outcome.figures() | {"appended_before_death": at_death.appended, "marked_at_death": at_death.marked,
                                    "effects_applied_twice": outcome.effects_twice}
     died = (f"The relay died at its COMMIT ({how}) with {plural(at_death.appended, 'event')} appended and "
             f"{at_death.marked} marked" + ("; its COMMIT came before any append" if not at_death.appended else ""))
-    if (why := relays_failed(drained, drained.value or [])) is not None:
+    if (why := relays_failed(drained)) is not None:
         return CheckResult(CHECKS[3], False, f"{died}. Then the next relay: {why}.", figures)
     if (why := delivery_problem(outcome)) is not None:
         return CheckResult(CHECKS[3], False, f"{died}: {why}.", figures)
@@ -298,11 +260,11 @@ async def refused(run, db, broker: Broker) -> CheckResult:
     try:
         during = await run.call("relay", stream=stream, batch_size=BATCH)
         refusals = None if before is None else await broker.refusals() - before
-        at_refusal, _ = await observe(run, db, broker, stream, events, consume=False)
+        at_refusal = await observe(run, db, broker, stream, events, consume=False)
     finally:
         await broker.accept()
     drained = await run.call("relays", stream=stream, batch_size=BATCH)
-    outcome, _ = await observe(run, db, broker, stream, events)
+    outcome = await observe(run, db, broker, stream, events)
     answered = f"raised {during.error['type'].rpartition('.')[2]}" if not during.ok else f"returned {during.value!r}"
     figures = outcome.figures() | {"refusals_counted_by_redis": refusals, "marked_while_refused": at_refusal.marked,
                                    "appended_while_refused": at_refusal.appended,
@@ -312,7 +274,7 @@ async def refused(run, db, broker: Broker) -> CheckResult:
         return CheckResult(CHECKS[4], False, f"{at_refusal.marked_not_appended} events marked published, never "
                            f"appended, while Redis refused (relay_batch: {answered}): the marks committed although the "
                            f"appends failed{later}.", figures)
-    if (why := relays_failed(drained, drained.value or [])) is not None:
+    if (why := relays_failed(drained)) is not None:
         return CheckResult(CHECKS[4], False, f"Once Redis accepted again: {why}.", figures)
     if (why := delivery_problem(outcome)) is not None:
         return CheckResult(CHECKS[4], False, f"Once Redis accepted again: {why}.", figures)
@@ -329,10 +291,10 @@ async def two_relays(run, db, broker: Broker) -> CheckResult:
     events = await write_events(db, users=4, count=40)
     stream = new_stream()
     answer = await run.call("relays", stream=stream, batch_size=10, relays=2)
-    outcome, _ = await observe(run, db, broker, stream, events)
+    outcome = await observe(run, db, broker, stream, events)
     published = [sum(value for kind, value in calls if kind == "ok") for calls in answer.value or []]
     figures = outcome.figures() | {"published_by_each_relay": published}
-    if (why := relays_failed(answer, answer.value or [])) is not None:
+    if (why := relays_failed(answer)) is not None:
         return CheckResult(CHECKS[5], False, f"Two relays on {len(events)} events: {why}.", figures)
     if outcome.twice:
         return CheckResult(CHECKS[5], False, f"{outcome.twice} events published twice by two relays on "

@@ -1,16 +1,19 @@
-"""The grader's side of section 5's exercises, outside the child: the lab's writer puts events in
-the run's database, the run's Redis is read (and made to refuse) on the grader's own client, the
-lab's consumer (source/inbox.py, with its inbox) applies what reached the stream, and an observer
-counts, per event, what each relay lost, appended twice or put out of order (as
-labbench/outbox_arc.py counts them for the lab's and the minimal relay).
+"""The grader's side of sections 5 and 5b's exercises, outside the child: the lab's writer puts
+events in the run's database, the run's Redis is read (and made to refuse) on the grader's own
+client, the lab's consumer (source/inbox.py, with its inbox) applies what reached the stream, and an
+observer counts, per event, what each relay lost, appended twice or put out of order (as
+labbench/outbox_arc.py counts them for the lab's and the minimal relay). A relay is made to die at
+the COMMIT of its marks by a deferred trigger the grader adds for that check.
 
-The child's role may read the events and change only their delivery columns (status,
-published_at, stream_id, attempts, next_attempt_at, last_error, updated_at): it cannot add, remove or renumber
-an event, nor touch the consumer's inbox and read model, which only the grader writes."""
+The child's role may read the events and change only their delivery columns (status, published_at,
+stream_id, attempts, next_attempt_at, last_error, updated_at): it cannot add, remove or renumber an
+event, nor touch the consumer's inbox and read model, which only the grader writes."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,11 +23,12 @@ from sqlalchemy import text
 
 from source.database import Database
 from source.event_repository import DomainEventRepository
-from source.inbox import Applied, PoisonEntry, apply_entries, parse_entry
+from source.inbox import PoisonEntry, apply_entries, parse_entry
 from source.models import DomainEvent, new_id
 
 DELIVERY_COLUMNS = "status, published_at, stream_id, attempts, next_attempt_at, last_error, updated_at"
 REDIS_MAXMEMORY = "64mb"  # private_redis.CONFIG's
+HOLD_SECONDS = 8  # how long the trigger holds a COMMIT; the grader kills the relay well before
 
 
 async def grant_relay(run) -> None:
@@ -194,7 +198,7 @@ async def stream_view(broker: Broker, stream: str, events: list[Written]) -> tup
 
 
 async def observe(run, db: Database, broker: Broker, stream: str, events: list[Written], *,
-                  consume: bool = True) -> tuple[Outcome, Applied | None]:
+                  consume: bool = True) -> Outcome:
     """The stream and the table now; with consume, the lab's consumer then applies the stream's
     entries of these events (its inbox drops repeats) and the inbox is read."""
     entries, outcome = await stream_view(broker, stream, events)
@@ -204,13 +208,11 @@ async def observe(run, db: Database, broker: Broker, stream: str, events: list[W
     marked = {event_id for event_id, value in status.items() if value == "published"}
     outcome.marked = len(marked)
     outcome.marked_not_appended = len(marked - appended)
-    applied = None
     if consume:
         ours = [(entry_id, fields) for entry_id, fields in entries
                 if fields.get(b"event_id", b"").decode("utf-8", "replace") in status]
         if ours:
-            applied = await apply_entries(db=db, entries=ours)
-            outcome.repeats = applied.duplicates
+            outcome.repeats = (await apply_entries(db=db, entries=ours)).duplicates
         done = set((await run.sql(text("SELECT event_id FROM consumer_inbox WHERE event_id = ANY(:ids)"),
                                   {"ids": ids})).scalars())
         outcome.applied = len(done)
@@ -219,7 +221,7 @@ async def observe(run, db: Database, broker: Broker, stream: str, events: list[W
         counted = (await run.sql(text("SELECT coalesce(sum(scores_applied), 0) FROM score_summaries "
                                       "WHERE user_id = ANY(:users)"), {"users": users})).scalar_one()
         outcome.effects_twice = int(counted) - len(done)
-    return outcome, applied
+    return outcome
 
 
 def created_at_inversions(events: list[Written]) -> int:
@@ -246,3 +248,44 @@ def follows_created_at(entries: list, events: list[Written]) -> bool:
 
 def lost_statuses(outcome: Outcome) -> str:
     return ", ".join(f"{count} {status!r}" for status, count in outcome.statuses.most_common())
+
+
+# --- a relay that dies at its COMMIT -------------------------------------------------------------
+
+async def hold_commits(run, on: bool) -> None:
+    """A deferred trigger that holds each COMMIT marking an event published (the grader's own:
+    the run's role cannot alter the table, nor see the function)."""
+    if on:
+        await run.sql(text("CREATE FUNCTION exercise_hold_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                           f"$$BEGIN PERFORM pg_sleep({HOLD_SECONDS}); RETURN NULL; END$$"))
+        await run.sql(text("CREATE CONSTRAINT TRIGGER exercise_relay_dies AFTER UPDATE ON domain_events DEFERRABLE "
+                           "INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'published') "
+                           "EXECUTE FUNCTION exercise_hold_commit()"))
+    else:
+        await run.sql(text("DROP TRIGGER IF EXISTS exercise_relay_dies ON domain_events"))
+        await run.sql(text("DROP FUNCTION IF EXISTS exercise_hold_commit()"))
+
+
+async def held_backend(run, task: asyncio.Future, timeout: float) -> int | None:
+    """The run's backend whose COMMIT the trigger holds, once it is there; None if the call ended
+    first, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not task.done():
+        pid = (await run.sql(text("SELECT pid FROM pg_stat_activity WHERE usename = :role AND wait_event = 'PgSleep' "
+                                  "AND query ILIKE 'commit%'"),
+                             {"role": run.database.name})).scalar()
+        if pid is not None:
+            return pid
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def cut(run, pid: int) -> None:
+    """What the server does when a relay's process dies: its session ends and its open
+    transaction rolls back (the server notices the closed socket within
+    client_connection_check_interval; the grader does not wait for that)."""
+    await run.sql(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    for _ in range(500):
+        if not (await run.sql(text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})).scalar():
+            return
+        await asyncio.sleep(0.01)
