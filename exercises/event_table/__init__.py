@@ -196,7 +196,7 @@ async def retention(run, db, broker: Broker, table: str) -> list[CheckResult]:
                               figures)
     elif ours["history_rows"] < len(order):
         history = CheckResult(CHECKS[2], False, f"{ours['history_rows']} of {len(order)} published events left in your "
-                              f"table: a consumer that lost its read model has nothing to replay ({kept}).", figures)
+                              f"table: none of the others can be listed or sent again ({kept}).", figures)
     else:
         history = CheckResult(CHECKS[2], True, f"All {len(order)} published events are still in your table "
                               f"({kept}).", figures)

@@ -7,8 +7,9 @@ code what happened. Your table decides three things, and the checks measure each
 
 1. Order: a consumer must get each aggregate's events in the order their transactions committed,
    even when two writers race on one aggregate and writer B's clock runs 200 ms behind writer A's.
-2. History: a published event stays in the table (a consumer that lost its read model replays
-   them; deleting old events is a retention job's work, not the relay's).
+2. History: a published event stays in the table, where it can be listed and sent again (section
+   5's reconcile sends again published events a broker lost); deleting old events is a retention
+   job's work, not the relay's.
 3. Attempts: each refused attempt is counted on the event's row, in a column named `attempts`.
 """
 
