@@ -3,10 +3,12 @@ entry with its time in the driver and its kind: a data statement, transaction co
 COMMIT, ROLLBACK) or the pool's pre-ping. It listens on the engine from outside; the answer key
 knows nothing of it.
 
-Not every command passes SQLAlchemy's cursor events: asyncpg's adapter sends BEGIN itself before
-a transaction's first statement, COMMIT and ROLLBACK go through the dialect, and the pool pings a
-connection it hands out again (asyncpg: BEGIN; `;`; ROLLBACK outside a transaction). Those are
-recorded from the dialect's own calls, each only when the driver really sends something."""
+Not every command passes SQLAlchemy's cursor events: asyncpg's adapter sends BEGIN itself, inside
+the cursor's execute of a transaction's first statement, COMMIT and ROLLBACK go through the dialect,
+and the pool pings a connection it hands out again (asyncpg: BEGIN; `;`; ROLLBACK outside a
+transaction). Those are recorded from the dialect's and the adapter's own calls, each only when the
+driver really sends something, and each with its own time: BEGIN's round trip is not billed to the
+statement that follows it."""
 
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ class RecordedStatement:
 @dataclass
 class StatementLog:
     sent: list[RecordedStatement] = field(default_factory=list)  # everything, in the order sent
+    # BEGINs noted and not yet sent, by the adapter that sends them (asyncpg sends BEGIN inside the
+    # execute of the transaction's first statement, which is timed without it).
+    pending_begins: dict[int, RecordedStatement] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def statements(self) -> list[RecordedStatement]:
@@ -79,6 +84,7 @@ def instrument(engine: AsyncEngine) -> None:
     dialect.do_commit = _transaction_control(dialect.do_commit, "COMMIT")
     dialect.do_rollback = _transaction_control(dialect.do_rollback, "ROLLBACK")
     dialect.do_ping = _ping(dialect.do_ping)
+    _time_asyncpg_begin()
 
 
 @contextmanager
@@ -150,13 +156,46 @@ def _before_execute(conn, cursor, statement, parameters, context, executemany) -
         _note(statement, "transaction")
         return
     adapter = getattr(cursor, "_adapt_connection", None)
+    begin = None
     if getattr(adapter, "_transaction", "n/a") is None and adapter.isolation_level != "autocommit":
-        _note("BEGIN", "transaction")  # asyncpg's adapter sends it just before this statement
+        # asyncpg's adapter sends BEGIN inside this statement's execute: noted first, timed on its own.
+        begin = _note("BEGIN", "transaction")
+        if begin is not None:
+            _current_log.get().pending_begins[id(adapter)] = begin
     recorded = _note(statement, "data")
     if context is not None:
-        context._lab_recorded = (recorded, time.perf_counter())
+        context._lab_recorded = (recorded, time.perf_counter(), begin)
+
+
 def _after_execute(conn, cursor, statement, parameters, context, executemany) -> None:
     entry = getattr(context, "_lab_recorded", None)
     if entry is not None:
-        recorded, started = entry
-        recorded.seconds = time.perf_counter() - started
+        recorded, started, begin = entry
+        elapsed = time.perf_counter() - started
+        recorded.seconds = elapsed - (begin.seconds if begin is not None else 0.0)
+
+
+def _time_asyncpg_begin() -> None:
+    """Time the BEGIN that asyncpg's adapter sends inside a statement's execute (`_start_transaction`)
+    into the entry _before_execute noted for it. Installed once per process on the adapter's class:
+    outside a recorded block, and for a BEGIN no block noted, it only calls the original."""
+    try:
+        from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection as adapter_class
+    except ImportError:  # no asyncpg here: nothing sends a BEGIN of its own
+        return
+    original = adapter_class._start_transaction
+    if getattr(original, "lab_timed", False):
+        return
+
+    async def _start_transaction(self):
+        log = _current_log.get()
+        begin = log.pending_begins.pop(id(self), None) if log is not None else None
+        started = time.perf_counter()
+        try:
+            return await original(self)
+        finally:
+            if begin is not None:
+                begin.seconds = time.perf_counter() - started
+
+    _start_transaction.lab_timed = True  # type: ignore[attr-defined]
+    adapter_class._start_transaction = _start_transaction

@@ -65,8 +65,9 @@ class WireCounter:
     """Counts what clients send through it: each simple Query ('Q') and each Sync ('S', which ends an
     extended-protocol exchange) is one round trip to the server."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.round_trips = 0
+        self.delay = delay  # seconds added to each round trip, before it reaches the server
 
     async def pump_counting(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Untyped start-up messages first (SSLRequest, then StartupMessage), then typed ones.
@@ -83,6 +84,8 @@ class WireCounter:
             body = await reader.readexactly(length - 4)
             if kind in (b"Q", b"S"):
                 self.round_trips += 1
+                if self.delay:
+                    await asyncio.sleep(self.delay)
             writer.write(kind + struct.pack("!I", length) + body)
             await writer.drain()
 
@@ -94,10 +97,11 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @asynccontextmanager
-async def wire_proxy(url):
+async def wire_proxy(url, delay: float = 0.0):
     """A TCP proxy on 127.0.0.1 in front of the server at `url` (TCP, or the Unix socket that
-    `?host=/folder` names, as the embedded PostgreSQL's URL does)."""
-    counter = WireCounter()
+    `?host=/folder` names, as the embedded PostgreSQL's URL does); `delay` seconds added to each
+    round trip."""
+    counter = WireCounter(delay)
     port, socket_folder = url.port or 5432, url.query.get("host")
 
     async def open_server():
@@ -141,3 +145,22 @@ async def test_on_postgresql_the_recorded_commands_match_the_round_trips_on_the_
                 assert counter.round_trips - before == log.commands == 6
         finally:
             await db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_on_asyncpg_begin_gets_its_own_round_trip_time_not_the_first_statements(db_url):
+    # asyncpg sends BEGIN inside the execute of a transaction's first statement: with 10 ms added to
+    # every round trip, BEGIN's entry must show at least those 10 ms of its own.
+    url, delay = make_url(db_url), 0.010
+    async with wire_proxy(url, delay) as (_counter, port):
+        db = Database(url.set(host="127.0.0.1", port=port, query={"ssl": "disable"}).render_as_string(False))
+        try:
+            await run_db_setup_and_create_user(db)
+            await count_users(db, begin=True)  # prepares the statement on this connection
+            with record(db) as log:
+                await count_users(db, begin=True)
+        finally:
+            await db.dispose()
+    begin, [statement] = log.of_kind("transaction")[0], log.statements
+    assert begin.sql == "BEGIN" and begin.seconds >= delay
+    assert statement.seconds >= delay  # its own round trip
