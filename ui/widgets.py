@@ -1,13 +1,16 @@
 """Display pieces that several pages draw: user text kept inert, the statements a block sent, a
-class's source, metric rows, the knowledge checks and the learner's progress. Nothing here talks
-to a backend."""
+class's source, the diff from a minimal pattern to its hardening, metric rows, the knowledge checks
+and the learner's progress. Nothing here talks to a backend."""
 
 from __future__ import annotations
 
+import ast
+import difflib
 import functools
 import inspect
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,32 +65,62 @@ def escape_markdown(text: str) -> str:
 
 
 KIND_LABELS = {"data": "statement", "transaction": "transaction control", "ping": "pool pre-ping"}
+_ONCE = "_widgets_drawn_this_run"
+
+
+def start_run() -> None:
+    """A page's run begins (ui.page calls this): notes drawn once per run may be drawn again."""
+    st.session_state[_ONCE] = set()
+
+
+def once_this_run(name: str) -> bool:
+    """True the first time it is asked for `name` in this run of the page."""
+    drawn = st.session_state.setdefault(_ONCE, set())
+    first = name not in drawn
+    drawn.add(name)
+    return first
 
 
 def show_statements(log: StatementLog, *, label: str = "SQL statements sent") -> None:
     """What a block sent, as recorded by `labbench.recorder.record`: the data statements as the
-    headline, then everything sent on the connection, transaction control and pings marked."""
+    headline, then everything sent on the connection, transaction control and pings marked. What
+    the counts and times include is said once per run of the page, under the first list."""
     total_ms = sum(s.seconds for s in log.sent) * 1000
     extra = log.commands - log.count
     st.markdown(f"**{label}: {log.count}** ({total_ms:.1f} ms in the database driver, everything included)")
     if extra:
+        st.caption(f"Sent on the connection as well: {extra} command{'s' if extra != 1 else ''} of transaction "
+                   "control and the pool's pre-ping.")
+    if once_this_run("statements_note"):
         st.caption(
-            f"Sent on the connection as well: {extra} command{'s' if extra != 1 else ''} of transaction "
-            "control and the pool's pre-ping (on asyncpg a pre-ping outside a transaction is BEGIN; `;`; "
-            "ROLLBACK, three commands). Each command waits for the server's answer before the next."
+            "The pool's pre-ping tests a connection as it is handed out (on asyncpg, outside a transaction: "
+            "BEGIN; `;`; ROLLBACK, three commands). Each command waits for the server's answer before the next; "
+            "on PostgreSQL a statement's first use on a connection takes one more round trip, to prepare it."
         )
     if log.sent:
         with st.expander(f"Show all {log.commands} command{'s' if log.commands != 1 else ''} in the order sent"):
-            st.caption("On PostgreSQL a command is not always one round trip: asyncpg runs each statement as a "
-                       "prepared one, and its first use on a connection takes one more, to prepare it (the "
-                       "time below includes it). SQLAlchemy keeps a connection's last 100 prepared statements, "
-                       "so a repeat on that connection skips it.")
-            number = 0
-            for entry in log.sent:
-                number += 1
+            for number, entry in enumerate(log.sent, start=1):
                 what = KIND_LABELS[entry.kind] + (f" ({entry.commands} commands)" if entry.commands > 1 else "")
                 st.caption(f"{number}. {what} · {entry.seconds * 1000:.2f} ms")
                 st.code(entry.sql.strip(), language="sql")
+
+
+def code_diff(minimal: str, hardened: str, *, before: str = "minimal", after: str = "hardened",
+              context: int = 3) -> str:
+    """A unified diff from one source snippet to another (each dedented first): what a hardening
+    adds to the minimal pattern, line by line."""
+    lines = difflib.unified_diff(
+        textwrap.dedent(minimal).strip("\n").splitlines(), textwrap.dedent(hardened).strip("\n").splitlines(),
+        fromfile=before, tofile=after, n=context, lineterm="",
+    )
+    return "\n".join(lines)
+
+
+def show_diff(minimal: str, hardened: str, *, before: str = "minimal", after: str = "hardened",
+              context: int = 3) -> None:
+    """Draw code_diff(...) as a diff block (+ added, - removed); says so when they are the same."""
+    diff = code_diff(minimal, hardened, before=before, after=after, context=context)
+    st.code(diff or f"(no difference between {before} and {after})", language="diff")
 
 
 @functools.cache  # the class, as loaded: the text does not change while the process runs it
@@ -104,6 +137,21 @@ def class_source(cls: type) -> tuple[int, str]:
     while start and lines[start - 1].startswith("@"):
         start -= 1
     return start + 1, "".join(inspect.getblock(lines[start:]))
+
+
+def attribute_source(cls: type, name: str) -> str:
+    """The statement in a class's source that declares `name` (with the comments just above it)."""
+    _line, source = class_source(cls)
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                start = node.lineno - 1
+                while start and lines[start - 1].strip().startswith("#"):
+                    start -= 1
+                return textwrap.dedent("\n".join(lines[start:node.end_lineno]))
+    raise LookupError(f"{cls.__name__} declares no {name}")
 
 
 def code_expander(title: str, code: str, language: str = "python") -> None:
@@ -151,7 +199,7 @@ def knowledge_check(section: str, questions) -> None:
         for number, question in enumerate(questions):
             previous = saved.get(number)
             choices[number] = st.radio(
-                f"**{question.objective}.** {question.prompt}",
+                question.prompt,  # the objective tag stays in the data, for the instructor page
                 range(len(question.options)),
                 format_func=lambda i, q=question: q.options[i],
                 index=previous,
