@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, update
 
+from labbench.progress import Report, silent
 from source.database import Database
 from source.models import Base, User
 from source.repositories import UserRepository
@@ -18,6 +19,14 @@ async def find_sample_users(db: Database) -> tuple[User | None, User | None]:
         repo = UserRepository(session)
         alex, jane = [await repo.get_by_email(row["email"]) for row in SAMPLE_USERS]
     return alex, jane
+
+
+async def initialise(db: Database, *, report: Report = silent) -> tuple[User, User]:
+    """The answer key's set-up (schema to head, then Alex and Jane), saying which step it is on."""
+    report("Migrating the schema to the newest revision (Alembic)", 0.0)
+    await db.upgrade_to_head()
+    report("Creating Alex and Jane with their profiles and skills", 0.8)
+    return await run_db_setup_and_create_user(db)  # the schema is at head now: only the users are left
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from labbench.unreachable_redis import unreachable_redis
 from runtime.embedded_postgres import resolve_database
 from runtime.singletons import process_wide
 from source.redis_pool import PoolExhausted
-from ui import learner, number_inputs, widgets
+from ui import gate, learner, number_inputs, widgets
 
 T = TypeVar("T")
 log = logging.getLogger("lab2")
@@ -312,6 +312,7 @@ def backend_status() -> BackendStatus:
 def page(title: str, icon: str = "🗄️") -> None:
     """Every page calls this first: page config, session defaults, sidebar, banners."""
     st.set_page_config(page_title=f"{title} · Lab 2", page_icon=icon, layout="wide")
+    widgets.start_run()
     for key, value in SESSION_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     status = backend_status()
@@ -364,19 +365,58 @@ def remember_figure(section: str, name: str, figure: str) -> None:
     remember_made(key_figures=figures)
 
 
-def require_initialized() -> None:
-    """Stop the page with a pointer to section 2 unless the schema and sample users exist;
-    fills in the sample users' IDs when another session created them."""
+INITIALISE_ABOUT_S = 3  # set-up on a fresh database: migrations, then the sample users
+
+
+def initialise(*, label: str, where: str = "first_use") -> None:
+    """Schema to head and the sample users, showing each step; the IDs go into session state. Then a
+    rerun, so that the sidebar (drawn before this) shows the new revision; show_initialised(where)
+    draws the finished status box again in that run."""
+    started = time.monotonic()
+    alex, jane = run_showing(lambda report: lab_data.initialise(database(), report=report), label=label,
+                             about=INITIALISE_ABOUT_S)
+    st.session_state.update(db_initialized=True, user_alex_id=alex.id, user_jane_id=jane.id)
+    backend_status.clear()
+    st.session_state[f"initialised_{where}"] = f"{label}: done in {time.monotonic() - started:.1f} s"
+    st.rerun()
+
+
+def show_initialised(where: str = "first_use") -> bool:
+    """True (and the finished status box drawn) in the run right after initialise(where=where)."""
+    if text := st.session_state.pop(f"initialised_{where}", None):
+        st.status(text, state="complete", expanded=False)
+        return True
+    return False
+
+
+def ensure_initialized() -> bool:
+    """True when the schema and the sample users exist, with their IDs in session state. On a
+    learner's own server (no LAB_INSTRUCTOR_KEY) the first page that needs them sets them up, in
+    any order; with a key set that is the instructor's to do, and this says so."""
+    show_initialised()
     if not backend_status().database_ok:
-        st.stop()
-    if not st.session_state.db_initialized:
-        st.info("Initialise the database in **2. DB Connectivity & Pooling** first (sidebar).")
-        st.stop()
-    if st.session_state.user_alex_id is None:
+        return False
+    if st.session_state.db_initialized and st.session_state.user_alex_id is None:
         with errors_shown():
             alex, jane = run(lab_data.find_sample_users(database()))
             if alex is not None and jane is not None:
                 st.session_state.user_alex_id, st.session_state.user_jane_id = alex.id, jane.id
+    if st.session_state.db_initialized and st.session_state.user_alex_id is not None:
+        return True
+    if gate.instructor_key_set():
+        st.info("The lab's database is not set up yet. On this shared server that is the instructor's to do "
+                "(Initialize, in section 2 or on 7. Instructor): ask them, then reload this page.")
+        return False
+    with errors_shown():
+        initialise(label="Setting up the database on first use: the schema, then Alex and Jane")
+    return bool(st.session_state.db_initialized and st.session_state.user_alex_id)
+
+
+def require_initialized() -> None:
+    """Stop the page unless the schema and sample users exist (ensure_initialized sets them up
+    where a learner may)."""
+    if not ensure_initialized():
+        st.stop()
 
 
 def _sidebar(status: BackendStatus) -> None:
