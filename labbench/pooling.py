@@ -15,6 +15,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import event, exc, func, select, text
@@ -26,6 +27,7 @@ from source.errors import InvalidInput, LabError
 from source.models import AIRScore, User
 from source.services import create_sample_airscore
 
+from .progress import Report, silent
 from .recorder import StatementLog, record
 
 # A whole room may share one PostgreSQL server (max_connections is often 100).
@@ -47,12 +49,15 @@ class ExperimentBusy(LabError):
 
 @dataclass(frozen=True)
 class PoolSettings:
-    concurrency: int = 50
+    """The page's defaults give every client a connection (pool_size + max_overflow = clients): the
+    pool then wins on both figures. Raise the clients past that and requests queue for the pool."""
+
+    concurrency: int = 20
     requests_per_client: int = 5
-    pool_size: int = 5
+    pool_size: int = 10
     max_overflow: int = 10
-    pool_timeout: float = 5.0
-    hold_ms: float = 20.0
+    pool_timeout: float = 2.0
+    hold_ms: float = 10.0
 
     def checked(self) -> PoolSettings:
         """These settings, or InvalidInput naming the first one out of range."""
@@ -86,6 +91,7 @@ class RunResult:
     parallel_limit: int  # how many requests could run at once (NullPool: the server's headroom)
     total_seconds: float = 0.0
     waits: list[float] = field(default_factory=list)  # time to acquire a connection, per request
+    queued: int = 0  # requests that found every connection it may use busy, and waited for one
     timeouts: int = 0  # sqlalchemy.exc.TimeoutError: no connection within pool_timeout
     failures: int = 0  # anything else, e.g. the server refusing a connection
     peak_checked_out: int = 0
@@ -117,7 +123,7 @@ class ExperimentResult:
     null_pool: RunResult
 
 
-async def run_pool_experiment(*, db: Database, settings: PoolSettings) -> ExperimentResult:
+async def run_pool_experiment(*, db: Database, settings: PoolSettings, report: Report = silent) -> ExperimentResult:
     """Run the load against a pooled engine, then against a NullPool engine, on db's database.
     Raises InvalidInput for settings out of range, ExperimentBusy if one is running."""
     settings = settings.checked()
@@ -145,11 +151,13 @@ async def run_pool_experiment(*, db: Database, settings: PoolSettings) -> Experi
             pooled = await _measure(
                 pooled_db,
                 f"pooled (pool_size={settings.pool_size}, max_overflow={settings.max_overflow})",
-                settings, settings.concurrency,
+                settings, settings.concurrency, capacity,
+                lambda done, total: report(f"Pooled engine: {done} of {total} requests", 0.5 * done / total),
             )
             null_pool = await _measure(
                 Database(db.url, null_pool=True), "NullPool (a new connection per request)", settings,
-                min(settings.concurrency, headroom),
+                min(settings.concurrency, headroom), min(settings.concurrency, headroom),
+                lambda done, total: report(f"NullPool engine: {done} of {total} requests", 0.5 + 0.5 * done / total),
             )
             return ExperimentResult(settings, pooled_db.backend, pooled, null_pool)
     finally:
@@ -169,9 +177,12 @@ async def _server_headroom(db: Database) -> int:
     return max(1, int(free) - SERVER_RESERVE)
 
 
-async def _measure(db: Database, name: str, settings: PoolSettings, parallel_limit: int) -> RunResult:
+async def _measure(db: Database, name: str, settings: PoolSettings, parallel_limit: int, connections: int,
+                   progress: Callable[[int, int], None]) -> RunResult:
+    """`connections`: how many it may hold at once (a request that finds them all busy queues)."""
     result = RunResult(name, settings.concurrency * settings.requests_per_client, parallel_limit)
-    checked_out = 0
+    checked_out = in_flight = 0
+    step = max(1, result.requests // 10)
 
     def on_connect(*_args) -> None:
         result.connections_opened += 1
@@ -196,7 +207,10 @@ async def _measure(db: Database, name: str, settings: PoolSettings, parallel_lim
             await one_request()
 
     async def one_request() -> None:
+        nonlocal in_flight
         started = time.perf_counter()  # waiting at the gate is waiting too
+        result.queued += in_flight >= connections  # every connection it may use is taken by another request
+        in_flight += 1
         async with gate:
             try:
                 async with db.engine.connect() as conn:
@@ -208,8 +222,13 @@ async def _measure(db: Database, name: str, settings: PoolSettings, parallel_lim
                 result.timeouts += 1
             except (exc.DBAPIError, OSError):
                 result.failures += 1
+        in_flight -= 1
+        finished = result.completed + result.timeouts + result.failures
+        if finished % step == 0 or finished == result.requests:
+            progress(finished, result.requests)
 
     try:
+        progress(0, result.requests)
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(settings.concurrency)))
         result.total_seconds = time.perf_counter() - started
@@ -314,7 +333,8 @@ def pool_settings(db: Database) -> list[dict[str, object]]:
     if isinstance(pool, NullPool):
         return [{"setting": "poolclass", "value": "NullPool", "what it does": "a new connection per checkout"}]
     return [
-        {"setting": "pool_size", "value": pool.size(), "what it does": "connections kept open between requests"},
+        {"setting": "pool_size", "value": pool.size(),
+         "what it does": "the most idle connections kept between requests (each opened only when a request needs it)"},
         {"setting": "max_overflow", "value": pool._max_overflow,
          "what it does": "more connections opened under load, closed when they return to a full pool"},
         {"setting": "pool_timeout", "value": f"{pool._timeout:g} s",

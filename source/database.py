@@ -55,17 +55,19 @@ class Database:
         if self.backend == "sqlite" and self.url.database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         # pre-ping: test a pooled connection as it is handed out, so that one the server closed
-        # meanwhile is replaced instead of failing the request. On asyncpg that is three round trips
-        # (BEGIN, ";", ROLLBACK) per checkout: a loop of short transactions, like the outbox relay,
-        # does without it and runs its work once more when a connection turns out closed.
+        # meanwhile (a restart, a failover, an idle timeout) is replaced instead of failing the request.
+        # On asyncpg that is three round trips (BEGIN, ";", ROLLBACK) per checkout: a loop of short
+        # transactions, like the outbox relay, does without it and runs its work once more when a
+        # connection turns out closed.
         options: dict = {"pool_pre_ping": pre_ping}
         if null_pool:
             options["poolclass"] = NullPool
         else:
-            # pool_size connections are kept open; max_overflow more are opened under load and closed
-            # when they come back to a full pool; a request that finds none free waits pool_timeout
-            # seconds, then fails; a connection older than pool_recycle seconds is replaced, before a
-            # server or a proxy that drops idle connections does it for us.
+            # The pool opens connections only as requests need them and keeps at most pool_size idle;
+            # max_overflow more may be open under load, each closed when it comes back to a full pool.
+            # A request that finds none free waits pool_timeout seconds, then fails (bounded, not for
+            # ever); a connection older than pool_recycle seconds is replaced, before a server or a
+            # proxy that drops idle connections does it for us.
             options.update(
                 pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle
             )

@@ -1,4 +1,5 @@
-"""Section 2's results, drawn: the app's pool, the pooling experiment, the atomicity demo."""
+"""Section 2's results, drawn: the app's pool, the pooling experiment (its form too), the atomicity
+demo, and the "Going further" pieces."""
 
 from __future__ import annotations
 
@@ -9,12 +10,71 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from labbench import server_connections
+from labbench import pooling, server_connections
 from labbench.pool_figures import pool_figures
 from labbench.pooling import AtomicityResult, ExperimentResult, pool_settings
 from labbench.shared_session import DemoResult
 from source.database import Database
-from ui import widgets
+from ui import forms, widgets
+
+# The experiment form's fields: (key, label, field, default, low, high, whole, step)
+EXPERIMENT_FIELDS = (
+    ("exp_clients", "Concurrent clients", "concurrency", pooling.PoolSettings.concurrency, 1,
+     pooling.MAX_CONCURRENCY, True, 1),
+    ("exp_per_client", "Requests per client", "requests_per_client", pooling.PoolSettings.requests_per_client, 1,
+     pooling.MAX_REQUESTS_PER_CLIENT, True, 1),
+    ("exp_pool_size", "pool_size", "pool_size", pooling.PoolSettings.pool_size, 1, pooling.MAX_POOL_SIZE, True, 1),
+    ("exp_max_overflow", "max_overflow", "max_overflow", pooling.PoolSettings.max_overflow, 0, pooling.MAX_OVERFLOW,
+     True, 1),
+    ("exp_timeout", "pool_timeout (s)", "pool_timeout", pooling.PoolSettings.pool_timeout, 0.05,
+     pooling.MAX_POOL_TIMEOUT_S, False, 0.05),
+    ("exp_hold", "Hold time (ms)", "hold_ms", int(pooling.PoolSettings.hold_ms), 0, pooling.MAX_HOLD_MS, True, 1),
+)
+
+
+def experiment(db: Database) -> None:
+    """The experiment's form (every bad field reported by its widget), its run with a status box,
+    and its last result, which stays until the next run."""
+    form = forms.Form("pool_experiment_form")
+    with st.form(form.key):
+        values, columns = {}, [column for column in st.columns(3) for _ in range(2)]
+        for column, (key, label, field, default, _low, _high, _whole, step) in zip(columns, EXPERIMENT_FIELDS,
+                                                                                  strict=True):
+            values[field] = column.number_input(label, value=default, step=step, key=key)
+            form.slot(field, column)
+        run = st.form_submit_button("Run the experiment", key="exp_run")
+    if run:
+        form.start()
+        checked = {field: form.within(field, values[field], label, low, high, whole=whole)
+                   for _key, label, field, _default, low, high, whole, _step in EXPERIMENT_FIELDS}
+        if form.ok:
+            settings = pooling.PoolSettings(**checked)
+            requests = settings.concurrency * settings.requests_per_client
+            about = 1 + 2 * requests * (settings.hold_ms + 2) / 1000 / min(
+                settings.concurrency, settings.pool_size + settings.max_overflow)
+            with form.action():
+                result = ui.run_showing(
+                    lambda report: pooling.run_pool_experiment(db=db, settings=settings, report=report),
+                    label=f"{requests} requests through a pool, then through NullPool", about=about, timeout=180)
+                st.session_state.pool_experiment = result
+                ui.mark_done("pooling")
+                ui.remember_figure("pooling", "pool", f"{result.pooled.throughput:,.0f} requests/s through the pool "
+                                   f"against {result.null_pool.throughput:,.0f} with a new connection per request")
+    if result := st.session_state.get("pool_experiment"):
+        experiment_result(result, db)
+
+
+def formulas() -> None:
+    st.markdown(
+        "Of the $N_{\\text{max}}$ = `pool_size + max_overflow` connections the pool may hold, "
+        "$N_{\\text{avail}}$ are free at any moment; a request that finds none waits up to "
+        "`pool_timeout`, then raises `TimeoutError`. Throughput, the rate at which requests complete, is"
+    )
+    st.latex(r"\Theta = \frac{\text{number of requests}}{\text{total time}}")
+    st.markdown(
+        "and by Little's law a pool of $N_{\\text{max}}$ connections, each held for at least $t$, "
+        "completes at most $N_{\\text{max}} / t$ requests per second, however many clients ask."
+    )
 
 
 def engine_and_sessions(db: Database) -> None:
@@ -122,6 +182,7 @@ def experiment_result(result: ExperimentResult, db: Database) -> None:
     )
     s = result.settings
     capacity = s.pool_size + s.max_overflow
+    st.markdown(_why_waits(result))
     if result.pooled.connections_opened > capacity:
         st.caption(
             f"The pool opened {result.pooled.connections_opened} connections, more than its {capacity}: an "
@@ -129,10 +190,10 @@ def experiment_result(result: ExperimentResult, db: Database) -> None:
             "next wave. `max_overflow` absorbs bursts; `pool_size` should cover the steady load."
         )
     if s.hold_ms:
-        st.markdown(
+        st.caption(
             f"A pool of {capacity} connections, each held at least {s.hold_ms:g} ms, cannot serve more "
-            f"than {capacity} / {s.hold_ms / 1000:g} s = **{capacity / (s.hold_ms / 1000):,.0f} requests/s** "
-            "(Little's law). Raise the hold time or the clients and watch the pooled side queue."
+            f"than {capacity} / {s.hold_ms / 1000:g} s = {capacity / (s.hold_ms / 1000):,.0f} requests/s "
+            "(Little's law)."
         )
     if result.backend == "sqlite":
         st.info(
@@ -164,3 +225,26 @@ def atomicity(demo: AtomicityResult) -> None:
     st.success(f"Rows left behind by the failed transaction: **{demo.rows_left_behind}**.")
     st.caption("Counts are for the whole database, so another learner's writes can show up in them.")
     widgets.show_statements(demo.log, label="Statements the failed transaction sent")
+
+
+def _why_waits(result: ExperimentResult) -> str:
+    """One sentence from the run's own figures on why one side waited longer."""
+    pooled, null = result.pooled, result.null_pool
+    capacity = result.settings.pool_size + result.settings.max_overflow
+    if pooled.wait_p50_ms > null.wait_p50_ms:
+        return (f"**Why the pool waited longer here:** {pooled.queued} of {pooled.requests} requests found all "
+                f"{capacity} of its connections busy and queued for one, while NullPool gave each of "
+                f"{null.parallel_limit} clients a connection of its own at once ({null.connections_opened} opened, "
+                "each paid for). Give the pool as many connections as clients and it wins both figures.")
+    return (f"**Why the pool is faster:** a pooled request was handed a connection already open (median wait "
+            f"{pooled.wait_p50_ms:.1f} ms, {pooled.queued} of {pooled.requests} requests queued), while every "
+            f"NullPool request waited for a new one to open (median {null.wait_p50_ms:.1f} ms). Raise the clients "
+            f"past {capacity} and watch the pooled side queue.")
+
+
+def atomicity_action(db: Database) -> None:
+    if st.button("Run a transaction that fails part-way", key="atomicity", disabled=not st.session_state.db_initialized):
+        with ui.errors_shown():
+            st.session_state.atomicity_result = ui.run(pooling.demonstrate_atomicity(db))
+    if demo := st.session_state.get("atomicity_result"):
+        atomicity(demo)
