@@ -1,6 +1,9 @@
-"""1. ORM cascade next to ON DELETE CASCADE, run: throwaway users (each with an assessment, a
-profile and skill pairs) deleted three ways, with the statements each way sent and the rows the
-database then still held. Each user is created and removed within the run."""
+"""1. Deleting a user who has scores. First on the minimal models (source/models_minimal.py), in a
+transaction of its own that is rolled back at the end, tables included: without a cascade the
+session sets the scores' user_id to NULL, which the column refuses. Then the lab's models: ORM cascade
+next to ON DELETE CASCADE, run on throwaway users (each with an assessment, a profile and skill pairs)
+deleted three ways, with the statements each way sent and the rows the database then still held. Each
+user is created and removed within the run."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from source import models_minimal as minimal
 from source.database import WRITE_TRANSACTION, Database
 from source.models import Assessment, Profile, Skill, User, user_skills
 
@@ -25,6 +30,68 @@ class DeleteRun:
     sql: list[str]  # the data statements sent, in order
     outcome: str
     rows_left: dict[str, int]  # the user's rows in each table afterwards
+
+
+# What `session.delete(user)` on the minimal models can do to a user's two scores; the run says which it did.
+MINIMAL_OUTCOMES = (
+    "The user and both scores are deleted",
+    "The user is deleted; the scores stay, their user_id set to NULL",
+    "The user is deleted; the scores stay, pointing at a user who no longer exists",
+    "Nothing is deleted: the database refuses the statement the session sends",
+)
+
+
+@dataclass(frozen=True)
+class MinimalDelete:
+    sql: list[str]  # the data statements the delete sent, in order
+    error: str | None  # what the database refused, if it did
+    users_left: int  # of the one user, afterwards
+    scores_left: int  # of the two scores
+    scores_without_user: int  # scores whose user_id is NULL or names no user
+
+    @property
+    def outcome(self) -> int:
+        """Which of MINIMAL_OUTCOMES happened."""
+        if self.error:
+            return 3
+        if self.scores_left == 0:
+            return 0
+        return 1 if self.scores_without_user and "SET user_id" in " ".join(self.sql) else 2
+
+
+async def minimal_delete(db: Database) -> MinimalDelete:
+    """A user with two scores on the minimal models, then `session.delete(user)` and a flush. Runs in
+    one transaction on a connection of its own (tables created in it), rolled back at the end."""
+    async with db.engine.connect() as conn:
+        conn = await conn.execution_options(**WRITE_TRANSACTION)
+        outer = await conn.begin()
+        try:
+            await conn.run_sync(minimal.Base.metadata.create_all)
+            # Each session works in a SAVEPOINT of the outer transaction (create_savepoint).
+            async with AsyncSession(conn, join_transaction_mode="create_savepoint",
+                                    expire_on_commit=False) as session:
+                user = minimal.User(email="alex@example.com", name="Alex Smith",
+                                    scores=[minimal.AIRScore(air_score=71.5), minimal.AIRScore(air_score=74.0)])
+                session.add(user)
+                await session.commit()  # releases the savepoint; the outer transaction goes on
+            error = None
+            async with AsyncSession(conn, join_transaction_mode="create_savepoint") as session:
+                user = await session.get(minimal.User, user.id)
+                with record(db) as log:
+                    try:
+                        await session.delete(user)
+                        await session.flush()
+                    except IntegrityError as refused:
+                        error = str(refused.orig).strip().splitlines()[0]
+                        await session.rollback()
+            users = await conn.scalar(select(func.count()).select_from(minimal.User))
+            scores = await conn.scalar(select(func.count()).select_from(minimal.AIRScore))
+            orphans = await conn.scalar(select(func.count()).select_from(minimal.AIRScore).where(
+                minimal.AIRScore.user_id.not_in(select(minimal.User.id)) | minimal.AIRScore.user_id.is_(None)))
+        finally:
+            await outer.rollback()  # the tables and their rows go with it
+    sent = [sql for sql in log.sql if "SAVEPOINT" not in sql]  # the session's savepoint, not the delete
+    return MinimalDelete(sent, error, users, scores, orphans)
 
 
 async def _throwaway_user(db: Database, *, with_assessment: bool) -> str:
