@@ -62,10 +62,22 @@ def test_models_page_shows_the_live_source_and_a_diagram_of_the_tables(app_env):
     assert "users:id -> air_scores:user_id" in diagram and "User.scores (1:N)" in diagram
 
 
-def test_models_page_asks_for_section_2_before_the_schema_exists(app_env):
+def test_models_page_on_a_fresh_database_sets_up_the_schema_and_sample_users_itself(app_env):
     at = open_page(MODELS)
-    assert "Initialise the database" in texts(at.info)
-    assert not at.get("form") or "create_user_form" not in str([f.proto for f in at.get("form")])
+    [box] = at.status
+    assert box.label.startswith("Setting up the database on first use") and box.state == "complete"
+    assert at.session_state.user_alex_id and count(User) == 2
+    assert "Initialise" not in texts(at.info) and "section 2" not in texts(at.markdown)
+    assert any(form.proto.form.form_id == "create_user_form" for form in at.get("form"))
+
+
+def test_with_an_instructor_key_set_section_1_leaves_the_set_up_to_the_instructor(app_env, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")
+    at = open_page(MODELS)
+    assert "the instructor's to do" in texts(at.info) and not at.status
+    assert not any(form.proto.form.form_id == "create_user_form" for form in at.get("form"))
+    assert at.button(key="cascade_demo").disabled and at.button(key="minimal_delete").disabled
+    assert inspect.getsource(User).strip() in texts(at.code)  # the explanations still work
 
 
 def test_creating_a_user_stores_it_keeps_its_id_and_shows_the_name_as_plain_text(initialised):
@@ -146,23 +158,23 @@ async def test_create_user_validates_before_sending_anything(db):
 
 
 def test_initialise_button_names_the_real_backend_and_can_be_clicked_twice(app_env):
-    at = open_page(POOLING)
+    at = open_page(POOLING)  # a first visit on a fresh database sets it up on its own
+    assert at.status[0].label.startswith("Setting up the database on first use")
+    alex, jane = at.session_state.user_alex_id, at.session_state.user_jane_id
+    assert alex and jane and alex in texts(at.caption)
+    assert "revision" in texts(at.sidebar.caption) and "not initialised" not in texts(at.sidebar.caption)
     button = at.button(key="init_db")
     expected = "SQLite file" if app_env == "embedded" else "PostgreSQL"
     assert expected in button.label and "memory" not in button.label.lower()
-    assert "not initialised" in texts(at.warning)
 
-    button.click().run()
-    assert not at.exception
-    assert "sample users ready" in texts(at.success)
-    alex, jane = at.session_state.user_alex_id, at.session_state.user_jane_id
-    assert alex and jane and alex in texts(at.markdown)
-    assert "revision" in texts(at.sidebar.caption) and "not initialised" not in texts(at.sidebar.caption)
-
-    at.button(key="init_db").click().run()
-    assert not at.exception
-    assert (at.session_state.user_alex_id, at.session_state.user_jane_id) == (alex, jane)
-    assert count(User) == 2
+    for _ in range(2):
+        at.button(key="init_db").click().run()
+        assert not at.exception
+        assert "sample users ready" in texts(at.success)
+        assert [box.label.split(":")[0] for box in at.status] == ["Migrating the schema to head, then the sample users"]
+        assert at.status[0].state == "complete"
+        assert (at.session_state.user_alex_id, at.session_state.user_jane_id) == (alex, jane)
+        assert count(User) == 2
 
 
 @pytest.mark.parametrize("engines", ["one app", "two app processes"])
@@ -199,7 +211,7 @@ def test_two_sessions_initialising_at_once_get_no_error_and_no_duplicate_users(a
 
 def test_a_second_session_picks_up_the_sample_users_another_created(initialised):
     at = open_page(POOLING)
-    assert at.session_state.user_alex_id and at.session_state.user_alex_id in texts(at.markdown)
+    assert at.session_state.user_alex_id and at.session_state.user_alex_id in texts(at.caption)
 
 
 def test_pool_figures_are_read_from_the_apps_pool(initialised):
@@ -235,6 +247,8 @@ def test_experiment_shows_measured_throughput_for_both_engines_and_runs_twice(ap
     for _ in range(2):
         at.button(key="exp_run").click().run()
         assert not at.exception and not at.error
+        [box] = [box for box in at.status if "through NullPool" in box.label]
+        assert box.label == f"16 requests through a pool, then through NullPool: done in {box.label.rsplit(' ', 2)[-2]} s"
         formulas = [e.value for e in at.latex if "Theta =" in e.value and "requests/s" in e.value]
         assert len(formulas) == 2 and all(r"\frac{16}" in f for f in formulas)  # 8 clients x 2
         figures = [(m.label, m.value) for m in at.metric]
@@ -246,7 +260,7 @@ def test_experiment_shows_measured_throughput_for_both_engines_and_runs_twice(ap
         assert pool_status(ui.database()).checked_out == 0
 
 
-def test_atomicity_demo_leaves_nothing_behind_and_runs_twice(initialised):
+def test_atomicity_demo_leaves_nothing_behind_runs_twice_and_its_result_stays(initialised):
     at = open_page(POOLING)
     for _ in range(2):
         at.button(key="atomicity").click().run()
@@ -255,6 +269,8 @@ def test_atomicity_demo_leaves_nothing_behind_and_runs_twice(initialised):
         assert "Rows left behind by the failed transaction: **0**" in texts(at.success)
         assert "Statements the failed transaction sent: 5" in texts(at.markdown)
         assert count(User) == 2 and count(AIRScore) == 0
+    click(at, "pool_refresh")  # another click on the page: the result is still there
+    assert "Rows left behind by the failed transaction: **0**" in texts(at.success)
 
 
 def test_section_2_shows_the_engine_code_and_the_pool_settings_the_engine_has(initialised):
