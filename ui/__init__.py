@@ -368,25 +368,45 @@ def remember_figure(section: str, name: str, figure: str) -> None:
 INITIALISE_ABOUT_S = 3  # set-up on a fresh database: migrations, then the sample users
 
 
-def initialise(*, label: str, where: str = "first_use") -> None:
-    """Schema to head and the sample users, showing each step; the IDs go into session state. Then a
-    rerun, so that the sidebar (drawn before this) shows the new revision; show_initialised(where)
-    draws the finished status box again in that run."""
+def run_then_rerun(make: Callable[[Report], Coroutine[Any, Any, T]], *, label: str, about: float, key: str,
+                   then: Callable[[T], None] | None = None, timeout: float = 60.0) -> None:
+    """run_showing, `then(result)`, then a rerun: for an action that changes what the page (or the
+    sidebar) drew before it. show_kept(key) draws the finished status box again in the next run and
+    returns the result."""
     started = time.monotonic()
-    alex, jane = run_showing(lambda report: lab_data.initialise(database(), report=report), label=label,
-                             about=INITIALISE_ABOUT_S)
-    st.session_state.update(db_initialized=True, user_alex_id=alex.id, user_jane_id=jane.id)
-    backend_status.clear()
-    st.session_state[f"initialised_{where}"] = f"{label}: done in {time.monotonic() - started:.1f} s"
+    result = run_showing(make, label=label, about=about, timeout=timeout)
+    if then is not None:
+        then(result)
+    st.session_state[f"kept_status_{key}"] = f"{label}: done in {time.monotonic() - started:.1f} s"
+    st.session_state[f"kept_result_{key}"] = result
     st.rerun()
+
+
+def show_kept(key: str) -> Any:
+    """In the run right after run_then_rerun(key=key): its status box again, collapsed, and its result
+    (None otherwise)."""
+    if text := st.session_state.pop(f"kept_status_{key}", None):
+        st.status(text, state="complete", expanded=False)
+        return st.session_state.pop(f"kept_result_{key}", None)
+    return None
+
+
+def initialise(*, label: str, where: str = "first_use") -> None:
+    """Schema to head and the sample users, showing each step, then a rerun (the sidebar, drawn
+    before this, shows the new revision); show_initialised(where) draws its status box again."""
+
+    def ready(users) -> None:
+        alex, jane = users
+        st.session_state.update(db_initialized=True, user_alex_id=alex.id, user_jane_id=jane.id)
+        backend_status.clear()
+
+    run_then_rerun(lambda report: lab_data.initialise(database(), report=report), label=label,
+                   about=INITIALISE_ABOUT_S, key=f"initialised_{where}", then=ready)
 
 
 def show_initialised(where: str = "first_use") -> bool:
     """True (and the finished status box drawn) in the run right after initialise(where=where)."""
-    if text := st.session_state.pop(f"initialised_{where}", None):
-        st.status(text, state="complete", expanded=False)
-        return True
-    return False
+    return show_kept(f"initialised_{where}") is not None
 
 
 def ensure_initialized() -> bool:
