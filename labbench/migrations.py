@@ -1,23 +1,30 @@
 """6. Schema migrations: Alembic's history, the database's revision, the SQL a step would run,
-one step up or down, and a drift check of the models against the live schema."""
+one step up or down, a drift check of the models against the live schema, and the answer key's
+required-column revision (minimal and hardened) run on a throwaway table of a rolled-back
+transaction."""
 
 from __future__ import annotations
 
 import functools
 import io
 import os
+import uuid
 from dataclasses import dataclass
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Column, Integer, MetaData, String, Table, exc, insert, inspect, select
 
 from runtime.learners import FIRST_REVISION, room_metadata
-from source import config
-from source.database import _MIGRATION_LOCK, Database, alembic_config, migration_lock
+from source import config, migration_patterns
+from source.database import _MIGRATION_LOCK, WRITE_TRANSACTION, Database, alembic_config, migration_lock
 from source.models import Base
+
+from .progress import Report, silent
+from .recorder import record
 
 
 @dataclass(frozen=True)
@@ -151,11 +158,14 @@ def _step(sync_connection, direction: str) -> tuple[str | None, str | None, tupl
     return before_revision, after_revision, before, _schema(sync_connection)
 
 
-async def step(db: Database, *, direction: str) -> StepResult:
+async def step(db: Database, *, direction: str, report: Report = silent) -> StepResult:
     """Upgrade or downgrade exactly one revision and report what changed in the schema."""
     if direction not in ("up", "down"):
         raise ValueError("direction is 'up' or 'down'")
+    report("Waiting for any other migration on this database to finish", 0.0)
     async with migration_lock(), db.engine.begin() as conn:
+        report(f"Running the revision's {'upgrade' if direction == 'up' else 'downgrade'}() and reading the "
+               "schema before and after", 0.2)
         before_rev, after_rev, (before, indexes_before), (after, indexes_after) = await conn.run_sync(_step, direction)
     shared = before.keys() & after.keys()
     return StepResult(
@@ -187,3 +197,71 @@ async def drift(db: Database) -> list[str]:
     """Differences between the models and the live schema: empty means no drift."""
     async with db.engine.connect() as conn:
         return await conn.run_sync(_drift)
+
+
+# --- the answer key's required column, run ---------------------------------------------------
+
+ROWS = ("ada@example.com", "alan@example.com", "grace@example.com")
+# What adding a NOT NULL column to a table with rows can do; the run says which it did.
+REQUIRED_COLUMN_OUTCOMES = (
+    "It works: the rows get NULL in the new column",
+    "It works: the rows get an empty string",
+    "The database refuses: the rows already there would break NOT NULL",
+)
+
+
+@dataclass(frozen=True)
+class ColumnRun:
+    hardened: bool
+    sql: list[str]  # what the revision sent, in order
+    error: str | None  # what the database refused, if it did
+    plans: list[str | None]  # the new column's value in each row afterwards (empty if it was not added)
+    nullable: bool | None  # whether the column accepts NULL afterwards (None: no column)
+
+    @property
+    def outcome(self) -> int | None:
+        """Which of REQUIRED_COLUMN_OUTCOMES happened (None: something else, e.g. the hardened run)."""
+        if self.error:
+            return 2
+        if self.plans and all(plan is None for plan in self.plans):
+            return 0
+        if self.plans and all(plan == "" for plan in self.plans):
+            return 1
+        return None
+
+
+async def required_column(db: Database, *, hardened: bool) -> ColumnRun:
+    """A table of this run's own with three rows, then the answer key's revision that adds the
+    required column `plan`. Runs in one transaction on a connection of its own, rolled back at the
+    end: no other session ever sees the table."""
+    table = Table(f"mig_{uuid.uuid4().hex[:10]}_users", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("email", String(255)))
+    revision = migration_patterns.add_plan_hardened if hardened else migration_patterns.add_plan_minimal
+    error, plans, nullable = None, [], None
+    async with db.engine.connect() as conn:
+        conn = await conn.execution_options(**WRITE_TRANSACTION)
+        outer = await conn.begin()
+        try:
+            await conn.run_sync(table.metadata.create_all)
+            await conn.execute(insert(table), [{"email": email} for email in ROWS])
+            savepoint = await conn.begin_nested()
+            with record(db) as log:
+                try:
+                    await conn.run_sync(lambda sync: revision(Operations(MigrationContext.configure(sync)), table.name))
+                    await savepoint.commit()
+                except exc.DBAPIError as refused:
+                    error = str(refused.orig).strip().splitlines()[0]
+                    await savepoint.rollback()
+            columns = {c["name"]: c for c in await conn.run_sync(lambda sync: inspect(sync).get_columns(table.name))}
+            if "plan" in columns:
+                nullable = columns["plan"]["nullable"]
+                with_plan = Table(table.name, MetaData(), Column("id", Integer), Column("plan", String(20)))
+                plans = list((await conn.scalars(select(with_plan.c.plan).order_by(with_plan.c.id))).all())
+        finally:
+            await outer.rollback()  # the table and its rows go with it
+    return ColumnRun(hardened, [sql.strip() for sql in log.sql if not _bookkeeping(sql)], error, plans, nullable)
+
+
+def _bookkeeping(sql: str) -> bool:
+    """The savepoint around the revision, and (SQLite, batch mode) Alembic's reads of the table's definition."""
+    return "SAVEPOINT" in sql or sql.lstrip().startswith(("PRAGMA", "SELECT sql FROM"))

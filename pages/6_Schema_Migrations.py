@@ -1,21 +1,21 @@
+import inspect
+
 import pandas as pd
 import streamlit as st
 
 import ui
 from labbench import migrations
+from source import migration_patterns
 from ui import checks, gate
+from ui.views import migrations_views as views
+from ui.views import story_views
 
 ui.page("6. Schema Migrations")
 st.title("6. Schema Migrations with Alembic")
 st.markdown(
-    "Alex's models will keep changing: section 5 already needed new outbox columns. Editing "
-    "tables by hand on every server does not scale, so each change is a **revision**: a small "
-    "script with `upgrade()` and `downgrade()`, chained to its parent. The database records the "
-    "revision it is at in `alembic_version`, and `alembic upgrade head` walks the chain from there. "
-    "This lab's schema was created this way: the initialise button in section 2 runs the same "
-    "migrations as the command line."
+    "Alex's models keep changing (section 5 needed new outbox columns), and every server's schema must "
+    "follow them, in order, without losing a row."
 )
-
 db = ui.database()
 
 
@@ -31,84 +31,59 @@ with ui.errors_shown():
     history = migrations.history_as_on_disk()
     head = history[-1].revision
 
-    st.subheader("Revision history")
-    st.dataframe(
-        pd.DataFrame(
-            {
-                "revision": r.revision,
-                "parent": r.down_revision or "(base)",
-                "message": r.message,
-                "file": r.filename,
-                "database": "◀ here" if r.revision == current else "",
-                "head": "head" if r.is_head else "",
-            }
-            for r in history
-        ),
-        hide_index=True,
-        width="stretch",
+    st.subheader("The problem: a schema that must follow the code")
+    st.markdown(
+        "Each change is a **revision**: a script with `upgrade()` and `downgrade()`, chained to its parent. "
+        f"The database records its revision in `alembic_version`. The database is at **{current or 'base'}**; "
+        f"the newest revision is **{head}**."
     )
-    st.markdown(f"The database is at **{current or 'base (empty schema)'}**; the newest revision is **{head}**.")
-    for revision in history:
-        with st.expander(f"{revision.revision}: {revision.message}"):
-            st.code(migrations.source_as_on_disk(revision.revision), language="python")
+    st.dataframe(pd.DataFrame(
+        {"revision": r.revision, "parent": r.down_revision or "(base)", "message": r.message, "file": r.filename,
+         "database": "◀ here" if r.revision == current else "", "head": "head" if r.is_head else ""}
+        for r in history
+    ), hide_index=True, width="stretch")
+    st.markdown(
+        "Do the models and the live schema agree? The drift check compares them as `alembic check` does: "
+        "tables, columns, column types, nullability, indexes, unique constraints and foreign keys (not "
+        "primary keys, CHECK constraints, server defaults or triggers)."
+    )
+    views.drift_check(db)
+
+    st.subheader("The minimal pattern: a revision that adds a column")
+    st.markdown("What autogenerate writes for a new required column (`source/migration_patterns.py`):")
+    st.code(inspect.getsource(migration_patterns.add_plan_minimal), language="python")
+    st.markdown("**Predict, then run.** On a table that already has three rows, what does it do?")
+    views.predict_required_column(db)
+
+    st.subheader("The hardening: expand, backfill, contract")
+    st.markdown(
+        "Add the column as nullable, give every row a value, then make it NOT NULL: each step is valid for "
+        "the rows already there, on PostgreSQL and on SQLite."
+    )
+    views.hardening(db)
+
+    st.subheader("The lab's own revisions, one step at a time")
+    st.markdown(
+        "A downgrade runs the revision's `downgrade()`: it drops what the upgrade added, data included. "
+        "Upgrade again to return (section 2's Initialize restores the sample users). Below 0004 learners' "
+        "saved progress is dropped and stays in each browser tab until an upgrade."
+    )
+    if gate.instructor_key_ok("Changing the schema", key="migrate_key"):
+        views.step_buttons(db, current=current, head=head)
 
     st.subheader("See the SQL before it runs")
-    st.markdown(
-        "Alembic's offline mode renders a migration as SQL for this database's dialect "
-        f"({db.backend}) without running it: what a DBA reviews before a release."
-    )
+    st.markdown(f"Alembic's offline mode renders a step as SQL for this database ({db.backend}) without running it:")
     targets = ["base"] + [r.revision for r in history]
     target = st.selectbox("Target revision", [t for t in targets if t != (current or "base")], key="sql_target")
     if target:
-        st.code(offline_sql(db.backend, current, target, scripts), language="sql")
+        st.code(offline_sql(db.backend, current, target, scripts), language="sql", height=300)
 
-    st.subheader("Upgrade or downgrade one step")
-    st.markdown(
-        "A downgrade runs the revision's `downgrade()`: it drops what the upgrade added, data "
-        "included. Upgrade again to return; the sample users come back with section 2's button. Below "
-        "0004 the learners' saved progress is dropped, and until an upgrade each learner's progress "
-        "stays in their browser tab only."
-    )
-    st.caption("With `LAB_INSTRUCTOR_KEY` set, the room-wide actions (Initialize when it migrates, reset, the publisher, "
-           "broker faults, the relay crash, failed events, schema steps) are also gathered on **7. Instructor**, "
-           "with the room's progress.")
-    if gate.instructor_key_ok("Changing the schema", key="migrate_key"):
-        up_col, down_col = st.columns(2)
-        direction = None
-        if up_col.button("Upgrade one step", disabled=current == head, key="upgrade_step"):
-            direction = "up"
-        if down_col.button("Downgrade one step", disabled=current is None, key="downgrade_step"):
-            direction = "down"
-        if direction:
-            st.session_state.migration_step = ui.run(migrations.step(db, direction=direction), timeout=120)
-            ui.backend_status.clear()
-            st.rerun()  # redraw the history with the new revision
-    result = st.session_state.get("migration_step")
-    if result is not None:
-        st.success(f"Migrated from {result.before or 'base'} to {result.after or 'base'}.")
-        changes = {
-            "tables added": result.tables_added, "tables dropped": result.tables_dropped,
-            "columns added": result.columns_added, "columns dropped": result.columns_dropped,
-            "indexes added": result.indexes_added, "indexes dropped": result.indexes_dropped,
-        }
-        for label, names in changes.items():
-            if names:
-                st.markdown(f"**{label}:** " + ", ".join(f"`{n}`" for n in names))
+    st.subheader("Going further")
+    for revision in history:
+        with st.expander(f"Revision {revision.revision}: {revision.message}"):
+            st.code(migrations.source_as_on_disk(revision.revision), language="python")
 
-    st.subheader("Drift check")
-    st.markdown(
-        "Do the models and the live schema agree? This compares `Base.metadata`, and the room's own "
-        "learner tables (revision 0004, kept out of the models), with what the database reflects, as "
-        "`alembic check` does (the tests run it): an empty list means no drift in what autogenerate "
-        "compares (tables, columns and their types, indexes, keys; not triggers or server defaults)."
-    )
-    if st.button("Run drift check", key="drift_check"):
-        differences = ui.run(migrations.drift(db))
-        ui.mark_done("migrations")
-        if differences:
-            st.warning(f"{len(differences)} difference(s) between the models and the database:")
-            st.code("\n".join(differences), language=None)
-        else:
-            st.success("No drift: the tables, columns, indexes and keys match the models.")
+st.subheader("The end of Alex's story")
+story_views.payoff()
 
 ui.knowledge_check("migrations", checks.MIGRATIONS)
