@@ -11,10 +11,10 @@ import streamlit as st
 import ui
 from labbench import migrations
 from runtime import learners
-from source import retry_failed_events, run_db_setup_and_create_user
+from source import retry_failed_events
 from source.outbox import discard_failed_events
 from ui import learner, widgets
-from ui.views import outbox_views
+from ui.views import migrations_views, outbox_views
 
 MARKS = {(True, True): "✓", (True, False): "◐ action", (False, True): "◐ check", (False, False): ""}
 
@@ -63,9 +63,10 @@ def answer_shares() -> None:
         rows = []
         for share in shares:
             questions = learner.QUESTIONS.get(share.section, ())
-            prompt = questions[share.question].prompt if share.question < len(questions) else "(no such question)"
+            known = share.question < len(questions)
+            prompt = questions[share.question].prompt if known else "(no such question)"
             rows.append({"section": widgets.PROGRESS.get(share.section, share.section), "question": share.question + 1,
-                         "prompt": prompt[:90], "answered": share.answered, "right": share.right,
+                         "objective": questions[share.question].objective if known else "", "prompt": prompt[:90], "answered": share.answered, "right": share.right,
                          "share right": f"{share.right / share.answered:.0%}"})
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         st.caption("Over every stored answer (a learner's latest choice per question), active or not.")
@@ -88,22 +89,11 @@ def schema_actions() -> None:
     st.markdown(f"The database is at **{current or 'base'}**; the newest revision is **{head}**. Below "
                 f"{migrations.FIRST_REVISION} learners' progress cannot be stored (it stays in each tab), "
                 "and a downgrade below it drops every learner's saved progress.")
-    init_col, up_col, down_col = st.columns(3)
-    if init_col.button("Initialize (migrate to head, sample users)", key="room_init"):
+    if st.button("Initialize (migrate to head, sample users)", key="room_init"):
         with ui.errors_shown():
-            ui.run(run_db_setup_and_create_user(db), timeout=60)
-            ui.backend_status.clear()
-            st.rerun()
-    direction = None
-    if up_col.button("Upgrade one step", disabled=current == head, key="room_upgrade_step"):
-        direction = "up"
-    if down_col.button("Downgrade one step", disabled=current is None, key="room_downgrade_step"):
-        direction = "down"
-    if direction:
-        with ui.errors_shown():
-            step = ui.run(migrations.step(db, direction=direction), timeout=120)
-            ui.backend_status.clear()
-            st.success(f"Migrated from {step.before or 'base'} to {step.after or 'base'}.")
+            ui.initialise(label="Migrating the schema to head, then the sample users", where="room_init")
+    ui.show_initialised("room_init")
+    migrations_views.step_buttons(db, current=current, head=head, key_prefix="room_")
 
 
 def outbox_actions() -> None:
