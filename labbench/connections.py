@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import event, exc, func, select, text
 
+from runtime.turns import POOL_EXPERIMENT, turn
 from source import database_minimal
 from source.database import Database
 from source.errors import LabError
@@ -97,6 +98,13 @@ async def sequential_vs_concurrent(db: Database, *, lookups: int = 20, wait_ms: 
     throwaway engine with the app's pool settings (5 kept idle, 10 more under load)."""
     if not (1 <= lookups <= MAX_LOOKUPS and 0 <= wait_ms <= MAX_WAIT_MS):
         raise LabError(f"Lookups go from 1 to {MAX_LOOKUPS}, the wait from 0 to {MAX_WAIT_MS} ms.")
+    report("Waiting for any other learner's connection experiment to finish", 0.0)
+    # Up to 15 connections at once: one such experiment at a time on the server (the pool experiment's turn).
+    async with turn(db.sessions, POOL_EXPERIMENT):
+        return await _timed_lookups(db, lookups, wait_ms, report)
+
+
+async def _timed_lookups(db: Database, lookups: int, wait_ms: float, report: Report) -> Lookups:
     engine_db = Database(db.url)
     if engine_db.backend == "sqlite":
         event.listen(engine_db.engine.sync_engine, "connect",
@@ -114,7 +122,7 @@ async def sequential_vs_concurrent(db: Database, *, lookups: int = 20, wait_ms: 
         checked_out -= 1
 
     try:
-        report(f"{lookups} lookups, one after another", 0.0)
+        report(f"{lookups} lookups, one after another", 0.05)
         await _lookup(engine_db.sessions, emails[0], 0)  # the first connection opens before timing
         started = time.perf_counter()
         for number in range(lookups):
@@ -159,6 +167,11 @@ async def drop_connections(db: Database, *, hardened: bool) -> DropRun:
     if db.backend != "postgresql":
         raise NoServer("A SQLite file is opened inside this process: there is no server that could end a "
                        "connection. Set DATABASE_URL to a PostgreSQL server to see this failure.")
+    async with turn(db.sessions, POOL_EXPERIMENT):
+        return await _drop_and_request(db, hardened)
+
+
+async def _drop_and_request(db: Database, hardened: bool) -> DropRun:
     engine_db = Database(db.url) if hardened else database_minimal.Database(db.url)
     pool = engine_db.engine.sync_engine.pool
     pids, opened = [], 0

@@ -312,7 +312,7 @@ def backend_status() -> BackendStatus:
 def page(title: str, icon: str = "🗄️") -> None:
     """Every page calls this first: page config, session defaults, sidebar, banners."""
     st.set_page_config(page_title=f"{title} · Lab 2", page_icon=icon, layout="wide")
-    widgets.start_run()
+    widgets.start_run(title)
     for key, value in SESSION_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     status = backend_status()

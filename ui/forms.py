@@ -16,7 +16,7 @@
                 ...
 
 Messages stay (in session state) until the form is submitted again, so a fixed field loses its
-message at the next submission and the others keep theirs. Number inputs take no min_value or
+message at the next submission and the others keep theirs; opening another page drops them. Number inputs take no min_value or
 max_value: a browser refuses to submit a form holding a number outside them, silently, so the range
 is checked here instead and an out-of-range value gets a message like any other bad value.
 """
@@ -45,7 +45,7 @@ class Form:
     @property
     def errors(self) -> dict[str, str]:
         """The messages of the last submission, by field."""
-        return st.session_state.setdefault(f"{self.key}__errors", {})
+        return st.session_state.setdefault(f"{self.key}{widgets.FORM_ERRORS}", {})
 
     @property
     def ok(self) -> bool:

@@ -66,11 +66,19 @@ def escape_markdown(text: str) -> str:
 
 KIND_LABELS = {"data": "statement", "transaction": "transaction control", "ping": "pool pre-ping"}
 _ONCE = "_widgets_drawn_this_run"
+_PAGE = "_widgets_page"
+FORM_ERRORS = "__errors"  # ui.forms keeps a form's messages under "<form key>__errors"
 
 
-def start_run() -> None:
-    """A page's run begins (ui.page calls this): notes drawn once per run may be drawn again."""
+def start_run(page: str = "") -> None:
+    """A page's run begins (ui.page calls this): notes drawn once per run may be drawn again, and on
+    opening another page the forms' messages of the last one are dropped (they stay while the learner
+    stays on that page)."""
     st.session_state[_ONCE] = set()
+    if st.session_state.get(_PAGE) != page:
+        st.session_state[_PAGE] = page
+        for key in [key for key in st.session_state if str(key).endswith(FORM_ERRORS)]:
+            del st.session_state[key]
 
 
 def once_this_run(name: str) -> bool:
