@@ -7,9 +7,17 @@ import html
 from typing import Any
 
 
-def schema_diagram(base: Any) -> str:
-    """Graphviz DOT of the mapped tables, their columns and foreign keys, each foreign key
-    labelled with the ORM relationships that use it: generated from the live metadata."""
+def linked_tables(base: Any) -> list[Any]:
+    """The tables with a foreign key or named by one, in dependency order."""
+    named = {fk.column.table for table in base.metadata.sorted_tables for fk in table.foreign_keys}
+    return [t for t in base.metadata.sorted_tables if t.foreign_keys or t in named]
+
+
+def schema_diagram(base: Any, *, linked_only: bool = False) -> str:
+    """Graphviz DOT of the mapped tables (only those linked by a foreign key, if asked), their
+    columns and foreign keys, each foreign key labelled with the ORM relationships that use it:
+    generated from the live metadata."""
+    tables = linked_tables(base) if linked_only else base.metadata.sorted_tables
     edge_labels: dict[Any, str] = {}
     for mapper in base.registry.mappers:
         for rel in mapper.relationships:
@@ -29,7 +37,7 @@ def schema_diagram(base: Any) -> str:
         '  rankdir=LR; node [shape=plaintext, fontname="Helvetica", fontsize=11];',
         '  edge [fontname="Helvetica", fontsize=10, arrowhead=crow, arrowtail=tee, dir=both];',
     ]
-    for table in base.metadata.sorted_tables:
+    for table in tables:
         rows = "".join(
             f'<tr><td align="left" port="{c.name}">{"<b>PK</b> " if c.primary_key else ""}'
             f'{"<i>FK</i> " if c.foreign_keys else ""}{c.name}</td>'
@@ -41,7 +49,7 @@ def schema_diagram(base: Any) -> str:
             f'  {table.name} [label=<<table border="0" cellborder="1" cellspacing="0" cellpadding="4">'
             f'<tr><td colspan="2" bgcolor="#dce8f5"><b>{table.name}</b></td></tr>{rows}</table>>];'
         )
-    for table in base.metadata.sorted_tables:
+    for table in tables:
         for fk in table.foreign_keys:
             label = html.escape(edge_labels.get(fk.parent, fk.parent.name), quote=True)
             lines.append(

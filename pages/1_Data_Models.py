@@ -23,8 +23,13 @@ st.markdown(
     "The tables, drawn from the models as they are loaded now. Each line is a foreign key, and each "
     "relationship loads the rows at its other end with one SELECT of its own:"
 )
-st.graphviz_chart(diagram.schema_diagram(Base))
-views.loaded_live(ready)
+drawn, loaded = st.columns([3, 2])
+drawn.graphviz_chart(diagram.schema_diagram(Base, linked_only=True))
+with loaded:
+    views.loaded_live(ready)
+    unlinked = sorted({t.name for t in Base.metadata.sorted_tables} - {t.name for t in diagram.linked_tables(Base)})
+    st.caption(f"Not drawn, as no foreign key links them: {', '.join(f'`{name}`' for name in unlinked)} "
+               "(section 5's; all tables are in Going further).")
 
 st.subheader("The minimal pattern: typed models, linked both ways")
 st.markdown(
@@ -81,6 +86,7 @@ with st.expander("From relational algebra to a relationship"):
         "a `StatementError`): an async session cannot wait for the database inside an attribute access."
     )
 with st.expander("Every model, from the running code, and the four kinds of relationship"):
+    st.graphviz_chart(diagram.schema_diagram(Base))
     sources = {m.class_: widgets.class_source(m.class_) for m in Base.registry.mappers}  # (line, source)
     models = sorted(sources, key=lambda cls: sources[cls][0])
     tabs = st.tabs([c.__name__ for c in models] + ["Base & TimestampMixin"])

@@ -163,4 +163,4 @@ def test_the_server_ending_pooled_connections_breaks_the_minimal_engine_not_the_
     shown = [c.value for c in at.code if c.value.startswith("1. ")]
     assert shown[0].startswith("1. failed: ") and shown[1] == "1. ok\n2. ok\n3. ok"
     [diff] = [c.value for c in at.code if c.value.startswith("--- source/database_minimal.py")]
-    assert '+    options: dict = {"pool_pre_ping": pre_ping}' in diff
+    assert '+options: dict = {"pool_pre_ping": pre_ping}' in diff and "+# pre-ping: test a pooled connection" in diff

@@ -33,9 +33,12 @@ def test_the_four_kinds_are_drawn_tabled_and_loaded_live(initialised):
     assert not at.error
 
 
-def test_before_initialising_the_live_examples_ask_for_section_2(app_env):
+def test_before_the_set_up_the_diagram_is_drawn_and_the_live_examples_wait(app_env, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")  # a shared server: the set-up is the instructor's
     at = open_models()
-    assert "to see these loaded from the sample data" in texts(at.info)
+    assert "the instructor's to do" in texts(at.info)
+    assert "User.scores (1:N)" in at.get("graphviz_chart")[0].proto.spec
+    assert not [m for m in at.markdown if "(one-to-one): Alex" in m.value]
 
 
 def test_the_cascade_button_shows_each_ways_statements_and_rows_left(initialised):

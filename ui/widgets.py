@@ -162,6 +162,15 @@ def attribute_source(cls: type, name: str) -> str:
     raise LookupError(f"{cls.__name__} declares no {name}")
 
 
+def lines_from(source: str, first: str, last: str) -> str:
+    """The lines of `source` from the first one containing `first` to the next one containing `last`
+    (both included), dedented: the part of a pattern a diff is about."""
+    lines = source.splitlines()
+    start = next(i for i, line in enumerate(lines) if first in line)
+    end = next(i for i in range(start, len(lines)) if last in lines[i])
+    return textwrap.dedent("\n".join(lines[start:end + 1]))
+
+
 def code_expander(title: str, code: str, language: str = "python") -> None:
     with st.expander(title):
         st.code(code, language=language)

@@ -118,6 +118,10 @@ def drop(db: Database, *, hardened: bool) -> None:
 
 
 def hardening_diff() -> None:
-    widgets.show_diff(inspect.getsource(database_minimal.Database.__init__),
-                      inspect.getsource(database.Database.__init__),
-                      before="source/database_minimal.py", after="source/database.py", context=1)
+    """The engine's creation, minimal against hardened (the rest of Database.__init__ names the
+    backend and sets SQLite up)."""
+    minimal = inspect.getsource(database_minimal.Database.__init__)
+    hardened = inspect.getsource(database.Database.__init__)
+    widgets.show_diff(widgets.lines_from(minimal, "# A pool", "create_async_engine("),
+                      widgets.lines_from(hardened, "# pre-ping", "create_async_engine("),
+                      before="source/database_minimal.py", after="source/database.py")
