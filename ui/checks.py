@@ -75,6 +75,17 @@ POOLING = (
         "depends on the server: on a fast local one, 50 clients with a connection each can finish "
         "before 50 clients sharing a pool of 15.",
     ),
+    Question(
+        "Apply",
+        "A database failover closes every connection your app's pool keeps idle. Which engine setting makes "
+        "the next request get a working connection instead of an error?",
+        ("A larger `pool_size`", "`pool_pre_ping=True`", "A shorter `pool_timeout`", "A larger `max_overflow`"),
+        1,
+        "The pre-ping tests a connection as the pool hands it out and replaces it if the server closed it. "
+        "In section 2's run, the minimal engine's first request after the server ended its connections "
+        "failed, and the hardened engine's did not. It costs a round trip per checkout (three on asyncpg "
+        "outside a transaction).",
+    ),
 )
 
 REPOSITORY = (
@@ -268,7 +279,7 @@ MIGRATIONS = (
         ("Two migration files; they are identical",
          "The models' metadata against the live database's schema; they agree in what autogenerate "
          "compares (tables, columns with their types and nullability, indexes, unique and foreign-key "
-         "constraints), which leaves out triggers, functions and server defaults",
+         "constraints), which leaves out primary keys, CHECK constraints, triggers, functions and server defaults",
          "The database against a backup; nothing was lost",
          "The migrations against the models; every migration has run"),
         1,
@@ -277,6 +288,21 @@ MIGRATIONS = (
         "says that database and the models agree; it says nothing about another database, and it "
         "cannot see what autogenerate skips, such as the NOTIFY trigger that revision 0002 adds on "
         "PostgreSQL.",
+    ),
+    Question(
+        "Apply",
+        "A revision must add a required column `plan` to `users`, which already holds rows. Which "
+        "`upgrade()` works on PostgreSQL and on SQLite?",
+        ("`op.add_column(\"users\", sa.Column(\"plan\", sa.String(20), nullable=False))`",
+         "Add it nullable, fill every row with an UPDATE, then make it NOT NULL (batch mode for SQLite)",
+         "Add it NOT NULL: the database fills the rows already there with NULL",
+         "Drop the users table and create it again with the column"),
+        1,
+        "A NOT NULL column without a default cannot be added to a table that has rows: PostgreSQL refuses (the "
+        "column \"contains null values\"), and so does SQLite (\"Cannot add a NOT NULL column with default "
+        "value NULL\"). "
+        "Expand, backfill, contract keeps every step valid for the rows there; on SQLite the last step "
+        "rebuilds the table (Alembic's batch mode). Section 6 ran both on a table of its own.",
     ),
 )
 
