@@ -1,5 +1,3 @@
-import inspect
-
 import pandas as pd
 import streamlit as st
 from sqlalchemy import select
@@ -36,7 +34,8 @@ st.markdown(
     "`Mapped[...]` says what an attribute holds and whether it may be empty; `ForeignKey` links the "
     "tables; `relationship(back_populates=...)` links the objects both ways (`source/models_minimal.py`):"
 )
-st.code(inspect.getsource(models_minimal.User) + "\n\n" + inspect.getsource(models_minimal.AIRScore), language="python")
+st.code(widgets.class_source(models_minimal.User)[1] + "\n\n" + widgets.class_source(models_minimal.AIRScore)[1],
+        language="python")
 
 st.subheader("Predict, then run: delete a user who has scores")
 st.markdown(

@@ -31,7 +31,7 @@ st.markdown(
     "**Predict, then run.** While one lookup waits on the database, `await` lets the same thread start "
     "others. Guess how long the lookups take as concurrent tasks, each in its own session, then run them:"
 )
-arc.lookups(db)
+arc.lookups(db, ready=ready)
 
 st.subheader("Under load: a pool against a new connection per request")
 st.markdown(
@@ -46,13 +46,13 @@ st.markdown(
     "A restart, a failover or an idle-session timeout closes connections the pool still keeps. Let the "
     "server end the minimal engine's idle connections, then send three requests:"
 )
-arc.drop(db, hardened=False)
+arc.drop(db, hardened=False, ready=ready)
 st.markdown(
     "**The hardening** (`source/database.py`): `pool_pre_ping` tests each connection as it is handed out "
     "and replaces a dead one; the other additions answer failures of their own (see the comments)."
 )
 arc.hardening_diff()
-arc.drop(db, hardened=True)
+arc.drop(db, hardened=True, ready=ready)
 
 st.subheader("All or nothing")
 st.markdown(

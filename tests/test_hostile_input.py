@@ -18,6 +18,7 @@ from harness.served import app_subprocess_env, served_app
 from harness.wsclient import StreamlitClient
 from source import AIRScore, User
 from tests.pagekit import count, create_user_button, texts
+from ui import checks
 
 MODELS = "../pages/1_Data_Models.py"
 NUMBER_PAGES = ["Data_Models", "DB_Connectivity_and_Pooling", "Repository_Pattern_and_N+1", "Caching_with_Redis",
@@ -129,9 +130,9 @@ def test_nan_and_infinity_into_every_number_input_give_no_exception(initialised,
                     client.values.clear()
         finally:
             client.close()
-    # page 1: 1 input, page 2: 6, page 3: 3 (the workbench's limit too), page 4: 6, page 5: 4 (the
-    # prediction, the relays), page 5b: 2
-    assert seen == 3 * 22
+    # page 1: 1 input, page 2: 9 (the lookups' 3 and the experiment's 6), page 3: 3 (the workbench's limit
+    # too), page 4: 6, page 5: 4 (the prediction, the relays), page 5b: 2
+    assert seen == 3 * 25
     assert "Traceback" not in app.log()
 
 
@@ -143,7 +144,7 @@ def test_an_error_inside_streamlit_shows_no_details(app_env, tmp_path):
         client = StreamlitClient(app.url)
         try:
             drawn = client.run("Schema_Migrations")
-            radio = next(label for label, kind in drawn.kinds.items() if kind == "radio")
+            radio = checks.MIGRATIONS[0].prompt  # the knowledge check's first radio
             client.values = {drawn.widgets[radio]: WidgetState(id=drawn.widgets[radio], int_value=999)}
             [shown] = client.run().exceptions
         finally:

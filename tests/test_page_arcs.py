@@ -164,3 +164,17 @@ def test_the_server_ending_pooled_connections_breaks_the_minimal_engine_not_the_
     assert shown[0].startswith("1. failed: ") and shown[1] == "1. ok\n2. ok\n3. ok"
     [diff] = [c.value for c in at.code if c.value.startswith("--- source/database_minimal.py")]
     assert '+options: dict = {"pool_pre_ping": pre_ping}' in diff and "+# pre-ping: test a pooled connection" in diff
+
+
+def test_with_an_instructor_key_section_2_waits_for_the_instructor_then_initialises_with_the_key(app_env,
+                                                                                                 monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "letmein")
+    at = open_page(POOLING)
+    assert "the instructor's to do" in texts(at.info) and not at.status
+    assert at.button(key="lookups_run").disabled and at.button(key="atomicity").disabled
+    assert texts(at.main.caption).count("7. Instructor") == 1
+    assert not [b for b in at.button if b.key == "init_db"]  # migrating needs the key
+    at.text_input(key="init_key").set_value("letmein").run()
+    click(at, "init_db")
+    assert [box.state for box in at.status] == ["complete"] and "sample users ready" in texts(at.success)
+    assert count(User) == 2 and not at.button(key="lookups_run").disabled

@@ -4,13 +4,13 @@ and the learner's progress. Nothing here talks to a backend."""
 
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
 import inspect
 import re
 import sys
 import textwrap
+import tokenize
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,19 +147,24 @@ def class_source(cls: type) -> tuple[int, str]:
     return start + 1, "".join(inspect.getblock(lines[start:]))
 
 
+@functools.cache  # the class, as loaded
 def attribute_source(cls: type, name: str) -> str:
-    """The statement in a class's source that declares `name` (with the comments just above it)."""
+    """The statement in a class's source that declares `name` (with the comments just above it).
+    Read with tokenize, not ast, for the reason class_source gives."""
     _line, source = class_source(cls)
-    lines = source.splitlines()
-    for node in ast.walk(ast.parse(textwrap.dedent(source))):
-        if isinstance(node, ast.AnnAssign | ast.Assign):
-            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
-            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                start = node.lineno - 1
-                while start and lines[start - 1].strip().startswith("#"):
-                    start -= 1
-                return textwrap.dedent("\n".join(lines[start:node.end_lineno]))
-    raise LookupError(f"{cls.__name__} declares no {name}")
+    lines = source.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.match(rf"\s+{re.escape(name)}\s*[:=]", line)), None)
+    if start is None:
+        raise LookupError(f"{cls.__name__} declares no {name}")
+    statement = iter(lines[start:])
+    end = start
+    for token in tokenize.generate_tokens(lambda: next(statement, "")):
+        if token.type == tokenize.NEWLINE:  # the end of the logical line, past any brackets
+            end = start + token.end[0] - 1
+            break
+    while start and lines[start - 1].strip().startswith("#"):
+        start -= 1
+    return textwrap.dedent("".join(lines[start:end + 1])).rstrip("\n")
 
 
 def lines_from(source: str, first: str, last: str) -> str:

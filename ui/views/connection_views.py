@@ -33,12 +33,14 @@ def connection_cost(db: Database) -> None:
 
 
 def minimal_pattern() -> None:
-    st.code(inspect.getsource(database_minimal.Database) + "\n\n" + inspect.getsource(database_minimal.find_user),
+    # class_source, not inspect.getsource: for a class, inspect parses the module (see class_source)
+    st.code(widgets.class_source(database_minimal.Database)[1] + "\n\n" + inspect.getsource(database_minimal.find_user),
             language="python")
 
 
-def lookups(db: Database) -> None:
-    """Predict, then run: the same lookups one after another, then as concurrent tasks."""
+def lookups(db: Database, *, ready: bool) -> None:
+    """Predict, then run: the same lookups one after another, then as concurrent tasks (of the sample
+    users: `ready` says they exist)."""
     form = forms.Form("lookups_form")
     with st.form(form.key):
         left, middle, right = st.columns(3)
@@ -49,7 +51,8 @@ def lookups(db: Database) -> None:
         guess = right.number_input("Your prediction: ms for all of them, concurrently", value=None, step=10,
                                    key="lookups_guess")
         form.slot("guess", right)
-        run = st.form_submit_button("Run them one after another, then concurrently", key="lookups_run")
+        run = st.form_submit_button("Run them one after another, then concurrently", key="lookups_run",
+                                    disabled=not ready)
     if run:
         form.start()
         count = form.within("lookups", count, "Lookups", 1, connections.MAX_LOOKUPS, whole=True)
@@ -93,11 +96,12 @@ def _lookups_result(result: connections.Lookups, guess: float) -> None:
         )
 
 
-def drop(db: Database, *, hardened: bool) -> None:
-    """A pooled connection the server ended, under one engine; the result stays."""
+def drop(db: Database, *, hardened: bool, ready: bool) -> None:
+    """A pooled connection the server ended, under one engine (its requests look up a sample user:
+    `ready` says they exist); the result stays."""
     name = "hardened" if hardened else "minimal"
     label = f"End the {name} engine's idle connections on the server, then send 3 requests"
-    if st.button(label, key=f"drop_{name}", disabled=db.backend != "postgresql"):
+    if st.button(label, key=f"drop_{name}", disabled=db.backend != "postgresql" or not ready):
         with ui.errors_shown():
             st.session_state[f"drop_{name}_result"] = ui.run(connections.drop_connections(db, hardened=hardened))
     if db.backend != "postgresql":
