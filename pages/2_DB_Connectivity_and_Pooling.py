@@ -105,8 +105,8 @@ if (not migrates or gate.instructor_key_ok("Migrating the schema", key="init_key
 if ui.show_initialised("init_db"):
     st.success(f"Schema migrated to head on {db.label}; sample users ready.")
 if ready or st.session_state.user_alex_id:
-    st.caption(f"Alex Smith's user ID: `{st.session_state.user_alex_id}` · Jane Doe's: "
-               f"`{st.session_state.user_jane_id}`")
+    st.markdown(f"**Alex Smith's user ID:** `{st.session_state.user_alex_id}`  \n"
+                f"**Jane Doe's user ID:** `{st.session_state.user_jane_id}`")
 if st.session_state.db_initialized and gate.instructor_key_ok("Resetting the lab data", key="reset_key"):
     confirmed = st.checkbox("Yes, delete all lab data, every learner's included", key="reset_confirm")
     if st.button("Reset lab data", key="reset_lab", disabled=not confirmed):

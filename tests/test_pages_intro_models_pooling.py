@@ -161,7 +161,7 @@ def test_initialise_button_names_the_real_backend_and_can_be_clicked_twice(app_e
     at = open_page(POOLING)  # a first visit on a fresh database sets it up on its own
     assert at.status[0].label.startswith("Setting up the database on first use")
     alex, jane = at.session_state.user_alex_id, at.session_state.user_jane_id
-    assert alex and jane and alex in texts(at.caption)
+    assert alex and jane and f"**Alex Smith's user ID:** `{alex}`" in texts(at.markdown)
     assert "revision" in texts(at.sidebar.caption) and "not initialised" not in texts(at.sidebar.caption)
     button = at.button(key="init_db")
     expected = "SQLite file" if app_env == "embedded" else "PostgreSQL"
@@ -211,7 +211,7 @@ def test_two_sessions_initialising_at_once_get_no_error_and_no_duplicate_users(a
 
 def test_a_second_session_picks_up_the_sample_users_another_created(initialised):
     at = open_page(POOLING)
-    assert at.session_state.user_alex_id and at.session_state.user_alex_id in texts(at.caption)
+    assert at.session_state.user_alex_id and at.session_state.user_alex_id in texts(at.markdown)
 
 
 def test_pool_figures_are_read_from_the_apps_pool(initialised):
