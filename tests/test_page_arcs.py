@@ -132,10 +132,8 @@ def test_the_pool_experiment_reports_a_value_out_of_range_by_its_field_and_runs_
 
 def test_the_pool_experiment_shows_its_progress_explains_its_figures_and_keeps_them(initialised):
     at = open_page(POOLING)
-    at.number_input(key="exp_clients").set_value(6)
-    at.number_input(key="exp_per_client").set_value(2)
-    at.number_input(key="exp_pool_size").set_value(1)
-    at.number_input(key="exp_max_overflow").set_value(1)
+    for key, value in {"exp_clients": 6, "exp_per_client": 2, "exp_pool_size": 1, "exp_max_overflow": 1}.items():
+        at.number_input(key=key).set_value(value)
     at.button(key="exp_run").click().run()
     [box] = at.status
     assert box.label.startswith("12 requests through a pool, then through NullPool: done") and box.state == "complete"
