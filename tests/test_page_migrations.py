@@ -131,3 +131,22 @@ def test_a_wrong_answer_fails_the_check_with_the_reason_and_keeps_the_answers(in
     at.run()  # a rerun (or coming back to the page) keeps the answers and the feedback
     assert at.radio(key="check_migrations_0").value == wrong[0]
     assert "not quite" in texts(at.error)
+
+
+def test_a_downgrade_is_refused_while_the_outbox_publisher_runs_and_says_why(initialised):
+    """From 0006 a downgrade drops each event's number and stream entry ID, which a running relay
+    and consumer use: the step refuses while this process's publisher runs, and runs once it stops."""
+    head = revision_history()[-1].revision
+    assert ui.publisher().start()
+    try:
+        at = open_page(PAGE)
+        at.button(key="downgrade_step").click().run()
+        assert not at.exception and not at.status
+        assert "Stop the outbox publisher first" in texts(at.warning)
+        assert ui.run(ui.database().current_revision()) == head
+    finally:
+        assert ui.publisher().stop()
+    at.button(key="downgrade_step").click().run()
+    assert f"Migrated from {head}" in texts(at.success)
+    at.button(key="upgrade_step").click().run()
+    assert ui.run(ui.database().current_revision()) == head

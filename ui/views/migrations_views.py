@@ -67,6 +67,13 @@ def step_buttons(db: Database, *, current: str | None, head: str, key_prefix: st
     if down_col.button("Downgrade one step", disabled=current is None, key=f"{key_prefix}downgrade_step"):
         direction = "down"
     key = f"{key_prefix}migration_step"
+    if direction == "down" and ui.publisher().running:
+        # Its relay and consumer read and write what a downgrade drops (from 0006: each event's number
+        # and stream entry ID): every cycle would fail, and every new score too, until an upgrade.
+        down_col.warning("Stop the outbox publisher first (section 5): a downgrade drops tables or columns its "
+                         "relay and consumer use, and each of their cycles would fail until the schema is "
+                         "upgraded again. Publishers in other app processes are not stopped by this page.")
+        direction = None
     if direction:
         def done(_result) -> None:
             ui.backend_status.clear()
