@@ -197,9 +197,9 @@ def pipeline_figures(publisher: LabPublisher) -> None:
         elif view.appended < view.published:
             st.caption("Appended counts the entries this Redis server has received (`XINFO STREAM`), since it "
                        "started empty; the outbox and the inbox, in the database, remember more.")
-        left, right = st.columns([3, 2])
-        left.dataframe(pd.DataFrame(view.events), hide_index=True, width="stretch")
-        right.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
+        with st.expander("The rows behind these figures: the latest events, and the consumer's read model"):
+            st.dataframe(pd.DataFrame(view.events), hide_index=True, width="stretch")
+            st.dataframe(pd.DataFrame(view.read_model), hide_index=True, width="stretch")
 
 
 def blocked(db: Database) -> None:
