@@ -6,7 +6,7 @@ import ui
 from labbench import migrations, shared_session
 from ui import checks, gate
 from ui.views import connection_views as arc
-from ui.views import pooling_views
+from ui.views import exercise_views, pooling_views
 
 ui.page("2. DB Connectivity & Pooling")
 db = ui.database()
@@ -118,4 +118,5 @@ if st.session_state.db_initialized and gate.instructor_key_ok("Resetting the lab
                 "key(s); Alex and Jane are back to their sample values."
             )
 
+exercise_views.panel("session-per-task")
 ui.knowledge_check("pooling", checks.POOLING)

@@ -4,7 +4,7 @@ import streamlit as st
 import ui
 from labbench import loading
 from ui import checks, widgets
-from ui.views import cache_views, repository_views
+from ui.views import cache_views, exercise_views, repository_views
 
 ui.page("3. Repository Pattern & N+1")
 st.title("3. The Repository Pattern and the N+1 Problem")
@@ -156,4 +156,5 @@ for column, action, label in zip(
                 )
                 st.code(caught.sql, language="sql", wrap_lines=True)
 
+exercise_views.panel("latest-scores")
 ui.knowledge_check("repository", checks.REPOSITORY)

@@ -8,7 +8,7 @@ from labbench.redis_structures import lab_structures
 from source import CachedUserRepository, CacheStats, config
 from source.outbox import stream_key
 from ui import checks
-from ui.views import cache_compare_views, cache_views
+from ui.views import cache_compare_views, cache_views, exercise_views
 
 ui.page("4. Caching with Redis")
 st.title("4. Optimizing Data Access with Redis Caching")
@@ -152,4 +152,5 @@ st.markdown(
     "and miss from the cache layer itself, keeps the cache true on writes, and keeps serving when "
     "Redis does not."
 )
+exercise_views.panel("cache-aside")
 ui.knowledge_check("cache", checks.CACHE)

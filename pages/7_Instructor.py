@@ -2,6 +2,7 @@ import streamlit as st
 
 import ui
 from ui import gate
+from ui.views import exercise_views
 from ui.views import instructor_views as views
 
 ui.page("7. Instructor")
@@ -41,3 +42,5 @@ st.markdown("**Outbox** (section 5): the publisher, broker faults, relay crash, 
 views.outbox_actions()
 st.markdown("**Reset lab data** (section 2)")
 views.reset_action()
+
+exercise_views.instructor_figures()
