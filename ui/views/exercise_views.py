@@ -84,6 +84,7 @@ def _restore(exercise: exercises.Exercise, key: str, learner_id: str | None) -> 
             state.pop(f"{key}:{name}", None)
     state[f"{key}:loaded"] = learner_id or "tab"
     state.setdefault(f"{key}:began_from", exercise.stub)
+    state.setdefault(f"{key}:saved", exercise.stub)  # the untouched starter needs no row
     state.setdefault(f"{key}:tally", dict(TALLY))
     if learner_id is None or editor.code_key(key) in state:
         return
@@ -146,7 +147,11 @@ def panel(exercise_id: str) -> None:
             st.rerun()
         _follow(key)
     if result := state.get(f"{key}:result"):
-        show_result(result, state.get(editor.code_key(key)) or "")
+        try:
+            show_result(result, state.get(editor.code_key(key)) or "")
+        except (KeyError, TypeError, ValueError):  # a row written by another version of the lab
+            st.caption("Your last results were stored in another format by an earlier version of the lab; "
+                       "run the checks again to see them.")
     with st.expander(f"Hints ({len(exercise.hints)})"):
         st.markdown("\n".join(f"{n}. {hint}" for n, hint in enumerate(exercise.hints, 1)))
     _answer_key(exercise, key, learner_id)
