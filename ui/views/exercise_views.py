@@ -156,7 +156,7 @@ def panel(exercise_id: str) -> None:
         st.markdown("\n".join(f"{n}. {hint}" for n, hint in enumerate(exercise.hints, 1)))
     _answer_key(exercise, key, learner_id)
     with st.expander("How your code runs here"):
-        _how_it_runs(decided)
+        _how_it_runs()
 
 
 def _keeper(exercise: exercises.Exercise, key: str, code: str, learner_id: str | None):
@@ -266,10 +266,9 @@ def _answer_key(exercise: exercises.Exercise, key: str, learner_id: str | None) 
                        f"{FAILED_RUNS_BEFORE_ANSWER} runs that do not ({tally['failed_runs']} so far).")
 
 
-def _how_it_runs(decided: exercises.Policy) -> None:
-    rows = [{"protection": p.name, "here": "yes" if p.present else "no", "how": p.how}
-            for p in exercises.capabilities().protections()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+def _how_it_runs() -> None:
+    st.markdown("\n".join(f"- {'✓' if p.present else '✗ missing:'} {p.name} ({escape_markdown(p.how)})"
+                          for p in exercises.capabilities().protections()))
     status = exercises.queue_status()
     st.caption(f"Runs take turns in this app process, {status.slots} at a time, below the app's priority: "
                f"{status.running} running and {status.waiting} waiting now; a run takes about "
