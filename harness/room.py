@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.cookiejar
+import json
 import os
 import random
 import re
@@ -134,6 +135,8 @@ class Rendered:
             self.texts.append(f"{proto.label} {proto.body}")
         elif name == "page_link":
             self.links[proto.label] = proto.page_script_hash
+        elif name == "component_instance" and proto.id and (key := widget_key(proto.id)):
+            self.widgets[key] = Widget(proto.id, name, proto.component_name, False)  # e.g. the code editor
         elif name in WIDGETS and proto.id:
             options = tuple(getattr(proto, "options", ()))
             widget = Widget(proto.id, name, proto.label, getattr(proto, "disabled", False), options)
@@ -317,6 +320,8 @@ def state_of(widget: Widget, value: object) -> WidgetState:
         return WidgetState(id=widget.id, bool_value=bool(value))
     if widget.kind == "number_input":
         return WidgetState(id=widget.id, double_value=float(value))
+    if widget.kind == "component_instance":  # a custom component's value, which its iframe sends as JSON
+        return WidgetState(id=widget.id, json_value=json.dumps(value))
     raise ValueError(f"the harness does not set {widget.kind} widgets")
 
 
