@@ -12,6 +12,8 @@
                                     # processes on the PostgreSQL and Redis servers
     python bench.py --only exercises   # learner code graded in the sandbox: per exercise, grading
                                     # start to results, and the sandbox's start against python -c pass
+    python bench.py --only exercise_room  # 30 learners press Run checks at once on one served app:
+                                    # the queue's bound, places, waits, other learners' reruns
 
 Backends: a scratch SQLite file always; PostgreSQL when LAB_TEST_DATABASE_URL (or --pg) names
 a server (the bench makes its own database there and drops it); Redis at LAB_TEST_REDIS_URL
@@ -887,6 +889,72 @@ async def bench_exercises(bench: Bench, rounds: int = 3, starts: int = 10) -> li
     return figures
 
 
+async def bench_exercise_room(bench: Bench) -> list[Figure]:
+    """A room pressing "Run checks" at once (harness/exercise_room.py): `streamlit run app.py` on a
+    fresh SQLite file + fakeredis (the learners' rows; their code runs on the exercise cluster in
+    data/exercises), the first of --learners learners (30 by default) on section 3 with the answer key
+    in the editor, all clicking together, and 3 bystanders rerunning section 1 (no code run) before
+    and during the rush. Not pinned to a core: the sandboxes are the app's children and would share
+    its core. Any learner's error, a result that is not a pass, or a stored attempt that is not the
+    run fails the bench."""
+    import exercises
+    from exercises.runqueue import default_slots
+    from harness import exercise_room, room
+    from harness.served import app_subprocess_env, save_server_log, served_app
+
+    learners, section = bench.room_learners[0], "exercise_room"
+    code = exercises.get(exercise_room.EXERCISE).answer_key
+    async with AsyncExitStack() as stack:
+        db_url = await fresh_database(stack, bench, "sqlite")
+        db = Database(db_url)
+        await run_db_setup_and_create_user(db)
+        await db.dispose()
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        env = app_subprocess_env({"DATABASE_URL": db_url, "REDIS_URL": "fakeredis://",
+                                  "LAB_REDIS_PREFIX": f"{bench.key_prefix}exroom:"})
+        with served_app(env, log_dir) as app:
+            run = await exercise_room.rush(app.url, app.process.pid, learners=learners, code=code, bystanders=3,
+                                           before=20)
+            log = save_server_log(app, "exercise-room") if run.errors else None
+        stored = await exercise_room.stored_attempts(db_url, run.walked)
+    label = f"sqlite+fakeredis, {learners} learners"
+    for problem in run.errors + [f"bystander {b.number}: {b.error}" for b in run.bystanders if b.error]:
+        bench.failures.append(f"{section}: {problem}")
+    if log:
+        bench.failures.append(f"{section}: server log {log}")
+    bench.failures += [f"{section}: learner {me.number} did not pass" for me in run.walked if not me.error and not me.passed]
+    bench.failures += [f"{section}: learner {n}'s attempt is not stored as run" for n, attempt in stored.items()
+                       if attempt is None or (attempt.runs, attempt.passed) != (1, True)]
+    results = [me.results_seconds for me in run.walked if not me.error]
+    before = [s for b in run.bystanders for s in b.before]
+    during = [s for b in run.bystanders for s in b.during]
+    told = [me for me in run.walked if me.places]
+    figures = [
+        Figure(section, label, "learners with an error", len(run.errors), "learners"),
+        Figure(section, label, "runs at a time (the queue's bound, LAB_EXERCISE_SLOTS or cores // 2)", default_slots(), "runs"),
+        Figure(section, label, "most sandboxes running at once, counted among the server's children", run.sandboxes_at_once,
+               "runs"),
+        Figure(section, label, f"sandboxes' nice value (the app's: {run.server_nice})", max(run.sandbox_nice, default=0), ""),
+        Figure(section, label, "click to the last learner's results", run.seconds, "s"),
+        Figure(section, label, "learners told their place in line", len(told), "learners"),
+        Figure(section, label, "largest place in line shown", max((me.places[0] for me in told), default=0), "place"),
+        Figure(section, label, "learners whose results came in a later page run (over 120 s)",
+               sum(me.page_runs > 1 for me in run.walked), "learners"),
+        Figure(section, label, "one run, as the page printed it (median)",
+               statistics.median(me.graded_seconds - me.waited_seconds for me in run.walked if not me.error), "s"),
+    ]
+    if results:
+        figures += [Figure(section, label, f"click to results p{q}", room.percentile(results, q), "s") for q in (50, 95)]
+        figures.append(Figure(section, label, "click to results, slowest", max(results), "s"))
+    if before and during:
+        for name, samples in (("before the rush", before), ("during the rush", during)):
+            figures += [Figure(section, label, f"bystanders' rerun of section 1 {name} p{q}",
+                               room.percentile(samples, q) * 1000, "ms") for q in (50, 95)]
+        figures.append(Figure(section, label, "  bystanders' rerun p50, during / before",
+                              statistics.median(during) / statistics.median(before), "x"))
+    return figures
+
+
 async def bench_reruns(bench: Bench) -> list[Figure]:
     """What one rerun of each page costs the server: `streamlit run app.py` on SQLite +
     fakeredis pinned to one core, one session (harness/room.py) initialises, opens each page,
@@ -936,6 +1004,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[list[Figure]]]] = {
 }
 ON_REQUEST = {"load": bench_load, "room": bench_room, "room_proxy": bench_room_proxy}  # named with --only; not part of the default run
 ON_REQUEST["exercises"] = bench_exercises  # named with --only; not part of the default run
+ON_REQUEST["exercise_room"] = bench_exercise_room  # named with --only; not part of the default run
 
 
 # --- running -----------------------------------------------------------------------------
