@@ -940,6 +940,10 @@ async def bench_exercise_room(bench: Bench) -> list[Figure]:
         Figure(section, label, "largest place in line shown", max((me.places[0] for me in told), default=0), "place"),
         Figure(section, label, "learners whose results came in a later page run (over 120 s)",
                sum(me.page_runs > 1 for me in run.walked), "learners"),
+        Figure(section, label, "first expected wait shown to a waiting learner (median)",
+               statistics.median(me.expected_waits[0] for me in told) if told else 0, "s"),
+        Figure(section, label, "time that learner then waited, as the page printed it (median)",
+               statistics.median(me.waited_seconds for me in told) if told else 0, "s"),
         Figure(section, label, "one run, as the page printed it (median)",
                statistics.median(me.graded_seconds - me.waited_seconds for me in run.walked if not me.error), "s"),
     ]

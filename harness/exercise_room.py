@@ -3,7 +3,8 @@
 Each learner opens section 3, leaves its solution in the code editor (the JSON the editor's
 iframe sends when the learner leaves it), waits until every learner is ready, and then all click
 "Run checks" together. Meanwhile other learners ("bystanders") rerun a page that runs no code
-(section 1), before the rush and during it, so that their click times can be compared. From
+(section 1), before the rush (once every learner is on section 3, the server otherwise idle) and
+during it, so that their click times can be compared. From
 outside the app, a sampler counts the sandboxes running at once (the server's child processes
 running the sandbox's driver) and reads their priority.
 
@@ -149,10 +150,11 @@ def collect_places(me: Rusher, shown: room.Rendered) -> None:
         me.expected_waits.append(int(wait))
 
 
-async def bystand(session: room.Session, me: Bystander, rushing: asyncio.Event, done: asyncio.Event,
-                  before: int, pause: float) -> None:
+async def bystand(session: room.Session, me: Bystander, quiet: asyncio.Event, rushing: asyncio.Event,
+                  done: asyncio.Event, before: int, pause: float) -> None:
     await session.open()
     await session.go(PLAIN_PAGE)
+    await quiet.wait()  # every learner on section 3: the server is idle until the rush
     for _ in range(before):
         await session.rerun(f"rerun {PLAIN_PAGE}")
         me.before.append(session.clicks[-1].seconds)
@@ -169,7 +171,7 @@ async def rush(url: str, server_pid: int, *, learners: int, code: str, bystander
     """`learners` sessions press Run checks at once with `code`; `bystanders` rerun a plain page."""
     rushers = [Rusher(n) for n in range(1, learners + 1)]
     others = [Bystander(n) for n in range(learners + 1, learners + bystanders + 1)]
-    go, rushing, done, arrived = asyncio.Event(), asyncio.Event(), asyncio.Event(), []
+    go, quiet, rushing, done, arrived = asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event(), []
 
     async def one_rusher(me: Rusher) -> None:
         ready = asyncio.Event()
@@ -187,7 +189,7 @@ async def rush(url: str, server_pid: int, *, learners: int, code: str, bystander
         session = room.Session(url, me.number, timeout=timeout)
         try:
             async with session:
-                await bystand(session, me, rushing, done, before, pause)
+                await bystand(session, me, quiet, rushing, done, before, pause)
         except Exception as exc:
             me.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}"
         finally:
@@ -197,6 +199,7 @@ async def rush(url: str, server_pid: int, *, learners: int, code: str, bystander
     rushing_tasks = [asyncio.create_task(one_rusher(me)) for me in rushers]
     while len(arrived) < learners:  # everyone on the page, their code in the editor
         await asyncio.sleep(0.05)
+    quiet.set()
     while any(len(b.before) < before and not b.error for b in others):  # the plain page's times, undisturbed
         await asyncio.sleep(0.05)
     with SandboxSampler(server_pid) as sampler:

@@ -9,6 +9,9 @@ editor's iframe: the tests set the code where the editor's responses put it (ui/
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -85,7 +88,7 @@ def test_the_answer_key_passes_every_check_with_the_statements_it_sent(initialis
     [box] = at.status
     assert box.label.startswith("Running the checks: done in ")
     assert "All 4 checks passed." in texts(at.success) and not at.error
-    assert "✓ **Statements for 50 users: at most 2**: 2 statements for 50 users (at most 2)." in texts(at.markdown)
+    assert ":green[✓] **Statements for 50 users: at most 2**: 2 statements for 50 users (at most 2)." in texts(at.markdown)
     assert "users: 600 · statements: 3 · at most: 3" in texts(at.caption)  # selectinload: 500 IDs per IN
     assert "SELECT users.id" in texts(at.code)
     assert "Your code against it:" in texts(at.markdown) and "(the same)" in texts(at.code)  # the key opened
@@ -98,11 +101,24 @@ def test_an_n_plus_one_solution_is_told_the_statements_it_sent_and_the_key_stays
     at = run_checks(open_as(), N_PLUS_ONE)
     assert ("2 of 4 checks passed. First to fail: Statements for 50 users: at most 2: 51 statements for 50 "
             "users (at most 2)") in texts(at.error)
-    assert "✗ **Statements for 600 users: at most 3**" in texts(at.markdown)
+    assert ":red[✗] **Statements for 600 users: at most 3**" in texts(at.markdown)
     assert "50 x SELECT air_scores." in texts(at.code)
     assert "(1 so far)" in texts(at.caption) and "Your code against it:" not in texts(at.markdown)
     attempt = stored(at)
     assert (attempt.runs, attempt.failed_runs, attempt.passed) == (1, 1, False)
+
+
+def test_a_second_click_while_the_first_run_is_going_queues_nothing_and_follows_the_first(initialised):
+    at = open_as()
+    first = exercise_runs.Running(EXERCISE, "code", future=concurrent.futures.Future())
+    at.session_state[f"{KEY}:running"] = first  # as a click whose page run another click stopped leaves it
+    result = exercise_runs.result_of(exercises.Grade(EXERCISE, True, True, "All 4 checks passed."), "code")
+    threading.Timer(1.0, first.future.set_result, [result]).start()  # the first run ends a moment later
+    run_checks(at, exercises.get(EXERCISE).answer_key)
+    assert "Your last run is still going" in texts(at.info)
+    assert "All 4 checks passed." in texts(at.success)  # the first run's results, followed to the end
+    assert f"{KEY}:running" not in at.session_state and at.session_state[f"{KEY}:tally"]["runs"] == 1
+    assert stored(at).runs == 0  # no second run was graded (a draft of the code was saved)
 
 
 def test_bad_input_gets_its_message_beside_the_editor_runs_nothing_and_stores_nothing_beyond_limits(initialised):
@@ -130,7 +146,7 @@ def test_code_and_results_come_back_in_a_new_session_after_the_apps_resources_ar
     again = open_as(token)
     assert again.session_state[f"{KEY}:code"] == mine + "# edited after the run\n"
     assert "All 4 checks passed." in texts(again.success)
-    assert "✓ **Statements for 600 users: at most 3**" in texts(again.markdown)
+    assert ":green[✓] **Statements for 600 users: at most 3**" in texts(again.markdown)
     assert "These results are for your code as it was when you ran the checks" in texts(again.caption)
     assert "Your code against it:" in texts(again.markdown)  # passed: the key stays open
 

@@ -26,7 +26,7 @@ from ui import editor, exercise_runs, gate, learner
 from ui.widgets import escape_markdown
 
 log = logging.getLogger("lab2")
-MARKS = {True: "✓", False: "✗", None: "–"}
+MARKS = {True: ":green[✓]", False: ":red[✗]", None: ":gray[–]"}
 TALLY = {"runs": 0, "failed_runs": 0, "passed": False, "answer_seen": False}
 FAILED_RUNS_BEFORE_ANSWER = 2
 
@@ -139,6 +139,8 @@ def panel(exercise_id: str) -> None:
         if run_column.button("Run checks", key=f"{key}:run_checks", type="primary"):
             if problem := exercises.validate(exercise.id, code):
                 beside_editor.error(escape_markdown(problem))
+            elif state.get(f"{key}:running") is not None:  # one place in the queue per learner and exercise
+                beside_editor.info("Your last run is still going: its results come below, then run again.")
             else:
                 state[f"{key}:running"] = exercise_runs.start(exercise.id, code, _keeper(exercise, key, code, learner_id))
         if reset_column.button("Reset to the starter", key=f"{key}:reset"):
