@@ -151,6 +151,28 @@ def test_code_and_results_come_back_in_a_new_session_after_the_apps_resources_ar
     assert "Your code against it:" in texts(again.markdown)  # passed: the key stays open
 
 
+def test_start_over_takes_the_learners_exercises_with_their_progress(initialised):
+    at = run_checks(open_as(), N_PLUS_ONE)
+    before = learner_id(at)
+    at.button(key="start_over").click().run()
+    assert not at.exception and at.session_state[f"{KEY}:code"] == exercises.get(EXERCISE).stub
+    assert "checks passed" not in texts(at.error) + texts(at.success)  # no results of the learner before
+    assert ui.run(store.load(ui.database(), before, EXERCISE)) is None  # their rows went with their learner row
+
+
+def test_the_panel_draws_every_exercise_in_the_catalogue(initialised):
+    for exercise in exercises.catalogue():  # sections 5 and 5b's too, whose pages may call it next
+        at = AppTest.from_string(f"""
+import ui
+from ui.views import exercise_views
+ui.page("exercises")
+exercise_views.panel({exercise.id!r})
+""", default_timeout=60).run()
+        assert not at.exception, exercise.id
+        assert f"Your turn: {exercise.title}" in texts(at.subheader)
+        assert at.session_state[f"exercise:{exercise.id}:code"] == exercise.stub
+
+
 def test_a_changed_starter_keeps_the_learners_code_and_shows_what_changed(initialised):
     at = open_as()
     old_starter = exercises.get(EXERCISE).stub.replace("latest score", "most recent score")
