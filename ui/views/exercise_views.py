@@ -128,7 +128,7 @@ def panel(exercise_id: str) -> None:
         st.code(state.get(editor.code_key(key)) or exercise.stub, language="python", line_numbers=True)
     else:
         st.caption(escape_markdown(decided.reason))
-        _starter_changed(exercise, key, learner_id)
+        _starter_changed(exercise, key)
         code = editor.editor(key, exercise.stub)
         beside_editor = st.container()
         _save_draft(exercise, key, code, learner_id)
@@ -228,7 +228,7 @@ def show_result(result: dict, code: str) -> None:
             st.code(result["output"], language=None)
 
 
-def _starter_changed(exercise: exercises.Exercise, key: str, learner_id: str | None) -> None:
+def _starter_changed(exercise: exercises.Exercise, key: str) -> None:
     state = st.session_state
     began_from = state[f"{key}:began_from"]
     if began_from == exercise.stub:
