@@ -5,8 +5,8 @@ import streamlit as st
 import ui
 from source import calculate_and_store_airscore, outbox_minimal
 from ui import checks
+from ui.views import exercise_views, outbox_depth_views, outbox_views, relay_race_views
 from ui.views import outbox_arc_views as arc
-from ui.views import outbox_depth_views, outbox_views, relay_race_views
 
 ui.page("5. Eventing (Outbox Pattern)")
 st.title("5. Reliable events with the transactional outbox")
@@ -33,6 +33,7 @@ with st.expander("The code: the write, the minimal relay and consumer (`source/o
     st.code(inspect.getsource(outbox_minimal.consume_once), language="python")
 st.caption("Everything in steps 2 and 3 runs on tables and a stream of your own, removed afterwards.")
 arc.predict_then_run()
+exercise_views.panel("outbox-relay")
 
 st.subheader("3. Break it")
 arc.break_it()

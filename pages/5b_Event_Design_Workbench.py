@@ -4,6 +4,7 @@ import ui
 from labbench import dual_write, event_table
 from ui import checks
 from ui.views import event_design_views as views
+from ui.views import exercise_views
 
 ui.page("5b. Event Table Design (Create)")
 st.title("5b. Design the event table and its delivery")
@@ -45,6 +46,8 @@ ddl_tab.code(event_table.alembic_ddl(design, db.backend), language="sql")
 if design.wake == "notify":
     st.caption("Waking on NOTIFY adds no column: the writer calls `pg_notify` in its transaction "
                "(or a trigger does, as the lab's revision 0002 does), delivered at commit.")
+
+exercise_views.panel("event-table")
 
 st.subheader("2. Run the workload through each design")
 st.markdown(
