@@ -48,6 +48,11 @@ def plain_client(target: RedisTarget, *, fake_server: fakeredis.FakeServer | Non
     return aioredis.Redis.from_url(target._real_url, decode_responses=True)
 
 
+def new_tag() -> str:
+    """A tag for one learner's keys and rows: a room shares one Redis and one database."""
+    return uuid.uuid4().hex[:10]
+
+
 def learner_prefix(prefix: str, tag: str) -> str:
     """The learner's own keys: under the lab's prefix (a reset removes them), and their tag."""
     if not tag.isalnum():
