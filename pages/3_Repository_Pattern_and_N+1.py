@@ -79,7 +79,7 @@ if runs := state.get("n1_runs"):
 st.subheader("Going further")
 joined, bench, one, fake, lazy = st.tabs(
     ["selectin or joined?", "Query workbench", "One user, lazy and eager", "The interface and its fake",
-     "Lazy loads in async code"])
+     "Lazy loads in async code"], key="n1_further")
 with joined:
     st.markdown(
         "`joinedload` sends one statement, a LEFT OUTER JOIN, but repeats every user's columns on each of "

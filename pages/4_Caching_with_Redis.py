@@ -94,7 +94,7 @@ st.markdown(
     "Each tab runs a failure on the minimal version, then shows the lines of `source/cache.py` that "
     "answer it (a diff from the minimal version) and runs the same failure on the hardened cache."
 )
-for tab, failure in zip(st.tabs(["Stampede", "Stale set", "Redis hung"]), ("stampede", "stale", "hung"), strict=True):
+for tab, failure in zip(st.tabs(["Stampede", "Stale set", "Redis hung"], key="cache_failures"), ("stampede", "stale", "hung"), strict=True):
     with tab:
         arc.failure_tab(failure, db=db, target=target, mine=mine)
 
