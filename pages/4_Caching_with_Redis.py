@@ -60,11 +60,11 @@ if (traffic := state.get("cache_traffic")) is not None:
     cache_views.traffic_result(traffic, in_process=in_process)
 
 st.subheader("The minimal pattern")
-code_col, run_col = st.columns([3, 2])
+code_col, run_col = st.columns([13, 7])
 code_col.code(arc.minimal_code(), language="python")
 with run_col:
-    st.markdown("`source/cache_aside.py`, whole: a plain `redis.asyncio` client and a session factory. "
-                "Run it on a row and keys of your own: read, read, rename, read.")
+    st.markdown("`source/cache_aside.py` without its imports: a plain `redis.asyncio` client and a session "
+                "factory. Run it on a row and keys of your own: read, read, rename, read.")
     if st.button("Run the minimal version", key="cache_minimal_run"):
         with ui.errors_shown():
             state.cache_minimal = ui.run_showing(lambda report: cache_failures.run_minimal(

@@ -16,16 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .models import User
 
+Sessions = async_sessionmaker[AsyncSession]
+Load = Callable[[], Awaitable[dict | None]]
+
 
 class CacheAside:
-    def __init__(self, redis: aioredis.Redis, sessions: async_sessionmaker[AsyncSession], *, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, sessions: Sessions, *, prefix: str):
         self.redis, self.sessions, self.prefix = redis, sessions, prefix
         self.ttl_seconds = 300
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}"
 
-    async def get(self, key: str, load: Callable[[], Awaitable[dict | None]]) -> dict | None:
+    async def get(self, key: str, load: Load) -> dict | None:
         cached = await self.redis.get(key)
         if cached is not None:
             return json.loads(cached)
@@ -37,7 +40,9 @@ class CacheAside:
         async def load() -> dict | None:
             async with self.sessions() as session:
                 user = await session.get(User, user_id)
-                return None if user is None else {"id": user.id, "name": user.name, "email": user.email}
+            if user is None:
+                return None
+            return {"id": user.id, "name": user.name, "email": user.email}
 
         return await self.get(self.key(user_id), load)
 

@@ -173,18 +173,6 @@ CACHE = (
     ),
     Question(
         "Analyze",
-        "Raise the writes per 100 reads (say from 10 to 50) and compare cache-aside with "
-        "write-through. What do you expect in the reads that loaded, and why?",
-        ("Both rise alike: every write empties the cache",
-         "Cache-aside's rise more: each write leaves a tombstone, so the next read of that user "
-         "misses and loads; write-through's write puts the new row in Redis, so it hits",
-         "Write-through's rise more: it writes to the database twice", "Neither changes"),
-        1,
-        "A write costs cache-aside one later miss per written key; write-through pays at write "
-        "time instead (one SET). Your table's 'reads that loaded' column shows the gap.",
-    ),
-    Question(
-        "Analyze",
         "Write-behind shows reads newer than the database and a loss window. What does the loss "
         "window count, and when would you still choose write-behind?",
         ("Reads that failed; never",

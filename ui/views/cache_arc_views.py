@@ -75,7 +75,7 @@ def whole_diff() -> str:
 
 def minimal_code() -> str:
     text = inspect.getsource(cache_aside)
-    return text[text.index("class CacheAside"):]
+    return text[text.index("Sessions = "):]
 
 
 def show_answer(failure: str) -> None:
