@@ -19,7 +19,7 @@ state = st.session_state
 state.setdefault("n1_cohort_tag", loading.new_cohort_tag())
 
 st.subheader("The minimal pattern")
-code_col, run_col = st.columns([3, 2])
+code_col, run_col = st.columns([13, 7])
 code_col.code(views.minimal_code(), language="python")
 with run_col:
     st.markdown(

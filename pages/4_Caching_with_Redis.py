@@ -69,8 +69,8 @@ with run_col:
         with ui.errors_shown():
             state.cache_minimal = ui.run_showing(lambda report: cache_failures.run_minimal(
                 db, target=target, report=report, **mine), label="Running CacheAside on your own key", about=1)
-    if (steps := state.get("cache_minimal")) is not None:
-        arc.minimal_run(steps)
+if (steps := state.get("cache_minimal")) is not None:
+    arc.minimal_run(steps)
 
 st.subheader("Predict, then run")
 st.markdown(

@@ -51,9 +51,10 @@ def user_changes(
 
 
 class MinimalUserRepository:
-    """The pattern at its smallest. It takes the caller's session and never commits: the caller
-    decides what one transaction covers. Its list reads each user's scores lazily, one SELECT per
-    user: the N+1 that UserRepository.list_with_scores_selectin answers."""
+    """The pattern at its smallest. It takes the caller's session and
+    never commits: the caller decides what one transaction covers. Its
+    list reads each user's scores lazily, one SELECT per user: the N+1
+    that UserRepository.list_with_scores_selectin answers."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -68,7 +69,7 @@ class MinimalUserRepository:
         query = select(User).where(User.id.in_(user_ids)).order_by(User.email)
         users = list((await self.session.execute(query)).scalars())
         for user in users:
-            await user.awaitable_attrs.scores  # async code cannot lazy-load implicitly: one SELECT each
+            await user.awaitable_attrs.scores  # one SELECT each
         return users
 
 
@@ -175,7 +176,7 @@ class UserRepository:
     # _users_query is the minimal list's SELECT with each ID validated.
 
     async def list_with_scores_selectin(self, user_ids: Sequence[str]) -> list[User]:
-        query = self._users_query(user_ids).options(selectinload(User.scores))  # their scores: a SELECT ... IN per 500 users
+        query = self._users_query(user_ids).options(selectinload(User.scores))  # + 1 SELECT ... IN per 500
         users = list((await self.session.execute(query)).scalars())
         return users
 
