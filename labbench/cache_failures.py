@@ -27,12 +27,13 @@ from labbench.cache_comparison import CommandCounter
 from labbench.progress import Report, silent
 from labbench.recorder import record
 from labbench.unreachable_redis import unreachable_redis
+from source import redis_setup
 from source.cache import RedisCache, cache_client
 from source.cache_aside import CacheAside
 from source.cached_repository import CachedUserRepository
 from source.database import Database
 from source.models import User
-from source.redis_setup import FAKE_SERVER, RedisTarget
+from source.redis_setup import RedisTarget
 
 Version = Literal["minimal", "hardened"]
 THROWAWAY_DOMAIN = "throwaway.cache.example"
@@ -44,7 +45,7 @@ def plain_client(target: RedisTarget, *, fake_server: fakeredis.FakeServer | Non
     """The minimal version's client: redis-py's defaults (no bound on its pool; 5 s timeouts), or
     the embedded stand-in."""
     if target.kind == "embedded":
-        return fakeredis.FakeAsyncRedis(server=fake_server or FAKE_SERVER, decode_responses=True)
+        return fakeredis.FakeAsyncRedis(server=fake_server or redis_setup.FAKE_SERVER, decode_responses=True)
     return aioredis.Redis.from_url(target._real_url, decode_responses=True)
 
 

@@ -159,9 +159,10 @@ def hung(result: cache_failures.Hung) -> None:
 TAB_TEXT = {
     "stampede": "Above, each of the minimal version's readers loaded the row. The hardened cache lets "
                 "concurrent readers of one key share one GET and one load (single flight).",
-    "stale": "A reader misses and loads v1; a writer in another process commits v2 and deletes the key; "
-             "then the reader stores v1. The hardened write leaves a tombstone in the key instead, and a "
-             "reader stores only if the key still holds what its own GET saw.",
+    "stale": "A reader misses and loads v1; a writer commits v2 and deletes the key; then the reader "
+             "stores v1. Each has its own client and cache object: all they share is Redis and the database, "
+             "as two app processes do. The hardened write leaves a *tombstone* (a marker value) in the key "
+             "instead, and a reader stores only if the key still holds what its own GET saw.",
     "hung": "Redis accepts the connection and never answers. The minimal version waits for its client's "
             "timeout; the hardened cache gives each step 50 ms, then serves the read from the database.",
 }
