@@ -115,7 +115,7 @@ def comparison(runs: list[loading.LoadRun]) -> None:
         extra = selectin.log.commands - selectin.log.count
         said = [f"Lazy took {lazy.seconds / selectin.seconds:.1f}× select-in's time here. Each session also sent "
                 f"commands besides its data statements (select-in's: {extra}): transaction control and the pool's "
-                "pre-ping."]
+                "pre-ping (its check that a pooled connection is still alive)."]
         if joined.seconds > selectin.seconds:
             rows = sum(max(1, len(user.scores)) for user in joined.users)
             said.append(f"Joined sent fewer statements but took longer: its one result repeats each user's columns "
