@@ -67,7 +67,11 @@ def test_traffic_experiment_reports_the_hit_ratio_and_the_update(initialised):
     at.slider(key="cache_users").set_value(20)
     at = click(at.run(), "cache_run_traffic")
     status(at, "Reading 200 times without, then with the cache")
-    assert "Their next read was a **MISS**" in texts(at.markdown)
+    # Never the old value: normally a MISS; on a machine so loaded that Redis misses the cache's
+    # 50 ms, the read fails open to the database instead, which is just as fresh.
+    after = re.search(r"went from ([\d.]+) to ([\d.]+)\. Their next read was a \*\*(\w+)\*\* returning \*\*([\d.]+)\*\*",
+                      texts(at.markdown))
+    assert after and after[3] in ("MISS", "ERROR") and after[4] == after[2], texts(at.markdown)
     assert len(at.get("vega_lite_chart")) == 1  # the latency chart
     labels = [m.label for m in at.metric]
     assert "p50 read, database alone (ms)" in labels and "p50 read, through the cache (ms)" in labels
@@ -79,7 +83,7 @@ def test_traffic_experiment_reports_the_hit_ratio_and_the_update(initialised):
     else:
         assert "keeps no server statistics" in texts(at.caption)
     at = click(at, "cache_fetch_user")  # results stay until replaced
-    assert "Their next read was a **MISS**" in texts(at.markdown) and len(at.get("vega_lite_chart")) == 1
+    assert after[0] in texts(at.markdown) and len(at.get("vega_lite_chart")) == 1
 
 
 def test_the_minimal_version_runs_on_a_row_and_keys_of_the_learners_own(initialised):
