@@ -46,9 +46,10 @@ reads_col, users_col, skew_col = st.columns(3)
 reads = reads_col.slider("Reads", 100, 2000, 500, step=100, key="cache_reads")
 users = users_col.slider("Users", 10, 200, 50, step=10, key="cache_users")
 skew = skew_col.slider("Skew s", 0.0, 2.0, 1.1, step=0.1, key="cache_skew")
-cold = st.checkbox("Start cold (invalidate these users' keys first)", value=True, key="cache_cold")
-update = st.checkbox("Update the hottest user halfway through", value=True, key="cache_update")
-if st.button("Run the Traffic", key="cache_run_traffic"):
+cold_col, update_col, run_col = st.columns([3, 3, 2])
+cold = cold_col.checkbox("Start cold (invalidate these users' keys first)", value=True, key="cache_cold")
+update = update_col.checkbox("Update the hottest user halfway through", value=True, key="cache_update")
+if run_col.button("Run the Traffic", key="cache_run_traffic"):
     with ui.errors_shown():
         state.cache_traffic = ui.run_showing(lambda report: run_traffic(
             sessions=db.sessions, cache=ui.redis_cache(fault), users=users, reads=reads, skew=skew,
@@ -126,8 +127,9 @@ if write_col.button("Add a New AIRScore for Jane (a write)", key="cache_add_scor
             f"Committed a score of {score.air_score:.2f}, then invalidated the cached latest score on the "
             "lab's Redis: the next read of it there, by anyone, misses and loads the new score."
         ))
-st.markdown("**Your reads** (the fetch buttons above, this browser session):")
-if st.button("Reset my counters", key="cache_reset_mine"):
+mine_col, reset_col = st.columns([3, 1])
+mine_col.markdown("**Your reads** (the fetch buttons above, this browser session):")
+if reset_col.button("Reset my counters", key="cache_reset_mine"):
     state.cache_my_stats.reset()
 cache_views.counts(st, state.cache_my_stats.snapshot())
 

@@ -173,19 +173,6 @@ CACHE = (
     ),
     Question(
         "Analyze",
-        "Write-behind shows reads newer than the database and a loss window. What does the loss "
-        "window count, and when would you still choose write-behind?",
-        ("Reads that failed; never",
-         "Acknowledged writes the database did not have yet, which a Redis that loses its memory "
-         "then would lose for good; for data where losing recent writes is acceptable (counters, "
-         "view counts) and write load is high",
-         "Writes the flusher applied twice; for payments", "Keys that expired; always"),
-        1,
-        "Write-behind trades durability for write speed and batching: the database lags the "
-        "cache by up to a flush interval, and what was queued only in Redis is lost with it.",
-    ),
-    Question(
-        "Analyze",
         "100 readers ask the minimal cache-aside for one user whose key is cold, at the same moment. Why "
         "does the database see a load per reader, and what makes the hardened cache load once?",
         ("Redis serialises the GETs; a longer TTL",
