@@ -54,7 +54,7 @@ if run_col.button("Run the Traffic", key="cache_run_traffic"):
         state.cache_traffic = ui.run_showing(lambda report: run_traffic(
             sessions=db.sessions, cache=ui.redis_cache(fault), users=users, reads=reads, skew=skew,
             start_cold=cold, update_midway=update, writes_to=ui.redis_cache(), report=report,
-        ), label=f"Reading {reads} times without, then with the cache", about=reads / 250, timeout=120)
+        ), label=f"Reading {reads} times without, then with the cache", about=reads / 150, timeout=120)
         ui.mark_done("cache")
         ui.remember_figure("cache", "traffic", cache_views.traffic_figure(state.cache_traffic))
 if (traffic := state.get("cache_traffic")) is not None:
