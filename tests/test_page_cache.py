@@ -27,9 +27,18 @@ def status(at, label: str):
     return box
 
 
-def test_without_initialised_data_it_points_to_section_2(app_env):
+def test_on_a_fresh_database_a_first_visit_sets_it_up_and_shows_the_demo_user(app_env, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "")
     at = open_page(PAGE)
-    assert "Initialise the database" in texts(at.info)
+    assert at.status[0].label.startswith("Setting up the database on first use")
+    assert "Demo user: **Jane Doe**" in texts(at.markdown)
+
+
+def test_on_a_shared_server_a_fresh_database_is_left_to_the_instructor(app_env, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "a secret")
+    at = open_page(PAGE)
+    assert "that is the instructor's to do" in texts(at.info) and not at.status
+    assert "Demo user" not in texts(at.markdown)
 
 
 def test_fetches_miss_then_hit_and_show_the_stored_json_and_ttl(initialised):
