@@ -4,7 +4,6 @@ as a diff from the minimal version (taken from the source as it runs, so it cann
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import textwrap
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from source.cache_aside import CacheAside
 from source.cached_repository import CachedUserRepository
 from source.redis_setup import make_redis_client
 from source.single_flight import SingleFlight
+from ui import widgets
 
 # Each failure's answer: (minimal function, a line of it, hardened function, the line that replaces it).
 ANSWERS: dict[str, list[tuple[Callable, str, Callable, str]]] = {
@@ -68,9 +68,8 @@ def answer_diff(failure: str) -> str:
 
 
 def whole_diff() -> str:
-    old = textwrap.dedent(inspect.getsource(CacheAside.get)).splitlines()
-    new = textwrap.dedent(inspect.getsource(RedisCache.read_through)).splitlines()
-    return "\n".join(difflib.unified_diff(old, new, "cache_aside.py", "cache.py", lineterm="", n=1))
+    return widgets.code_diff(inspect.getsource(CacheAside.get), inspect.getsource(RedisCache.read_through),
+                             before="cache_aside.py", after="cache.py", context=1)
 
 
 def minimal_code() -> str:

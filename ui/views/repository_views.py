@@ -5,10 +5,8 @@ composes from fixed choices."""
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -53,9 +51,9 @@ def minimal_code() -> str:
 
 def selectin_diff() -> str:
     """The minimal repository's lazy list against UserRepository's select-in list, from the source."""
-    old = textwrap.dedent(inspect.getsource(MinimalUserRepository.list_with_scores)).splitlines()
-    new = textwrap.dedent(inspect.getsource(UserRepository.list_with_scores_selectin)).splitlines()
-    return "\n".join(difflib.unified_diff(old, new, "MinimalUserRepository", "UserRepository", lineterm=""))
+    return widgets.code_diff(inspect.getsource(MinimalUserRepository.list_with_scores),
+                             inspect.getsource(UserRepository.list_with_scores_selectin),
+                             before="MinimalUserRepository", after="UserRepository")
 
 
 def sent(log: StatementLog) -> None:
