@@ -10,6 +10,7 @@ workbench.py           3. a users query composed from allow-listed choices, run 
 cache_traffic.py       4. skewed traffic through the cache, the demo user's score
 cache_inspect.py       4. a cache key as Redis holds it: raw JSON, TTL or a write's tombstone
 unreachable_redis.py   4. Redis addresses that refuse or hang
+cache_failures.py      4. the minimal cache-aside on the learner's own key, broken three ways, then hardened
 faults.py              5. broker and relay faults, wrapped around the relay's broker client
 outbox_view.py         5. the pipeline's counts and rows, one event's progress
 event_table.py         5b. the learner's event-table choices as model code, Core tables and Alembic's DDL

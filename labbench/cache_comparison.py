@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from labbench.cache_traffic import traffic_users, zipf_weights
+from labbench.progress import Report, silent
 from labbench.recorder import record
 from runtime.turns import STRATEGY_COMPARISON, turn
 from source import Database
@@ -247,24 +248,26 @@ async def behind_the_database(checker: Database, acknowledged: dict[str, int]) -
 
 async def compare_strategies(
     *, db: Database, target: RedisTarget, prefix: str, workload: Workload, fake_server=None,
-    strategies: tuple[type[CacheStrategy], ...] = STRATEGIES,
+    strategies: tuple[type[CacheStrategy], ...] = STRATEGIES, report: Report = silent,
 ) -> list[StrategyResult]:
     """Every strategy through the same operations, one after another (one comparison at a time
     in each app process and across them: they share the traffic users). Checks the controls first."""
     workload.check()
+    report("waiting for any other comparison on this server to finish", 0.0)
     async with turn(db.sessions, STRATEGY_COMPARISON):
         user_ids = await traffic_users(db.sessions, count=workload.users)
         ops = workload.operations()
         checker = Database(db.url.render_as_string(hide_password=False))
         run_id = uuid.uuid4().hex[:8]
+        results = []
         try:
-            return [
-                await run_strategy(
+            for n, strategy in enumerate(strategies):
+                report(f"{strategy.name}: strategy {n + 1} of {len(strategies)}, {len(ops)} operations", n / len(strategies))
+                results.append(await run_strategy(
                     strategy, db=db, checker=checker, target=target, fake_server=fake_server,
                     prefix=f"{prefix}compare:{run_id}:{n}:", user_ids=user_ids, ops=ops, workload=workload,
-                )
-                for n, strategy in enumerate(strategies)
-            ]
+                ))
+            return results
         finally:
             await checker.dispose()
 

@@ -17,23 +17,27 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import InvalidRequestError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
+from sqlalchemy.orm.strategies import _SelectInLoader
 
 from source.database import WRITE_TRANSACTION, Database
 from source.errors import InvalidInput, clean_id
-from source.models import AIRScore, User, utcnow
-from source.repositories import UserRepository
+from source.models import AIRScore, User, new_id, utcnow
+from source.repositories import MinimalUserRepository, UserRepository
 from source.services import _new_score, create_sample_airscore
 
+from .progress import Report, silent
 from .recorder import StatementLog, record
 
 Strategy = Literal["lazy", "selectin", "joined"]
-STRATEGIES: dict[Strategy, Callable[[UserRepository, list[str]], Awaitable[list[User]]]] = {
-    "lazy": UserRepository.list_with_scores_lazy,
-    "selectin": UserRepository.list_with_scores_selectin,
-    "joined": UserRepository.list_with_scores_joined,
+STRATEGIES: dict[Strategy, Callable[[AsyncSession, list[str]], Awaitable[list[User]]]] = {
+    "lazy": lambda session, ids: MinimalUserRepository(session).list_with_scores(ids),
+    "selectin": lambda session, ids: UserRepository(session).list_with_scores_selectin(ids),
+    "joined": lambda session, ids: UserRepository(session).list_with_scores_joined(ids),
 }
-# selectinload sends at most 500 keys per IN (...); above that it needs a statement per batch.
-MAX_COHORT_USERS = 200
+# selectinload puts at most this many keys in one IN (...) and sends a statement per chunk: read
+# from SQLAlchemy 2.1, where it is the loader class's default (500; selectinload(..., chunksize=n) sets another).
+SELECTIN_CHUNK: int = _SelectInLoader._chunksize
+MAX_COHORT_USERS = 1000  # past SELECTIN_CHUNK, so select-in's chunks can be seen
 MAX_SCORES_PER_USER = 10
 COHORT_DOMAIN = "cohort.example"
 _NO_SYNC = {"execution_options": {"synchronize_session": False}}  # a fresh session: nothing to sync
@@ -123,30 +127,31 @@ def _check_size(value: int, *, label: str, maximum: int) -> int:
 
 
 async def create_cohort(
-    db: Database, *, tag: str, users: int, scores_per_user: int, rng: random.Random | None = None
+    db: Database, *, tag: str, users: int, scores_per_user: int, rng: random.Random | None = None,
+    report: Report = silent,
 ) -> list[str]:
-    """Replace the cohort under `tag` with `users` new users of `scores_per_user` scores each, in
-    one transaction; returns their IDs ordered by email. Clicking again does not pile up rows."""
+    """Replace the cohort under `tag` with `users` new users of `scores_per_user` scores each,
+    added through MinimalUserRepository in one transaction that this caller commits; returns their
+    IDs ordered by email. Clicking again does not pile up rows."""
     prefix = _cohort_prefix(tag)
     users = _check_size(users, label="users", maximum=MAX_COHORT_USERS)
     scores_per_user = _check_size(scores_per_user, label="scores per user", maximum=MAX_SCORES_PER_USER)
     rng = rng or random.Random()
-    async with db.sessions.begin() as session:
+    report(f"adding {users} users and {users * scores_per_user} scores in one transaction", 0.1)
+    async with db.sessions.begin() as session:  # the caller's transaction: committed when the block ends
         previous = select(User.id).where(User.email.startswith(prefix, autoescape=True))
         await session.execute(delete(AIRScore).where(AIRScore.user_id.in_(previous)), **_NO_SYNC)
         await session.execute(delete(User).where(User.id.in_(previous)), **_NO_SYNC)
-        cohort = [
-            User(email=f"{prefix}{n:03d}@{COHORT_DOMAIN}", name=f"Cohort user {n}", occupation_code="15-1252")
-            for n in range(1, users + 1)
-        ]
-        session.add_all(cohort)
-        await session.flush()
-        start = utcnow()
-        for user in cohort:
-            for k in range(scores_per_user):
-                score = _new_score(user.id, f"DEV_ENG_{k + 1}", rng)
+        repo, start = MinimalUserRepository(session), utcnow()
+        cohort = []
+        for n in range(1, users + 1):
+            user = User(id=new_id(), email=f"{prefix}{n:04d}@{COHORT_DOMAIN}", name=f"Cohort user {n}",
+                        occupation_code="15-1252")
+            user.scores = [_new_score(user.id, f"DEV_ENG_{k + 1}", rng) for k in range(scores_per_user)]
+            for k, score in enumerate(user.scores):
                 score.created_at = start + timedelta(milliseconds=k)  # a strict order within a user
-                session.add(score)
+            repo.add(user)
+            cohort.append(user)
         await session.flush()
         return [user.id for user in cohort]
 
@@ -166,14 +171,17 @@ async def cohort_user_ids(db: Database, *, tag: str) -> list[str]:
 Load = Callable[[AsyncSession], Awaitable[list[User]]]
 
 
-async def _measure(db: Database, loads: dict[str, Load], runs: int) -> list[LoadRun]:
+async def _measure(db: Database, loads: dict[str, Load], runs: int, report: Report = silent) -> list[LoadRun]:
     """Run each load `runs` times, taking turns so that a noisy moment hits all of them alike,
     each run in a fresh session; keep the median time and the last run's statements and data."""
     _check_size(runs, label="runs", maximum=50)
     durations: dict[str, list[float]] = {name: [] for name in loads}
     last: dict[str, tuple[tuple[LoadedUser, ...], StatementLog]] = {}
-    for _ in range(runs):
-        for name, load in loads.items():
+    steps = runs * len(loads)
+    for run in range(runs):
+        for number, (name, load) in enumerate(loads.items()):
+            done = run * len(loads) + number
+            report(f"run {run + 1} of {runs}: {name} ({done + 1} of {steps})", done / steps)
             with record(db) as log:
                 started = time.perf_counter()
                 async with db.sessions() as session:
@@ -189,18 +197,27 @@ def _strategy(strategy: str, user_ids: list[str]) -> Load:
     if not user_ids:
         raise InvalidInput("Set up the cohort first: there are no users to load.", field="users")
     ids = [clean_id(user_id, label="user ID") for user_id in user_ids]
-    return lambda session: STRATEGIES[strategy](UserRepository(session), ids)
+    return lambda session: STRATEGIES[strategy](session, ids)
 
 
-async def load_with_scores(db: Database, *, strategy: Strategy, user_ids: list[str], runs: int = 1) -> LoadRun:
+async def load_with_scores(db: Database, *, strategy: Strategy, user_ids: list[str], runs: int = 1,
+                           report: Report = silent) -> LoadRun:
     """Load the users and their scores by one strategy, recording what was sent."""
-    [run] = await _measure(db, {strategy: _strategy(strategy, user_ids)}, runs)
+    [run] = await _measure(db, {strategy: _strategy(strategy, user_ids)}, runs, report)
     return run
 
 
-async def compare_strategies(db: Database, *, user_ids: list[str], runs: int = 5) -> list[LoadRun]:
+async def compare_strategies(db: Database, *, user_ids: list[str], runs: int = 5, report: Report = silent) -> list[LoadRun]:
     """All three strategies on the same users, `runs` times each."""
-    return await _measure(db, {name: _strategy(name, user_ids) for name in STRATEGIES}, runs)
+    return await _measure(db, {name: _strategy(name, user_ids) for name in STRATEGIES}, runs, report)
+
+
+def expected_statements(strategy: Strategy, users: int) -> int:
+    """What each strategy sends for `users` users: lazy 1 + N, select-in 1 + one per chunk of
+    SELECTIN_CHUNK, joined 1. The page shows it beside the measured count (tests compare the two)."""
+    if strategy == "lazy":
+        return 1 + users
+    return 1 + -(-users // SELECTIN_CHUNK) if strategy == "selectin" else 1
 
 
 async def load_one_user(

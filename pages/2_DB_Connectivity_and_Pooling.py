@@ -33,6 +33,8 @@ st.markdown(
 )
 arc.lookups(db, ready=ready)
 
+exercise_views.panel("session-per-task")
+
 st.subheader("Under load: a pool against a new connection per request")
 st.markdown(
     "`clients` start at once, each sending its requests one after another; a request takes a connection, "
@@ -118,5 +120,4 @@ if st.session_state.db_initialized and gate.instructor_key_ok("Resetting the lab
                 "key(s); Alex and Jane are back to their sample values."
             )
 
-exercise_views.panel("session-per-task")
 ui.knowledge_check("pooling", checks.POOLING)

@@ -4,157 +4,130 @@ import streamlit as st
 import ui
 from labbench import loading
 from ui import checks, widgets
-from ui.views import cache_views, exercise_views, repository_views
+from ui.views import cache_views, exercise_views
+from ui.views import repository_views as views
 
 ui.page("3. Repository Pattern & N+1")
 st.title("3. The Repository Pattern and the N+1 Problem")
 st.markdown(
-    "Alex keeps queries out of the service layer: `UserRepository` takes a session, offers "
-    "methods such as `get_by_id` and `get_user_with_scores_eager`, and never commits, so the "
-    "caller decides what one transaction covers. Its load methods are also where the classic ORM "
-    "trap is decided: load $N$ users, then touch each user's scores, and a lazy relationship sends "
-    "$1 + N$ statements. `selectinload` needs $2$ for up to 500 users (it sends one `IN` list per 500), "
-    "`joinedload` $1$."
+    "Alex's team page lists each user with their AI-R scores. He keeps its queries out of the page, in a "
+    "**repository**: data access behind a few methods, on a session the caller passes in."
 )
 ui.require_initialized()
 db = ui.database()
 state = st.session_state
 state.setdefault("n1_cohort_tag", loading.new_cohort_tag())
 
-
-def show_run(run: loading.LoadRun) -> None:
-    """One strategy's measured result: statements, time, data."""
-    widgets.show_statements(run.log, label="Statements sent")
-    runs = f"median of {run.runs} runs" if run.runs > 1 else "one run"
-    loaded = f"{len(run.users)} user{'s' * (len(run.users) != 1)}, {run.score_count} scores loaded"
-    st.caption(f"{run.seconds * 1000:.1f} ms, session open to data in hand ({runs}) · {loaded}")
-
-
-st.subheader("The repository, its interface and its fake")
-repository_views.repository_code()
-
-st.subheader("Add sample scores")
-score_user_id = st.text_input("User ID to add scores for", value=state.user_alex_id or "", key="n1_user_id_input")
-if st.button("Add 3 Sample Scores for User", key="add_scores"):
-    with ui.errors_shown():
-        scores = ui.run(loading.add_sample_scores(db, user_id=score_user_id))
-        st.success(f"Added {len(scores)} scores (AI-R {', '.join(f'{s.air_score:.2f}' for s in scores)}) in one commit.")
-        cache_views.queued(st, ui.forget_cached_latest_score(scores[0].user_id))  # section 4 must not serve the old one
-
-st.subheader("One user: lazy versus eager")
-st.markdown(
-    "The lazy path gets the user, then awaits `user.awaitable_attrs.scores`; the eager path is "
-    "`get_user_with_scores_eager`, a `selectinload`. For one user both take two statements: "
-    "$N + 1$ with $N = 1$. The difference appears with many users, below."
-)
-fetch_id = st.text_input("User ID to fetch", value=state.user_alex_id or "", key="fetch_user_id_n1")
-for column, strategy, label in zip(
-    st.columns(2), ("lazy", "eager"), ("Fetch User & Scores (lazy)", "Fetch User & Scores (Eager Loading)"),
-    strict=True,
-):
-    with column:
-        if st.button(label, key=f"fetch_{strategy}"):
-            state.pop(f"n1_one_{strategy}", None)
-            with ui.errors_shown():
-                state[f"n1_one_{strategy}"] = ui.run(loading.load_one_user(db, user_id=fetch_id, strategy=strategy))
-        if (run := state.get(f"n1_one_{strategy}")) is not None:
-            user = run.users[0]
-            st.markdown(f"**{widgets.escape_markdown(user.name)}** · {widgets.escape_markdown(user.email)}")
-            show_run(run)
-            if user.scores:
-                st.dataframe(pd.DataFrame(list(user.scores)), hide_index=True)
-            else:
-                st.caption("No scores yet: add some above.")
-
-st.subheader("Many users: the N+1 at scale")
-st.markdown(
-    "Set up a cohort of your own (its emails carry a tag of this session, and setting it up again "
-    "replaces it), then load it by each strategy. Every count below is the statements recorded "
-    "while that strategy ran; the time is the median of five runs, each in a fresh session."
-)
-size, per_user = st.columns(2)
-users = size.number_input("Users", 1, loading.MAX_COHORT_USERS, 20, key="n1_users")
-scores_per_user = per_user.number_input("Scores per user", 1, loading.MAX_SCORES_PER_USER, 3, key="n1_scores")
-if st.button("Set up my cohort", key="n1_setup"):
-    with ui.errors_shown():
-        ui.remember_made(n1_cohort_ids=ui.run(
-            loading.create_cohort(db, tag=state.n1_cohort_tag, users=users, scores_per_user=scores_per_user)
-        ))
-        state.pop("n1_runs", None)
-if ids := state.get("n1_cohort_ids"):
-    st.caption(f"Your cohort: {len(ids)} users, emails n1-{state.n1_cohort_tag}-…@{loading.COHORT_DOMAIN}")
-if st.button("Compare the three strategies", key="n1_compare", disabled=not ids):
-    with ui.errors_shown():
-        state.n1_runs = ui.run(loading.compare_strategies(db, user_ids=ids), timeout=120)
-        ui.mark_done("repository")
-if runs := state.get("n1_runs"):
-    for column, run in zip(st.columns(len(runs)), runs, strict=True):
-        with column:
-            st.markdown(f"**{run.strategy}**")
-            show_run(run)
-    if all(run.users == runs[0].users for run in runs):
-        st.success(f"All three returned the same {len(runs[0].users)} users and {runs[0].score_count} scores.")
-    else:
-        st.error("The strategies returned different data.")
-    frame = pd.DataFrame(
-        {"strategy": run.strategy, "data statements": run.log.count, "commands in all": run.log.commands,
-         "median ms": run.seconds * 1000}
-        for run in runs
-    )
-    left, right = st.columns(2)
-    left.bar_chart(frame, x="strategy", y=["data statements", "commands in all"], sort=False, stack=False)
-    right.bar_chart(frame, x="strategy", y="median ms", sort=False)
-    by_name = {run.strategy: run.log for run in runs}
-    joined, selectin = by_name.get("joined"), by_name.get("selectin")
+st.subheader("The minimal pattern")
+code_col, run_col = st.columns([13, 7])
+code_col.code(views.minimal_code(), language="python")
+with run_col:
     st.markdown(
-        "The lazy strategy sends one more statement per user, and each waits for its answer; on a "
-        "networked PostgreSQL each one costs latency. `joinedload` sends one statement but repeats "
-        "every user's columns on each of their score rows (hence `.unique()`); `selectinload` sends each "
-        "row once, which is why SQLAlchemy's documentation suggests it for collections."
+        "It never commits: the caller decides what one transaction covers (section 5 needs a score and its "
+        "event in one commit). Set up a team of your own through it: the caller adds every user and score "
+        "with `add` and commits once; setting it up again replaces it."
     )
-    if joined and selectin:
-        st.caption(
-            f"Counted above: joined {joined.count} vs select-in {selectin.count} data statements, but "
-            f"{joined.commands} vs {selectin.commands} commands in all, since each session also sends "
-            "its BEGIN, its COMMIT or ROLLBACK and the pool's pre-ping."
-        )
+    size, per_user = st.columns(2)
+    users = size.number_input("Users", 1, loading.MAX_COHORT_USERS, 20, key="n1_users")
+    scores_per_user = per_user.number_input("Scores per user", 1, loading.MAX_SCORES_PER_USER, 3, key="n1_scores")
+    if st.button("Set up my cohort", key="n1_setup"):
+        with ui.errors_shown():
+            ui.remember_made(n1_cohort_ids=ui.run_showing(lambda report: loading.create_cohort(
+                db, tag=state.n1_cohort_tag, users=users, scores_per_user=scores_per_user, report=report,
+            ), label=f"Adding {users} users", about=max(1, users / 200)))
+            state.pop("n1_runs", None)
+    if ids := state.get("n1_cohort_ids"):
+        st.caption(f"Your cohort: {len(ids)} users, emails n1-{state.n1_cohort_tag}-…@{loading.COHORT_DOMAIN}")
 
-st.subheader("Query workbench: compose a query, see what it sends")
-st.markdown(
-    "Choose a filter, an order, a limit and a loader for each relationship of `User`; the workbench "
-    "builds the `select()` from your choices (nothing you type runs as code: the value is a bound "
-    "parameter), shows its SQL, runs it in a session that is never committed and lists every statement sent. Predict "
-    "the count of data statements before you run it. The rows are every learner's users on this server."
-)
-repository_views.workbench_form(db)
-
-st.subheader("Why not just read user.scores?")
-st.markdown(
-    "In synchronous SQLAlchemy, reading an unloaded `user.scores` quietly sends a query: the "
-    "hidden N+1. An async session cannot do I/O inside a plain attribute access, so the same line "
-    "raises. `raiseload(User.scores)` (or `lazy=\"raise\"` on the relationship) makes the rule "
-    "explicit: any access that was not loaded up front fails loudly, in tests, before production."
-)
-for column, action, label in zip(
-    st.columns(2), (loading.plain_lazy_load, loading.raiseload_access),
-    ("Read user.scores without await", "Read it under raiseload(User.scores)"), strict=True,
-):
-    with column:
-        key = f"n1_{action.__name__}"
-        if st.button(label, key=key):
-            with ui.errors_shown():
-                state[f"{key}_caught"] = ui.run(action(db, user_id=state.user_alex_id or ""))
-        if (caught := state.get(f"{key}_caught")) is not None:
-            st.markdown("SQLAlchemy raised:")
-            st.code(caught.exception + (f"\n  caused by {caught.cause}" if caught.cause else ""), language=None)
-            st.code(caught.message, language=None, wrap_lines=True)
-            if caught.cause:
-                st.caption(
-                    "The driver failed inside execute, so SQLAlchemy wrapped MissingGreenlet in a "
-                    "StatementError with the statement it could not run (asyncpg fails earlier and "
-                    "raises MissingGreenlet itself):"
-                )
-                st.code(caught.sql, language="sql", wrap_lines=True)
+st.subheader("Predict, then run")
+st.markdown("The team page calls `list_with_scores` with your cohort's IDs. How many statements will it send?")
+guess_col, go_col = st.columns([1, 2])
+guess = guess_col.number_input("Your prediction: statements", 0, 100_000, None, key="n1_guess")
+if go_col.button("Run the team page", key="n1_list", disabled=not ids):
+    if guess is None:
+        guess_col.error("Enter your prediction first.")
+    else:
+        with ui.errors_shown():
+            run = ui.run_showing(lambda report: loading.load_with_scores(
+                db, strategy="lazy", user_ids=ids, report=report), label="The team page", about=max(1, len(ids) / 500))
+            state.n1_list_runs = [*state.get("n1_list_runs", []), (guess, run)]
 
 exercise_views.panel("latest-scores")
+
+st.subheader("Break it: the N+1 at scale")
+st.markdown(
+    "Each of those statements waits for its answer before the next is sent, so the page's time grows "
+    "with the team. Set up 200 users, then 1000, and run the team page again: each run is kept below."
+)
+views.list_runs(state.get("n1_list_runs", []))
+
+st.subheader("The hardening: selectinload")
+st.code(views.selectin_diff(), language="diff")
+st.markdown(
+    "`selectinload(User.scores)` loads the listed users' scores with one more `SELECT … WHERE user_id IN (…)`: "
+    f"2 statements, up to {loading.SELECTIN_CHUNK} users. Past that it sends one `IN` per "
+    f"{loading.SELECTIN_CHUNK} IDs (SQLAlchemy 2.1's `_SelectInLoader._chunksize`): 1000 users take 3."
+)
+if st.button("Compare the three strategies", key="n1_compare", disabled=not ids):
+    with ui.errors_shown():
+        state.n1_runs = ui.run_showing(lambda report: loading.compare_strategies(db, user_ids=ids, report=report),
+                                       label="Comparing lazy, select-in and joined, 5 runs each",
+                                       about=max(1, len(ids) / 100), timeout=120)
+        ui.mark_done("repository")
+        ui.remember_figure("repository", "statements", views.figure(state.n1_runs))
+if runs := state.get("n1_runs"):
+    views.comparison(runs)
+
+st.subheader("Going further")
+joined, bench, one, fake, lazy = st.tabs(
+    ["selectin or joined?", "Query workbench", "One user, lazy and eager", "The interface and its fake",
+     "Lazy loads in async code"], key="n1_further")
+with joined:
+    st.markdown(
+        "`joinedload` sends one statement, a LEFT OUTER JOIN, but repeats every user's columns on each of "
+        "their score rows (hence `.unique()`); `selectinload` sends each row once, which is why SQLAlchemy's "
+        "documentation suggests it for collections. For a many-to-one (a score's user), a join is the usual choice."
+    )
+    with st.expander("What else the connection carries"):
+        st.markdown(views.CONNECTION_NOTE)
+with bench:
+    st.markdown(
+        "Choose a filter, an order, a limit and a loader for each relationship of `User`; the workbench "
+        "builds the `select()` from your choices (nothing you type runs as code: the value is a bound "
+        "parameter), shows its SQL, runs it in a session that is never committed and lists every statement "
+        "sent. Predict the count of data statements before you run it. The rows are every learner's users."
+    )
+    views.workbench_form(db)
+with one:
+    st.markdown("The spec's buttons: add three scores to a user, then fetch them lazily or eagerly.")
+    score_user_id = st.text_input("User ID to add scores for", value=state.user_alex_id or "", key="n1_user_id_input")
+    if st.button("Add 3 Sample Scores for User", key="add_scores"):
+        with ui.errors_shown():
+            scores = ui.run(loading.add_sample_scores(db, user_id=score_user_id))
+            st.success(f"Added {len(scores)} scores (AI-R {', '.join(f'{s.air_score:.2f}' for s in scores)}) in one commit.")
+            cache_views.queued(st, ui.forget_cached_latest_score(scores[0].user_id))  # section 4 must not serve the old one
+    fetch_id = st.text_input("User ID to fetch", value=state.user_alex_id or "", key="fetch_user_id_n1")
+    for column, strategy, label in zip(
+        st.columns(2), ("lazy", "eager"), ("Fetch User & Scores (lazy)", "Fetch User & Scores (Eager Loading)"),
+        strict=True,
+    ):
+        with column:
+            if st.button(label, key=f"fetch_{strategy}"):
+                state.pop(f"n1_one_{strategy}", None)
+                with ui.errors_shown():
+                    state[f"n1_one_{strategy}"] = ui.run(loading.load_one_user(db, user_id=fetch_id, strategy=strategy))
+            if (run := state.get(f"n1_one_{strategy}")) is not None:
+                user = run.users[0]
+                st.markdown(f"**{widgets.escape_markdown(user.name)}** · {widgets.escape_markdown(user.email)}")
+                views.run_figures(run)
+                if user.scores:
+                    st.dataframe(pd.DataFrame(list(user.scores)), hide_index=True)
+                else:
+                    st.caption("No scores yet: add some above.")
+    st.caption("For one user both take two statements: N + 1 with N = 1.")
+with fake:
+    views.repository_code()
+with lazy:
+    views.lazy_load_errors(db)
+
 ui.knowledge_check("repository", checks.REPOSITORY)

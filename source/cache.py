@@ -1,12 +1,16 @@
-"""4. Cache-aside on Redis. A read asks Redis first; on a miss it reads the database and stores
-the result as JSON with a TTL. A write commits first, then invalidates the keys it made stale
-(it replaces them with a short-lived tombstone, so that a reader that loaded the old row cannot
-store it afterwards).
-When Redis fails, reads are served from the database (the cache fails open) and caching
-resumes by itself once Redis answers again.
+"""4. Cache-aside on Redis, hardened: cache_aside.py's read and write, with an answer to each
+failure that version meets, named where it is added:
 
-Every read returns a Lookup (the value, hit/miss/error, and where the time went), and the
-cache layer counts them in CacheStats: nothing here is guessed by the caller.
+- stampede: readers of a cold key each load it. Here they share one GET and one load.
+- stale set: a reader that loaded the old row stores it after a write deleted the key; it stays
+  until its TTL. Here a write leaves a tombstone, and a loader stores only if the key still holds
+  what its own GET saw.
+- hung Redis: the read waits for the client's timeout (redis-py's default: 5 s), then fails. Here
+  each step is bounded by 50 ms and the read is served from the database (it fails open); Redis
+  is then skipped for a moment, and caching resumes by itself.
+- Redis down during a write: the invalidation is queued and sent before the next command.
+
+Every read returns a Lookup (hit, miss or error, and where the time went), counted in CacheStats.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from .redis_setup import RedisTarget, make_redis_client
 from .single_flight import SingleFlight
 
 T = TypeVar("T")
-Outcome = Literal["hit", "miss", "error"]
 Write = Literal["user", "score"]  # what a write changed: a user's row, or their scores
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,8 @@ POOL_SIZE = 16  # connections the cache's client may open; more concurrent comma
 # nothing, in whichever process it runs.
 TOMBSTONE = "~invalidated:"
 TOMBSTONE_SECONDS = 30
-STORE_DEADLINE_SECONDS = 10.0  # a loader later than this does not store (see read_through)
+STORE_DEADLINE_SECONDS = 10.0  # a loader later than this does not store (see _store_if_unchanged)
+_MISS = object()  # what _cached returns when Redis holds no usable value ("null" is a value: none exists)
 
 _STORE_IF_UNCHANGED = """
 local current = redis.call('GET', KEYS[1])
@@ -139,67 +143,72 @@ class RedisCache:
         return len(self._unsent)
 
     async def read_through(
-        self,
-        key: str,
-        *,
-        load: Callable[[], Awaitable[T | None]],
-        kind: type[T],
-        stats: CacheStats | None = None,
+        self, key: str, *, load: Callable[[], Awaitable[T | None]], kind: type[T], stats: CacheStats | None = None,
     ) -> Lookup[T]:
-        if self._writing and key in self._writing:
-            await self._writing[key][1].wait()  # the write's invalidation has landed: read now
+        """CacheAside.get, hardened (section 4 shows the diff): each addition names the failure it
+        answers, and the read reports what happened in a Lookup."""
+        await self._writes_landed(key)  # stale read: a write of this key in this process lands first
         with self.flights.reading(key):
             started = time.perf_counter()
-            # 1. Ask Redis (concurrent readers of one key share one GET).
-            error, asked_at = None, started
-            try:
-                raw, asked_at = await self._get(key)
-            except CacheUnavailable as exc:
-                raw, error = None, str(exc)
+            cached, asked_at, error = await self._get(key)  # hung Redis: fails open; stampede: one GET
             cache_seconds = time.perf_counter() - started
-            if raw is not None and not raw.startswith(TOMBSTONE):
-                try:
-                    value = self._decoded.get(raw)
-                    if value is None or type(value) is not kind:
-                        value = self._decode(raw, kind)
-                except (ValueError, TypeError):  # unreadable entry: treat as a miss and overwrite it
-                    log.warning("ignoring an unreadable cache entry at %s", key)
-                else:
-                    lookup = Lookup(key, value, "hit", time.perf_counter() - started, cache_seconds, 0.0, False)
-                    return self._count(lookup, stats)
-            # 2. Miss, or Redis failed: read the database, once for all concurrent callers.
+            value = self._cached(key, cached, kind)  # stale set: a write's tombstone reads as a miss
+            if value is not _MISS:
+                lookup = Lookup(key, value, "hit", time.perf_counter() - started, cache_seconds, 0.0, False)
+                return self._count(lookup, stats)
             load_started = time.perf_counter()
-            value, flight = await self.flights.join(key, load, asked_at=asked_at)
+            value, flight = await self.flights.join(key, load, asked_at=asked_at)  # stampede: one load
             db_seconds = time.perf_counter() - load_started
-            # 3. The caller that loaded stores the value only if the key still holds what its
-            #    GET saw: a write since then left a tombstone, and storing the row read before it
-            #    would undo the invalidation. A loader past the deadline does not store at all, so
-            #    the tombstone it would compare with cannot have expired meanwhile.
-            stored, not_stored = False, None
-            try:
-                if flight is None:
-                    pass  # shared another caller's load: that caller stores
-                elif error is not None:
-                    not_stored = "Redis did not answer"
-                elif flight.stale:
-                    not_stored = "a write in this process invalidated the key while it loaded"
-                elif time.perf_counter() - asked_at > STORE_DEADLINE_SECONDS:
-                    not_stored = f"the read took longer than {STORE_DEADLINE_SECONDS:g} s"
-                else:
-                    args = (raw or "", encode(value), self.ttl_for(value))
-                    stored = bool(await self._call(lambda: self._store(keys=(key,), args=args)))
-                    if not stored:
-                        not_stored = "the key changed after this read's GET (a write, or another reader stored first)"
-            except CacheUnavailable as exc:
-                error = not_stored = str(exc)
-            finally:
-                if flight is not None:
-                    self.flights.land(flight)
-            lookup = Lookup(
-                key, value, "error" if error else "miss", time.perf_counter() - started, cache_seconds,
-                db_seconds, flight is not None, error, stored, not_stored,
-            )
+            stored, not_stored, error = await self._store_if_unchanged(  # stale set: not over a write
+                key, value, seen=cached, flight=flight, error=error, asked_at=asked_at)
+            lookup = Lookup(key, value, "error" if error else "miss", time.perf_counter() - started,
+                            cache_seconds, db_seconds, flight is not None, error, stored, not_stored)
             return self._count(lookup, stats)
+
+    async def _writes_landed(self, key: str) -> None:
+        """Stale read in this process: between a write's commit and its invalidation Redis still
+        holds the old value, so a read of a key being written here waits for it (see `writing`)."""
+        if self._writing and key in self._writing:
+            await self._writing[key][1].wait()
+
+    def _cached(self, key: str, raw: str | None, kind: type[T]) -> T | None | object:
+        """The value Redis holds, or _MISS: no entry, a write's tombstone, or an entry this code
+        cannot read (then it is treated as a miss, and the store overwrites it)."""
+        if raw is None or raw.startswith(TOMBSTONE):
+            return _MISS
+        try:
+            value = self._decoded.get(raw)
+            return value if value is not None and type(value) is kind else self._decode(raw, kind)
+        except (ValueError, TypeError):
+            log.warning("ignoring an unreadable cache entry at %s", key)
+            return _MISS
+
+    async def _store_if_unchanged(
+        self, key: str, value: object, *, seen: str | None, flight, error: str | None, asked_at: float,
+    ) -> tuple[bool, str | None, str | None]:
+        """Stale set: store the loaded value only if the key still holds what this read's GET saw.
+        A write since then left a tombstone there, and storing the row read before it would undo
+        the invalidation, in whichever process the reader runs. Only the reader that loaded
+        stores; not after a write here marked its load stale, nor past the deadline (the
+        tombstone it compares with could have expired by then). Returns (stored, why not, error)."""
+        try:
+            if flight is None:
+                return False, None, error  # shared another reader's load: that reader stores
+            if error is not None:
+                return False, "Redis did not answer", error
+            if flight.stale:
+                return False, "a write in this process invalidated the key while it loaded", None
+            if time.perf_counter() - asked_at > STORE_DEADLINE_SECONDS:
+                return False, f"the read took longer than {STORE_DEADLINE_SECONDS:g} s", None
+            args = (seen or "", encode(value), self.ttl_for(value))
+            if await self._call(lambda: self._store(keys=(key,), args=args)):
+                return True, None, None
+            return False, "the key changed after this read's GET (a write, or another reader stored first)", None
+        except CacheUnavailable as exc:
+            return False, str(exc), str(exc)
+        finally:
+            if flight is not None:
+                self.flights.land(flight)
 
     @asynccontextmanager
     async def writing(self, *keys: str) -> AsyncIterator[None]:
@@ -231,10 +240,10 @@ class RedisCache:
         self._decoded[raw] = value
         return value
 
-    async def _get(self, key: str) -> tuple[str | None, float]:
-        """GET key, or join the same GET another reader already sent: 100 concurrent readers of
-        one key send one command and take one pooled connection. Returns the answer and when
-        that GET was sent."""
+    async def _get(self, key: str) -> tuple[str | None, float, str | None]:
+        """GET key, failing open: the answer, when the GET was sent, and why Redis gave none (the
+        read is then served from the database). Stampede: a reader joins a GET of the same key
+        already in flight, so 100 concurrent readers send one command and take one connection."""
         pending = self._gets.get(key)
         if pending is not None:
             raw, error, asked_at = await asyncio.shield(pending)
@@ -251,23 +260,21 @@ class RedisCache:
                     except (redis.RedisError, OSError) as exc:
                         raise self._failed(exc) from exc
             except CacheUnavailable as exc:
-                error = exc
+                error = str(exc)
             except BaseException:
-                error = CacheUnavailable("the reader that sent the GET was cancelled")
+                error = "the reader that sent the GET was cancelled"
                 raise
             finally:
                 pending.set_result((raw, error, asked_at))
                 if self._gets.get(key) is pending:
                     del self._gets[key]
-        if error is not None:
-            raise error
-        return raw, asked_at
+        return raw, asked_at, error
 
     async def invalidate(self, *keys: str) -> Invalidation:
-        """Replace the keys' values with tombstones (see TOMBSTONE). If Redis does not answer,
-        the keys are queued in this process and sent before its next command to this Redis, so
-        that Redis cannot come back with the old values and serve them; a process that stops
-        first loses the queue, and then the old values live until their TTL."""
+        """Stale set: replace the keys' values with tombstones (see TOMBSTONE) instead of deleting
+        them. Redis down during a write: the keys are queued here and sent before the next command,
+        so that Redis cannot come back with the old values; a process that stops first loses the
+        queue, and the old values then live until their TTL."""
         for key in keys:
             self.flights.forget(key)  # loads in flight may hold the old row: do not store it
             self._gets.pop(key, None)  # later readers send a GET of their own
@@ -338,5 +345,3 @@ class RedisCache:
             stats.record(lookup)
         return lookup
 
-
-# --- the repository ----------------------------------------------------------------------

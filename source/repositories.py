@@ -1,5 +1,6 @@
 """3. Repositories: data access behind a small interface. They take a session and never
-commit: the caller owns the transaction, so several writes can share one commit."""
+commit: the caller owns the transaction, so several writes can share one commit.
+MinimalUserRepository is the pattern at its smallest; UserRepository is the lab's."""
 
 from __future__ import annotations
 
@@ -47,6 +48,29 @@ def user_changes(
     if years_experience is not None:
         changes["years_experience"] = clean_years(years_experience)
     return changes
+
+
+class MinimalUserRepository:
+    """The pattern at its smallest. It takes the caller's session and
+    never commits: the caller decides what one transaction covers. Its
+    list reads each user's scores lazily, one SELECT per user: the N+1
+    that UserRepository.list_with_scores_selectin answers."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, user: User) -> None:
+        self.session.add(user)
+
+    async def get(self, user_id: str) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def list_with_scores(self, user_ids: Sequence[str]) -> list[User]:
+        query = select(User).where(User.id.in_(user_ids)).order_by(User.email)
+        users = list((await self.session.execute(query)).scalars())
+        for user in users:
+            await user.awaitable_attrs.scores  # one SELECT each
+        return users
 
 
 class UserRepositoryProtocol(Protocol):
@@ -147,20 +171,14 @@ class UserRepository:
         )
         return result.scalar_one_or_none()
 
-    # Three ways to load many users with their scores. Same data; the number of statements
-    # differs: N+1, 2 and 1 for N users.
-
-    async def list_with_scores_lazy(self, user_ids: Sequence[str]) -> list[User]:
-        """The N+1: one SELECT for the users, then one more per user as its scores are awaited."""
-        users = await self._list_users(user_ids)
-        for user in users:
-            # Async code cannot lazy-load implicitly; awaitable_attrs makes each load explicit.
-            await user.awaitable_attrs.scores
-        return users
+    # Many users with their scores, the same data in fewer statements than the minimal
+    # repository's lazy list (N+1 for N users): select-in sends 2 (up to 500 users), joined 1.
+    # _users_query is the minimal list's SELECT with each ID validated.
 
     async def list_with_scores_selectin(self, user_ids: Sequence[str]) -> list[User]:
-        """Two statements: the users, then every user's scores in one SELECT ... WHERE user_id IN."""
-        return await self._list_users(user_ids, selectinload(User.scores))
+        query = self._users_query(user_ids).options(selectinload(User.scores))  # + 1 SELECT ... IN per 500
+        users = list((await self.session.execute(query)).scalars())
+        return users
 
     async def list_with_scores_joined(self, user_ids: Sequence[str]) -> list[User]:
         """One statement: users LEFT OUTER JOIN scores, one row per score."""
@@ -170,7 +188,3 @@ class UserRepository:
     def _users_query(self, user_ids: Sequence[str]):
         ids = [clean_id(user_id, label="user ID") for user_id in user_ids]
         return select(User).where(User.id.in_(ids)).order_by(User.email)
-
-    async def _list_users(self, user_ids: Sequence[str], *options) -> list[User]:
-        result = await self.session.execute(self._users_query(user_ids).options(*options))
-        return list(result.scalars())

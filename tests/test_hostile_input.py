@@ -130,9 +130,10 @@ def test_nan_and_infinity_into_every_number_input_give_no_exception(initialised,
                     client.values.clear()
         finally:
             client.close()
-    # page 1: 1 input, page 2: 9 (the lookups' 3 and the experiment's 6), page 3: 3 (the workbench's limit
-    # too), page 4: 6, page 5: 4 (the prediction, the relays), page 5b: 2
-    assert seen == 3 * 25
+    # page 1: 1 input, page 2: 9 (the lookups' 3 and the experiment's 6), page 3: 4 (the cohort's 2, the
+    # prediction, the workbench's limit), page 4: 7 (the prediction, the comparison's 6), page 5: 4 (the
+    # prediction, the relays), page 5b: 2
+    assert seen == 3 * 27
     assert "Traceback" not in app.log()
 
 

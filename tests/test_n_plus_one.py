@@ -12,6 +12,7 @@ from labbench.loading import (
     cohort_user_ids,
     compare_strategies,
     create_cohort,
+    expected_statements,
     load_one_user,
     load_with_scores,
     new_cohort_tag,
@@ -20,6 +21,7 @@ from labbench.loading import (
 )
 from labbench.recorder import record
 from source import AIRScore, InvalidInput, NotFound, User, UserRepository, run_db_setup_and_create_user
+from source.repositories import MinimalUserRepository
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
@@ -36,12 +38,13 @@ async def cohort(db) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("method", "expected"),
-    [("list_with_scores_lazy", 7 + 1), ("list_with_scores_selectin", 2), ("list_with_scores_joined", 1)],
+    ("repository", "method", "expected"),
+    [(MinimalUserRepository, "list_with_scores", 7 + 1), (UserRepository, "list_with_scores_selectin", 2),
+     (UserRepository, "list_with_scores_joined", 1)],
 )
-async def test_each_repository_strategy_sends_the_expected_number_of_statements(db, cohort, method, expected):
+async def test_each_repository_strategy_sends_the_expected_number_of_statements(db, cohort, repository, method, expected):
     async with db.sessions() as session:
-        repo = UserRepository(session)
+        repo = repository(session)
         with record(db) as log:
             users = await getattr(repo, method)(cohort)
             scores = [len(user.scores) for user in users]
@@ -85,6 +88,22 @@ async def test_the_counts_follow_n_because_they_are_measured(db):
         assert [run.log.count for run in runs] == [lazy_count, 2, 1]
 
 
+async def test_selectin_sends_one_in_statement_per_chunk_of_500_users(db):
+    ids = await create_cohort(db, tag=new_cohort_tag(), users=501, scores_per_user=1)
+    run = await load_with_scores(db, strategy="selectin", user_ids=ids)
+    assert run.log.count == 3 == expected_statements("selectin", 501)  # the users, then 500 + 1 IDs
+    assert [sql.count("?") + sql.count("$") for sql in run.log.sql[1:]] == [500, 1]  # bound IDs per IN
+    assert run.score_count == 501
+
+
+async def test_the_cohort_is_added_through_the_minimal_repository_and_committed_once_by_its_caller(db):
+    tag = new_cohort_tag()
+    with record(db) as log:
+        ids = await create_cohort(db, tag=tag, users=4, scores_per_user=2)
+    assert [entry.sql for entry in log.of_kind("transaction") if entry.sql == "COMMIT"] == ["COMMIT"]
+    assert await cohort_user_ids(db, tag=tag) == ids and await count(db, AIRScore) == 8
+
+
 async def test_setting_up_the_cohort_again_replaces_it_instead_of_piling_up(db):
     tag, other = new_cohort_tag(), new_cohort_tag()
     await create_cohort(db, tag=other, users=2, scores_per_user=1)
@@ -97,7 +116,7 @@ async def test_setting_up_the_cohort_again_replaces_it_instead_of_piling_up(db):
 
 
 @pytest.mark.parametrize(
-    ("users", "scores"), [(0, 3), (201, 3), (5, 0), (5, 11)]
+    ("users", "scores"), [(0, 3), (1001, 3), (5, 0), (5, 11)]
 )
 async def test_a_cohort_size_out_of_range_is_refused_before_writing(db, users, scores):
     with pytest.raises(InvalidInput, match="between 1 and"):

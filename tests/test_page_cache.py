@@ -1,8 +1,11 @@
-"""Section 4 driven through AppTest on both backend pairs, with Redis up and down."""
+"""Section 4 driven through AppTest on both backend pairs, with Redis up and down: the arc (the
+problem measured, the minimal version run, a prediction, each failure on the minimal version and
+on the hardened cache), each long action's status, results that stay, and the lab's cache in use."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -12,13 +15,30 @@ from harness.served import free_port
 from source.redis_setup import RedisTarget
 from source.repositories import UserRepository
 from tests.pagekit import click, open_page, texts
+from ui.views import cache_arc_views
 
 PAGE = "../pages/4_Caching_with_Redis.py"
 
 
-def test_without_initialised_data_it_points_to_section_2(app_env):
+def status(at, label: str):
+    """The status box of the action named `label`: it ran, and says so after its run."""
+    [box] = [box for box in at.status if box.label.startswith(label)]
+    assert box.state == "complete" and ": done in " in box.label, box.label
+    return box
+
+
+def test_on_a_fresh_database_a_first_visit_sets_it_up_and_shows_the_demo_user(app_env, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "")
     at = open_page(PAGE)
-    assert "Initialise the database" in texts(at.info)
+    assert at.status[0].label.startswith("Setting up the database on first use")
+    assert "Demo user: **Jane Doe**" in texts(at.markdown)
+
+
+def test_on_a_shared_server_a_fresh_database_is_left_to_the_instructor(app_env, monkeypatch):
+    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", "a secret")
+    at = open_page(PAGE)
+    assert "that is the instructor's to do" in texts(at.info) and not at.status
+    assert "Demo user" not in texts(at.markdown)
 
 
 def test_fetches_miss_then_hit_and_show_the_stored_json_and_ttl(initialised):
@@ -55,20 +75,86 @@ def test_traffic_experiment_reports_the_hit_ratio_and_the_update(initialised):
     at.slider(key="cache_reads").set_value(200)
     at.slider(key="cache_users").set_value(20)
     at = click(at.run(), "cache_run_traffic")
-    assert "Their next read was a **MISS**" in texts(at.markdown)
+    status(at, "Reading 200 times without, then with the cache")
+    # Never the old value: normally a MISS; on a machine so loaded that Redis misses the cache's
+    # 50 ms, the read fails open to the database instead, which is just as fresh.
+    after = re.search(r"went from ([\d.]+) to ([\d.]+)\. Their next read was a \*\*(\w+)\*\* returning \*\*([\d.]+)\*\*",
+                      texts(at.markdown))
+    assert after and after[3] in ("MISS", "ERROR") and after[4] == after[2], texts(at.markdown)
     assert len(at.get("vega_lite_chart")) == 1  # the latency chart
+    labels = [m.label for m in at.metric]
+    assert "p50 read, database alone (ms)" in labels and "p50 read, through the cache (ms)" in labels
+    figure = at.session_state["key_figures"]["cache"]["traffic"]
+    assert figure.startswith("200 reads: hit ratio ") and "ms from the database alone" in figure
     if initialised == "servers":
         assert "INFO keyspace_hits + keyspace_misses) rose by" in texts(at.markdown)
+        assert "for the midway write's invalidation (SET … GET)" in texts(at.markdown)
     else:
         assert "keeps no server statistics" in texts(at.caption)
+    at = click(at, "cache_fetch_user")  # results stay until replaced
+    assert after[0] in texts(at.markdown) and len(at.get("vega_lite_chart")) == 1
+
+
+def test_the_minimal_version_runs_on_a_row_and_keys_of_the_learners_own(initialised):
+    at = click(open_page(PAGE), "cache_minimal_run")
+    status(at, "Running CacheAside on your own key")
+    table = at.dataframe[0].value
+    assert list(table["database statements"]) == [1, 0, 2, 1]
+    assert list(table["returned"]) == ["Throwaway user v1", "Throwaway user v1", "", "Throwaway user v2"]
+    assert "Your row and keys are gone again" in texts(at.caption)
+
+
+def test_the_stampede_needs_a_prediction_then_compares_it_with_the_loads_measured(initialised):
+    at = click(open_page(PAGE), "cache_stampede_minimal")
+    assert "Enter your prediction first." in texts(at.error) and not at.status
+    at.number_input(key="cache_guess").set_value(1)
+    at = click(at.run(), "cache_stampede_minimal")
+    status(at, "Stampede")
+    loads = re.search(r"You predicted \*\*1\*\*\. On the minimal version, 100 readers of one cold key made "
+                      r"\*\*(\d+) database loads\*\*", texts(at.markdown))
+    assert loads and int(loads[1]) > 1
+    at = click(at, "cache_stampede_hardened")
+    status(at, "Run 100 readers on the hardened cache")
+    assert "On the hardened cache, 100 readers of one cold key made **1 database load**" in texts(at.markdown)
+    assert "You predicted **1**" in texts(at.markdown)  # the minimal run's result stays
+
+
+def test_a_stale_set_breaks_the_minimal_version_and_not_the_hardened_cache(initialised):
+    at = click(open_page(PAGE), "cache_stale_minimal")
+    status(at, "Race a write on the minimal version")
+    assert "**Stale.** The database holds Throwaway user v2, but the next read returned **Throwaway user v1**" in texts(at.error)
+    at = click(at, "cache_stale_hardened")
+    status(at, "Race a write on the hardened cache")
+    assert "The next read missed and loaded **Throwaway user v2**" in texts(at.success)
+    assert "**Stale.**" in texts(at.error)  # still there: results stay until replaced
+
+
+def test_a_hung_redis_fails_the_minimal_read_after_seconds_and_the_hardened_one_serves_the_database(initialised):
+    at = click(open_page(PAGE), "cache_hung_minimal")
+    status(at, "Hang Redis under the minimal version")
+    assert re.search(r"\*\*The read failed after [5-9]\.\d s\*\* with TimeoutError", texts(at.error))
+    at = click(at, "cache_hung_hardened")
+    status(at, "Hang Redis under the hardened cache")
+    assert "**Served from the database in" in texts(at.success) and "after the cache's 50 ms budget" in texts(at.success)
+
+
+def test_each_failures_diff_is_taken_from_the_source_as_it_runs(initialised):
+    at = open_page(PAGE)
+    diffs = [block.value for block in at.code if block.language == "diff"]
+    for failure in cache_arc_views.ANSWERS:
+        assert cache_arc_views.answer_diff(failure) in diffs
+    assert "+    with self.flights.reading(key):" in cache_arc_views.whole_diff()
+    assert "+cached, asked_at, error = await self._get(key)  # hung Redis: fails open; stampede: one GET" in diffs[0]
+    with pytest.raises(LookupError):
+        cache_arc_views.statement(cache_arc_views.CacheAside.get, "no such line")
 
 
 @pytest.mark.parametrize("fault", ["refused", "hung"])
 def test_an_unreachable_redis_for_my_reads_is_served_from_the_database(initialised, fault):
     at = open_page(PAGE)
     at.radio(key="cache_fault").set_value(fault).run()
+    assert "They are served from the database" in texts(at.warning)
     at = click(at, "cache_fetch_user")
-    assert "served from the database" in texts(at.warning)
     assert "ERROR" in texts(at.warning) and "Jane Doe" in texts(at.json)
 
 
@@ -143,6 +229,8 @@ def test_the_strategy_comparison_shows_a_row_per_strategy_and_a_chart(initialise
     for name, value in (("reads", 200), ("users", 10), ("readers", 8), ("ttl_seconds", 300)):
         at.number_input(key=f"cache_cmp_{name}").set_value(value)
     at = click(at.run(), "cache_compare")
+    box = status(at, "Comparing the five strategies")
+    assert "write-behind: strategy 5 of 5" in texts(box.caption)
     table = at.dataframe[-1].value
     assert list(table["strategy"]) == ["cache-aside", "TTL only", "write-through", "refresh-ahead", "write-behind"]
     assert "Write-behind's loss window" in texts(at.markdown)
@@ -160,10 +248,11 @@ def test_a_bad_comparison_control_gets_a_message_under_it_and_runs_nothing(initi
 def test_the_structures_panel_shows_the_live_keys_as_redis_reports_them(initialised):
     at = click(click(open_page(PAGE), "cache_fetch_user"), "cache_structures")
     table = at.dataframe[-1].value
-    assert list(table["TYPE"]) == ["string", "hash", "zset", "none"]  # no event published yet
-    assert "section 5's relay creates it" in table["content"][3]
+    assert list(table["TYPE"]) == ["string", "hash", "zset", "list", "set", "none", "(a channel, not a key)"]
+    assert "section 5's relay creates it" in table["content"][5]  # no event published yet
     assert '"name": "Jane Doe"' in table["content"][0]
     assert "years_experience (after HSET) = 6.0" in table["content"][1]
+    assert "after it left reached 0" in table["content"][6]
     if initialised == "servers":  # a Redis server reports both; fakeredis implements neither
         assert table["OBJECT ENCODING"][1] == "listpack" and int(table["MEMORY USAGE (bytes)"][0]) > 0
     else:

@@ -1,5 +1,7 @@
-"""Section 3 driven through AppTest on both backend pairs: every button's measured result, and
-bad or unknown user IDs answered with a message and no write."""
+"""Section 3 driven through AppTest on both backend pairs: the arc (the minimal repository and
+the learner's cohort set up through it, a prediction, the N+1 at scale, selectinload as its
+hardening), every button's measured result and status, results that stay, and bad or unknown
+user IDs answered with a message and no write."""
 
 from __future__ import annotations
 
@@ -20,6 +22,21 @@ UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 def alex_id(app_env) -> str:
     alex, _ = ui.run(run_db_setup_and_create_user(ui.database()))
     return alex.id
+
+
+def status(at: AppTest, label: str):
+    [box] = [box for box in at.status if box.label.startswith(label)]
+    assert box.state == "complete" and ": done in " in box.label, box.label
+    return box
+
+
+def set_up_cohort(at: AppTest, users: int, scores: int = 3) -> AppTest:
+    at.number_input(key="n1_users").set_value(users)
+    at.number_input(key="n1_scores").set_value(scores)
+    at.button(key="n1_setup").click().run()
+    assert not at.exception
+    status(at, f"Adding {users} users")
+    return at
 
 
 def statement_counts(at: AppTest) -> list[int]:
@@ -67,14 +84,40 @@ def test_fetching_an_unknown_user_says_so(alex_id):
     assert not statement_counts(at)
 
 
-def test_compares_the_strategies_on_the_learners_cohort_with_measured_counts(alex_id):
+def test_the_minimal_repository_and_its_hardening_are_shown_from_the_source(alex_id):
     at = open_page(PAGE)
-    at.number_input(key="n1_users").set_value(6)
-    at.number_input(key="n1_scores").set_value(2)
-    at.button(key="n1_setup").click().run()
+    shown = texts(at.code)
+    assert "class MinimalUserRepository:" in shown and "await user.awaitable_attrs.scores" in shown
+    [diff] = [block.value for block in at.code if block.language == "diff"]
+    assert "-        await user.awaitable_attrs.scores" in diff  # the loop that sent one SELECT per user
+    assert "+    query = self._users_query(user_ids).options(selectinload(User.scores))" in diff
+
+
+def test_the_team_page_needs_a_prediction_then_keeps_each_run_beside_it(alex_id):
+    at = set_up_cohort(open_page(PAGE), 6)
+    at.button(key="n1_list").click().run()
+    assert "Enter your prediction first." in texts(at.error) and not at.status
+    at.number_input(key="n1_guess").set_value(1)
+    at.button(key="n1_list").click().run()
+    status(at, "The team page")
+    assert "You predicted **1**; the team page sent **7 statements** for 6 users (under by 6)" in texts(at.markdown)
+    at = set_up_cohort(at, 9)
+    at.number_input(key="n1_guess").set_value(10)
+    at.button(key="n1_list").click().run()
+    assert "You predicted **10**; the team page sent **10 statements** for 9 users (right)" in texts(at.markdown)
+    runs = at.dataframe[0].value
+    assert list(runs["users"]) == [6, 9] and list(runs["statements sent"]) == [7, 10]
+    assert list(runs["you predicted"]) == [1, 10]
+
+
+def test_compares_the_strategies_on_the_learners_cohort_with_measured_counts(alex_id):
+    at = set_up_cohort(open_page(PAGE), 6, 2)
     assert "Your cohort: 6 users" in texts(at.caption)
     at.button(key="n1_compare").click().run()
     assert not at.exception
+    status(at, "Comparing lazy, select-in and joined, 5 runs each")
+    assert at.session_state["key_figures"]["repository"]["statements"] == (
+        "6 users: statements sent lazy 7, selectin 2, joined 1")
     assert statement_counts(at) == [6 + 1, 2, 1]
     assert "All three returned the same 6 users and 12 scores" in texts(at.success)
     assert len(at.get("vega_lite_chart")) == 2
@@ -82,9 +125,11 @@ def test_compares_the_strategies_on_the_learners_cohort_with_measured_counts(ale
     # statements, ROLLBACK (the session only read).
     sent = [expander for expander in at.expander if expander.label.startswith("Show all")]
     assert [len(expander.code) for expander in sent] == [3 + 6 + 1, 3 + 2, 3 + 1]
-    assert [[code.value for code in expander.code][-1] for expander in sent] == ["ROLLBACK"] * 3
-    assert "joined 1 vs select-in 2 data statements" in texts(at.caption)
+    assert [expander.code[-1].value.splitlines()[-1] for expander in sent] == ["ROLLBACK"] * 3
+    assert "Lazy took" in texts(at.caption) and "select-in's time here" in texts(at.caption)
     assert all("FROM air_scores" in block.value for block in sent[0].code[3:-1])  # after the users
+    at.button(key="fetch_eager").click().run()  # results stay until replaced
+    assert statement_counts(at) == [6 + 1, 2, 1, 2] and len(at.get("vega_lite_chart")) == 2
 
 
 def test_setting_up_the_cohort_twice_does_not_pile_up_users(alex_id):

@@ -122,6 +122,16 @@ REPOSITORY = (
         "A joined relationship adds a JOIN, not a statement.",
     ),
     Question(
+        "Apply",
+        "Your team page lists 1000 users with `selectinload(User.scores)`. How many SELECT statements "
+        "does it send?",
+        ("1", "2", "3", "1001"),
+        2,
+        "One for the users, then the scores by `IN` lists of at most 500 user IDs (SQLAlchemy 2.1's "
+        "default chunk): 1000 IDs make two more, 3 in all. Set up 1000 users and compare the strategies "
+        "to see it counted.",
+    ),
+    Question(
         "Understand",
         "Why does the repository never call `commit()` itself?",
         ("Commits are slow", "The caller owns the transaction, so several writes (a score and its "
@@ -163,28 +173,29 @@ CACHE = (
     ),
     Question(
         "Analyze",
-        "Raise the writes per 100 reads (say from 10 to 50) and compare cache-aside with "
-        "write-through. What do you expect in the reads that loaded, and why?",
-        ("Both rise alike: every write empties the cache",
-         "Cache-aside's rise more: each write leaves a tombstone, so the next read of that user "
-         "misses and loads; write-through's write puts the new row in Redis, so it hits",
-         "Write-through's rise more: it writes to the database twice", "Neither changes"),
+        "100 readers ask the minimal cache-aside for one user whose key is cold, at the same moment. Why "
+        "does the database see a load per reader, and what makes the hardened cache load once?",
+        ("Redis serialises the GETs; a longer TTL",
+         "Every reader's GET goes out before the first reader stores the row, so each misses and loads; "
+         "single flight lets concurrent misses of one key in a process share one GET and one load",
+         "The connection pool is too small; a bigger pool",
+         "JSON decoding is slow; caching the decoded value"),
         1,
-        "A write costs cache-aside one later miss per written key; write-through pays at write "
-        "time instead (one SET). Your table's 'reads that loaded' column shows the gap.",
+        "A miss costs a database round trip before its SET, and the other 99 GETs have been sent by "
+        "then. The hardened cache shares the GET and the load in one process; other processes still load "
+        "once each.",
     ),
     Question(
         "Analyze",
-        "Write-behind shows reads newer than the database and a loss window. What does the loss "
-        "window count, and when would you still choose write-behind?",
-        ("Reads that failed; never",
-         "Acknowledged writes the database did not have yet, which a Redis that loses its memory "
-         "then would lose for good; for data where losing recent writes is acceptable (counters, "
-         "view counts) and write load is high",
-         "Writes the flusher applied twice; for payments", "Keys that expired; always"),
+        "In the stale-set race, the hardened write replaces the key with a tombstone instead of deleting "
+        "it. Why does that stop a reader that loaded the old row before the write from storing it?",
+        ("A tombstone blocks every SET for 30 s",
+         "The reader's store is a compare-and-set: it stores only if the key still holds what its own GET "
+         "saw (nothing), and the key now holds the tombstone",
+         "The tombstone deletes the reader's connection", "Redis orders the commands by their timestamps"),
         1,
-        "Write-behind trades durability for write speed and batching: the database lags the "
-        "cache by up to a flush interval, and what was queued only in Redis is lost with it.",
+        "Deleting leaves the key empty, which is exactly what the reader's GET saw, so a check could not "
+        "tell the difference. The tombstone makes the write visible to the store's check, in any process.",
     ),
     Question(
         "Understand",

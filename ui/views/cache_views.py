@@ -1,5 +1,5 @@
 """Section 4's results, drawn: one cached read, the counters and T_avg, the keys as Redis holds
-them, the traffic experiment."""
+them, the traffic experiment, the choice of an unreachable Redis for the learner's reads."""
 
 from __future__ import annotations
 
@@ -9,22 +9,28 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+import ui
 from labbench.cache_inspect import KeyState
 from labbench.cache_traffic import TrafficResult
 from source.cache import Invalidation
 from source.cache_stats import CacheCounts, Lookup
 
+FAULTS = {
+    "none": "The lab's Redis",
+    "refused": "Unreachable: refuses connections",
+    "hung": "Unreachable: accepts, never answers",
+}
 FAULT_NOTE = (
-    "The unreachable choices divert only your reads: everyone else's reads, and every write "
-    "(yours too), use the lab's Redis. The client never retries, and each step of a Redis call "
-    "is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
+    "The unreachable choices divert only your reads in the section above: everyone else's reads, and "
+    "every write (yours too), use the lab's Redis. The client never retries, and each step of a Redis "
+    "call is bounded by 50 ms: waiting for a free pooled connection, connecting, and each reply (so a "
     "read that meets all three can wait longer before it falls back). After Redis fails the cache "
     "skips it for 1 s, then tries again, so caching resumes by itself; a read that found every "
     "pooled connection busy falls back too, but skips nothing: that was this process's load."
 )
 KEEP_TRUE = (
-    "A write commits first, then replaces each key it made stale with a *tombstone* that lives "
-    "30 s; the next read misses, loads the new row and stores it in the tombstone's place. "
+    "A write commits first, then replaces each key it made stale with a *tombstone* (a marker value) "
+    "that lives 30 s; the next read misses, loads the new row and stores it in the tombstone's place. "
     "(Invalidating before the commit would let a reader cache the old row again.) A reader that "
     "loaded the old row just before the commit, in this process or another, stores it only if the "
     "key still holds what its own GET saw: the tombstone is not that, so it stores nothing. "
@@ -33,6 +39,17 @@ KEEP_TRUE = (
     "served the old value (in this process, reads of a key being written wait until the "
     "invalidation has landed, then read Redis)."
 )
+
+
+def fault_choice() -> str:
+    """The radio that points the learner's reads at an unreachable Redis; returns the choice."""
+    labels = {**FAULTS, "none": f"The lab's Redis ({ui.redis_target().label})"}
+    fault = st.radio("Redis for your reads", list(labels), format_func=labels.get, horizontal=True, key="cache_fault")
+    st.caption(FAULT_NOTE)
+    if fault != "none":
+        st.warning(f"**Your reads use a Redis that {ui.redis_cache_target(fault).reason}.** They are served "
+                   "from the database: fetch above to see it.")
+    return fault
 
 
 def invalidation(where, done: Invalidation, success: str) -> None:
@@ -84,6 +101,14 @@ def counts(where, counts: CacheCounts) -> None:
         cell.metric(label, value)
 
 
+def counters(mine: CacheCounts, everyone: CacheCounts) -> None:
+    """Your reads' T_avg, and every read this server process served."""
+    formula(st, mine)
+    st.markdown("**All reads in this server process** (every learner on this server, traffic runs "
+                "included; the strategy comparison and the arc's runs keep their own counts):")
+    counts(st, everyone)
+
+
 def formula(where, counts: CacheCounts) -> None:
     if not counts.hits + counts.misses or not counts.db_loads:
         where.caption("The formula needs a measured miss: invalidate, then fetch.")
@@ -117,8 +142,28 @@ def key_states(states: tuple[KeyState, ...]) -> None:
             st.code(key_state.raw, language="json", wrap_lines=True)
 
 
-def traffic_result(traffic: TrafficResult) -> None:
+def traffic_figure(traffic: TrafficResult) -> str:
+    """The key figure the learner's progress keeps: hit ratio and p50, with and without the cache."""
+    without = f", {traffic.p50_database_ms:.2f} ms from the database alone" if traffic.database_ms else ""
+    return (f"{len(traffic.reads)} reads: hit ratio {traffic.counts.hit_ratio:.2f}, p50 "
+            f"{traffic.p50_cached_ms:.2f} ms through the cache{without}")
+
+
+def traffic_result(traffic: TrafficResult, *, in_process: bool = False) -> None:
     counts(st, traffic.counts)
+    if traffic.database_ms:
+        cached, alone = traffic.p50_cached_ms, traffic.p50_database_ms
+        loads = f"{traffic.counts.db_loads} of {len(traffic.reads)}"
+        alone_col, cached_col, why_col = st.columns([1, 1, 3])
+        alone_col.metric("p50 read, database alone (ms)", f"{alone:.3f}")
+        cached_col.metric("p50 read, through the cache (ms)", f"{cached:.3f}")
+        where = "the in-process fakeredis" if in_process else "Redis"
+        if cached < alone:
+            why_col.caption(f"A hit is one GET from {where}; a database read opens a session, sends a SELECT and "
+                            f"builds an ORM object. And only {loads} reads reached the database.")
+        else:
+            why_col.caption(f"Here a read through the cache was not faster: a hit is a round trip to {where}, and "
+                            f"this database answered as fast. The gain is the load taken off it: {loads} reads reached it.")
     formula(st, traffic.counts)
     after = traffic.first_read_after_update
     if traffic.updated_at_read is not None:
@@ -136,11 +181,11 @@ def traffic_result(traffic: TrafficResult) -> None:
             "statistics (or Redis did not answer)."
         )
     else:
-        ours = traffic.counts.requests + traffic.stores
+        write = f", and **{traffic.invalidated}** for the midway write's invalidation (SET … GET)" if traffic.invalidated else ""
         st.markdown(
             f"Redis's own counters (INFO keyspace_hits + keyspace_misses) rose by **{sum(traffic.server)}**. "
-            f"The cache sent **{traffic.counts.requests}** GETs (one per read) and **{traffic.stores}** "
-            f"stores, each with one GET inside its compare-and-set: **{ours}** key lookups."
+            f"The cache sent **{traffic.counts.requests}** GETs (one per read), one more GET inside each of its "
+            f"**{traffic.stores}** stores{write}: **{traffic.key_lookups}** key lookups."
         )
         st.caption(
             "Redis counts every key lookup by every client, and reading a tombstone is a hit for "
@@ -158,7 +203,7 @@ def traffic_result(traffic: TrafficResult) -> None:
     if traffic.updated_at_read is not None:
         rule = pd.DataFrame({"number": [traffic.updated_at_read + 0.5]})
         layers.append(alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(x="number:Q"))
-    st.altair_chart(alt.layer(*layers), width="stretch")
+    st.altair_chart(alt.layer(*layers).properties(height=220), width="stretch")
     st.caption(
         "The traffic users are shared by everyone on this server; concurrent experiments warm each "
         "other's cache. Single flight, the cooldown and the counters are per server process."

@@ -1,8 +1,11 @@
-"""Section 3's repository pieces, drawn: UserRepository's source, its Protocol and the in-memory fake
-(the reason for the pattern), and the query workbench the learner composes from fixed choices."""
+"""Section 3's pieces, drawn: the minimal repository and the diff that hardens its list, the
+statements a load sent and the comparison of the strategies, UserRepository's source with its
+Protocol and the in-memory fake (the reason for the pattern), and the query workbench the learner
+composes from fixed choices."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -10,9 +13,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from labbench import workbench
+from labbench import loading, workbench
+from labbench.recorder import StatementLog
 from source.config import PROJECT_DIR
-from source.repositories import UserRepository, UserRepositoryProtocol
+from source.repositories import MinimalUserRepository, UserRepository, UserRepositoryProtocol
 from ui import widgets
 
 FAKE = PROJECT_DIR / "tests" / "fakes.py"
@@ -27,6 +31,100 @@ def _read(path: Path) -> str | None:
         return path.read_text(encoding="utf-8")
     except OSError:
         return None
+
+
+KINDS = {"data": "statement", "transaction": "transaction control", "ping": "pool pre-ping"}
+CONNECTION_NOTE = (
+    "Besides the data statements, each session's connection carries its BEGIN, its COMMIT or ROLLBACK, "
+    "and the pool's pre-ping when it checks the connection out (on asyncpg, outside a transaction, that "
+    "is BEGIN; `;`; ROLLBACK: three commands). Each command waits for the server's answer before the "
+    "next. On PostgreSQL a command is not always one round trip: asyncpg runs each statement as a "
+    "prepared one, and its first use on a connection takes one more, to prepare it; SQLAlchemy keeps a "
+    "connection's last 100 prepared statements, so a repeat on that connection skips it."
+)
+
+
+def minimal_code() -> str:
+    _line, code = widgets.class_source(MinimalUserRepository)
+    return code
+
+
+def selectin_diff() -> str:
+    """The minimal repository's lazy list against UserRepository's select-in list, from the source."""
+    return widgets.code_diff(inspect.getsource(MinimalUserRepository.list_with_scores),
+                             inspect.getsource(UserRepository.list_with_scores_selectin),
+                             before="MinimalUserRepository", after="UserRepository")
+
+
+def sent(log: StatementLog) -> None:
+    """Every command a load sent, in order, in an expander (never inside another one)."""
+    with st.expander(f"Show all {log.commands} commands in the order sent"):
+        for number, entry in enumerate(log.sent, start=1):
+            many = f" ({entry.commands} commands)" if entry.commands > 1 else ""
+            st.code(f"-- {number}. {KINDS[entry.kind]}{many} · {entry.seconds * 1000:.2f} ms\n{entry.sql.strip()}",
+                    language="sql")
+
+
+def run_figures(run: loading.LoadRun) -> None:
+    """One strategy's measured result: data statements, the time, the data, everything sent."""
+    st.markdown(f"**Statements sent: {run.log.count}**")
+    runs = f"median of {run.runs} runs" if run.runs > 1 else "one run"
+    st.caption(f"{run.seconds * 1000:.1f} ms, session open to data in hand ({runs}) · {len(run.users)} users, "
+               f"{run.score_count} scores · {run.log.commands} commands in all")
+    sent(run.log)
+
+
+def list_runs(runs: list[tuple[int, loading.LoadRun]]) -> None:
+    """Each run of the team page: the learner's prediction beside what was measured."""
+    if not runs:
+        return
+    guess, last = runs[-1]
+    n = len(last.users)
+    verdict = "right" if guess == last.log.count else f"{'under' if guess < last.log.count else 'over'} by {abs(guess - last.log.count)}"
+    st.markdown(f"You predicted **{guess}**; the team page sent **{last.log.count} statements** for {n} users "
+                f"({verdict}): one SELECT for the users, then one per user as its scores were awaited.")
+    sent(last.log)
+    st.dataframe(pd.DataFrame({
+        "users": [len(run.users) for _, run in runs], "you predicted": [g for g, _ in runs],
+        "statements sent": [run.log.count for _, run in runs], "ms": [round(run.seconds * 1000, 1) for _, run in runs],
+    }), hide_index=True)
+
+
+def comparison(runs: list[loading.LoadRun]) -> None:
+    for column, run in zip(st.columns(len(runs)), runs, strict=True):
+        with column:
+            st.markdown(f"**{run.strategy}**")
+            run_figures(run)
+    if all(run.users == runs[0].users for run in runs):
+        st.success(f"All three returned the same {len(runs[0].users)} users and {runs[0].score_count} scores.")
+    else:
+        st.error("The strategies returned different data.")
+    frame = pd.DataFrame(
+        {"strategy": run.strategy, "data statements": run.log.count, "commands in all": run.log.commands,
+         "median ms": run.seconds * 1000}
+        for run in runs
+    )
+    left, right = st.columns(2)
+    left.bar_chart(frame, x="strategy", y=["data statements", "commands in all"], sort=False, stack=False, height=220)
+    right.bar_chart(frame, x="strategy", y="median ms", sort=False, height=220)
+    by_name = {run.strategy: run for run in runs}
+    lazy, joined, selectin = by_name.get("lazy"), by_name.get("joined"), by_name.get("selectin")
+    if lazy and selectin and joined:
+        extra = selectin.log.commands - selectin.log.count
+        said = [f"Lazy took {lazy.seconds / selectin.seconds:.1f}× select-in's time here. Each session also sent "
+                f"commands besides its data statements (select-in's: {extra}): transaction control and the pool's "
+                "pre-ping (its check that a pooled connection is still alive)."]
+        if joined.seconds > selectin.seconds:
+            rows = sum(max(1, len(user.scores)) for user in joined.users)
+            said.append(f"Joined sent fewer statements but took longer: its one result repeats each user's columns "
+                        f"on every score row ({rows} rows for {len(joined.users)} users), folded back by `.unique()`.")
+        st.caption(" ".join(said))
+
+
+def figure(runs: list[loading.LoadRun]) -> str:
+    """The key figure the learner's progress keeps: statements for N users, before and after."""
+    counts = ", ".join(f"{run.strategy} {run.log.count}" for run in runs)
+    return f"{len(runs[0].users)} users: statements sent {counts}"
 
 
 def contract_tests(text: str) -> list[str]:
@@ -123,3 +221,34 @@ def workbench_result(result: workbench.WorkbenchResult, composition: workbench.C
         st.dataframe(pd.DataFrame(result.rows), hide_index=True, width="stretch")
     else:
         st.info("No user matches this filter.")
+
+
+def lazy_load_errors(db) -> None:
+    """What a plain lazy load does in async code, and what raiseload makes of it, as SQLAlchemy raises it."""
+    state = st.session_state
+    st.markdown(
+        "In synchronous SQLAlchemy, reading an unloaded `user.scores` quietly sends a query: the "
+        "hidden N+1. An async session cannot do I/O inside a plain attribute access, so the same line "
+        "raises. `raiseload(User.scores)` (or `lazy=\"raise\"` on the relationship) makes the rule "
+        "explicit: any access that was not loaded up front fails loudly, in tests, before production."
+    )
+    for column, action, label in zip(
+        st.columns(2), (loading.plain_lazy_load, loading.raiseload_access),
+        ("Read user.scores without await", "Read it under raiseload(User.scores)"), strict=True,
+    ):
+        with column:
+            key = f"n1_{action.__name__}"
+            if st.button(label, key=key):
+                with ui.errors_shown():
+                    state[f"{key}_caught"] = ui.run(action(db, user_id=state.user_alex_id or ""))
+            if (caught := state.get(f"{key}_caught")) is not None:
+                st.markdown("SQLAlchemy raised:")
+                st.code(caught.exception + (f"\n  caused by {caught.cause}" if caught.cause else ""), language=None)
+                st.code(caught.message, language=None, wrap_lines=True)
+                if caught.cause:
+                    st.caption(
+                        "The driver failed inside execute, so SQLAlchemy wrapped MissingGreenlet in a "
+                        "StatementError with the statement it could not run (asyncpg fails earlier and "
+                        "raises MissingGreenlet itself):"
+                    )
+                    st.code(caught.sql, language="sql", wrap_lines=True)
