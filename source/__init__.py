@@ -1,20 +1,28 @@
-"""The answer key: how Alex implements each pattern, in the order of the lab's sections. Read the
-modules in this order:
+"""The answer key: how Alex implements each pattern, in the order of the lab's sections. Each
+section's minimal version comes first; the modules after it are what each failure adds to it.
 
+models_minimal.py  1. two typed models linked both ways
 models.py          1. the data models
+database_minimal.py 2. one engine, a session per task
 database.py        2. the engine and its pool, the session factory, the schema to head
-repositories.py    3. the repository pattern (and the N+1 strategies)
-cache.py           4. cache-aside on Redis (redis_setup.py: which Redis; redis_pool.py: its pool)
+repositories.py    3. the repository pattern (the minimal one first, then the N+1 strategies)
+cache_aside.py     4. cache-aside at its smallest
+cache.py           4. cache-aside hardened (redis_setup.py: which Redis; redis_pool.py: its pool)
 cached_repository.py 4. the user repository with a cache in front, and what a write makes stale
 cache_strategies.py 4. five strategies behind one interface: what a write does to the cache
 single_flight.py   4. one database load for concurrent misses of a key
 cache_stats.py     4. what each cached read reports, and the counters
+outbox_minimal.py  5. a relay and a consumer before any hardening
+event_repository.py 5. the outbox's writes: each user's events numbered in commit order
 outbox.py          5. the transactional outbox relay
-outbox_claims.py   5. how relays claim: any order, or each aggregate's events in order
-consumer.py        5. the idempotent consumer (an inbox per event)
+outbox_claims.py   5. how relays claim: which users first, each user's events in order
+inbox.py           5. each entry checked, then applied once with its inbox row
+consumer.py        5. the consumer group: read, apply, acknowledge, dead letters
+reconcile.py       5. entries a broker lost, found by their IDs and sent again
 publisher.py       5. the relay and the consumer on a thread of their own
 outbox_stats.py    5. the figures the relay and the consumer keep
 retention.py       5. pruning published rows and trimming the stream below what the group acknowledged
+migration_patterns.py 6. a required column added in one step, then expand, backfill, contract
 services.py        use cases that own a transaction, and the sample data
 errors.py, config.py   domain errors and input checks; where the data lives
 
