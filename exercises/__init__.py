@@ -35,7 +35,8 @@ From a shell (the same sandbox and checks; exit status 0 only when every check p
 
 Layout: one folder per exercise (stub.py, key.py, child.py: its side of a run inside the
 sandbox, and __init__.py: its checks), the runner (runner.py: a run from the grader's side;
-driver.py: the child's side; sandbox.py and launch.py: bubblewrap, cgroups, rlimits), the
+driver.py: the child's side, and child_backends.py: how each child.py opens the run's database
+and Redis; sandbox.py and launch.py: bubblewrap, cgroups, rlimits), the
 exercise database (cluster.py, seed.py, serverlog.py), a Redis per run (private_redis.py), the
 run queue (runqueue.py) and the policy (policy.py).
 """

@@ -246,7 +246,8 @@ _support_lock = threading.Lock()
 
 def support_folder() -> Path:
     """What the sandbox mounts at /lab (read-only), made once per process: the driver, each
-    exercise's ops module, and a copy of the lab's models (source/models.py: SQLAlchemy only)."""
+    exercise's ops module and what they share (child_backends.py), and a copy of the lab's models
+    (source/models.py: SQLAlchemy only)."""
     global _support
     with _support_lock:
         if _support is None:
@@ -257,7 +258,8 @@ def support_folder() -> Path:
 def _make_support() -> Path:
     sweep_folders(SUPPORT_PREFIX)
     folder = Path(tempfile.mkdtemp(prefix=f"{SUPPORT_PREFIX}{os.getpid()}-"))
-    shutil.copy(HERE / "driver.py", folder / "driver.py")
+    for shared in ("driver.py", "child_backends.py"):
+        shutil.copy(HERE / shared, folder / shared)
     for ops in HERE.glob("*/child.py"):
         shutil.copy(ops, folder / f"{ops.parent.name}_ops.py")
     (folder / "source").mkdir()

@@ -1,7 +1,8 @@
 """The exercises package sits beside the bench package: it imports labbench, runtime and source,
 and nothing of the pages or the glue. What runs inside the sandbox (the driver, each exercise's
-child side, the starters and answer keys) imports only what the sandbox holds: the standard
-library, SQLAlchemy, asyncpg, redis (fakeredis in its fallback) and its copy of source.models."""
+child side and what they share, the starters and answer keys) imports only what the sandbox holds:
+the standard library, SQLAlchemy, asyncpg, redis (fakeredis in its fallback), its copy of
+source.models and of child_backends."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import exercises
 
 PACKAGE = Path(exercises.__file__).resolve().parent
-IN_SANDBOX = {"sqlalchemy", "asyncpg", "redis", "fakeredis", "source"}
+IN_SANDBOX = {"sqlalchemy", "asyncpg", "redis", "fakeredis", "source", "child_backends"}
 
 
 def imports(path: Path) -> set[str]:
@@ -26,7 +27,7 @@ def imports(path: Path) -> set[str]:
 
 
 def sandbox_files() -> list[Path]:
-    return [PACKAGE / "driver.py", PACKAGE / "launch.py",
+    return [PACKAGE / "driver.py", PACKAGE / "launch.py", PACKAGE / "child_backends.py",
             *(path for name in ("child.py", "stub.py", "key.py") for path in PACKAGE.glob(f"*/{name}"))]
 
 
@@ -51,4 +52,4 @@ def test_every_exercise_has_its_four_files_and_its_child_side_is_copied_into_the
     for exercise in exercises.catalogue():
         assert {p.name for p in exercise.folder.glob("*.py")} >= {"__init__.py", "stub.py", "key.py", "child.py"}
         assert f"{exercise.package}_ops.py" in copied
-    assert {"driver.py", "source"} <= copied
+    assert {"driver.py", "child_backends.py", "source"} <= copied

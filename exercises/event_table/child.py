@@ -6,25 +6,13 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from child_backends import connect  # exercises/child_backends.py, copied beside this file
 
 SCHEMA = "design"
 
 
 async def setup(context) -> None:
-    context.engine = create_async_engine(context.database_url, pool_size=4, max_overflow=0,
-                                         connect_args={"server_settings": {"search_path": SCHEMA}})
-    context.sessions = async_sessionmaker(context.engine, expire_on_commit=False)
-    if context.redis["kind"] == "server":
-        import redis.asyncio as aioredis
-
-        context.client = aioredis.Redis(unix_socket_path=context.redis["socket"], password=context.redis["password"],
-                                        decode_responses=True)
-    else:  # no redis-server on this machine: fakeredis, inside this process
-        import fakeredis
-
-        context.fake_server = fakeredis.FakeServer()
-        context.client = fakeredis.FakeAsyncRedis(server=context.fake_server, decode_responses=True)
+    connect(context, pool_size=4, max_overflow=0, connect_args={"server_settings": {"search_path": SCHEMA}})
 
 
 async def teardown(context) -> None:

@@ -1,11 +1,10 @@
 """Section 3's ops, inside the sandbox (copied to /lab as latest_scores_ops.py)."""
 
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from child_backends import connect  # exercises/child_backends.py, copied beside this file
 
 
 async def setup(context) -> None:
-    context.engine = create_async_engine(context.database_url, pool_size=2, max_overflow=0)
-    context.sessions = async_sessionmaker(context.engine, expire_on_commit=False)
+    connect(context, pool_size=2, max_overflow=0)
 
 
 async def teardown(context) -> None:

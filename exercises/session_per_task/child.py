@@ -1,5 +1,6 @@
 """Section 2's ops, inside the sandbox (copied to /lab as session_per_task_ops.py)."""
 
+from child_backends import connect  # exercises/child_backends.py, copied beside this file
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -9,8 +10,7 @@ from source.models import User
 
 async def setup(context) -> None:
     # A pool that can give each of 20 tasks a connection of its own; none is open yet.
-    context.engine = create_async_engine(context.database_url, pool_size=20, max_overflow=0)
-    context.sessions = async_sessionmaker(context.engine, expire_on_commit=False)
+    connect(context, pool_size=20, max_overflow=0)
 
 
 async def teardown(context) -> None:
