@@ -250,3 +250,31 @@ def embedded_server(monkeypatch, fake_server):
     """The publisher thread finds the embedded server at start; point it at this test's."""
     monkeypatch.setattr("source.redis_setup.FAKE_SERVER", fake_server)
     return fake_server
+
+
+
+# --- the exercises' grader (tests/test_exercises_*.py) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The exercise cluster (the grader's own embedded PostgreSQL), one per test module. The
+    exercises run only in the sandbox: without bubblewrap the test skips."""
+    import exercises
+    from exercises.cluster import ExerciseCluster
+
+    if not exercises.capabilities().os_sandbox:
+        pytest.skip("bubblewrap (bwrap) is not installed: .ci/run installs it")
+    handle = ExerciseCluster(tmp_path_factory.mktemp("exercise-pg"))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(params=["server", "fakeredis"])
+def redis_mode(request) -> str:
+    """A run's Redis: a private redis-server, or fakeredis inside the child."""
+    import exercises
+
+    if request.param == "server" and not exercises.capabilities().redis_server:
+        pytest.skip("redis-server is not installed")
+    return request.param

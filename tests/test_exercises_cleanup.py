@@ -22,15 +22,6 @@ from exercises.runner import _sweep_leftovers
 from source.config import PROJECT_DIR
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if not exercises.capabilities().os_sandbox:
-        pytest.skip("bubblewrap (bwrap) is not installed: .ci/run installs it")
-    handle = ExerciseCluster(tmp_path_factory.mktemp("exercise-pg"))
-    yield handle
-    handle.stop()
-
-
 async def runs_in(cluster) -> set[str]:
     engine = create_async_engine(cluster.admin_url())
     try:

@@ -9,19 +9,7 @@ give. Section 4's Redis half runs on both: a private redis-server, and fakeredis
 
 from __future__ import annotations
 
-import pytest
-
 import exercises
-from exercises.cluster import ExerciseCluster
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if not exercises.capabilities().os_sandbox:
-        pytest.skip("bubblewrap (bwrap) is not installed: .ci/run installs it")
-    handle = ExerciseCluster(tmp_path_factory.mktemp("exercise-pg"))
-    yield handle
-    handle.stop()
 
 
 def by_name(grade: exercises.Grade) -> dict[str, exercises.CheckResult]:
@@ -146,13 +134,6 @@ DELETE_AFTER_COMMIT = """        user.name = name
     # again before the commit. (If Redis fails here, the error tells the caller the old name
     # may be served until its TTL ends.)
     await redis.delete(user_key(user_id))"""
-
-
-@pytest.fixture(params=["server", "fakeredis"])
-def redis_mode(request) -> str:
-    if request.param == "server" and not exercises.capabilities().redis_server:
-        pytest.skip("redis-server is not installed")
-    return request.param
 
 
 async def test_the_answer_key_of_section_4_passes_every_check(cluster, redis_mode):

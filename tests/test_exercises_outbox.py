@@ -9,29 +9,10 @@ child (the fallback where no redis-server is installed)."""
 
 from __future__ import annotations
 
-import pytest
-
 import exercises
-from exercises.cluster import ExerciseCluster
 
 RELAY = exercises.get("outbox-relay").check_names
 TABLE = exercises.get("event-table").check_names
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if not exercises.capabilities().os_sandbox:
-        pytest.skip("bubblewrap (bwrap) is not installed: .ci/run installs it")
-    handle = ExerciseCluster(tmp_path_factory.mktemp("exercise-pg"))
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(params=["server", "fakeredis"])
-def redis_mode(request) -> str:
-    if request.param == "server" and not exercises.capabilities().redis_server:
-        pytest.skip("redis-server is not installed")
-    return request.param
 
 
 def by_name(grade: exercises.Grade) -> dict[str, exercises.CheckResult]:

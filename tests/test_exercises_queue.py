@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-
-import pytest
+from contextlib import asynccontextmanager
 
 import exercises
-from exercises.cluster import ExerciseCluster
 from exercises.runqueue import RunQueue
 
 
@@ -61,9 +59,9 @@ async def test_waiters_get_their_turns_in_the_order_they_came_and_at_most_slots_
     assert queue.status().average_seconds >= 0.02
 
 
-async def test_the_expected_wait_counts_the_runs_ahead_in_waves_of_slots():
-    queue = RunQueue(slots=1)
-    queue._recent.extend([2.0, 2.0])  # the average run here: 2 s
+@asynccontextmanager
+async def slot_taken(queue: RunQueue):
+    """Inside the block, a run holds the queue's one slot; it leaves when the block ends."""
     hold = asyncio.Event()
 
     async def holder():
@@ -72,14 +70,23 @@ async def test_the_expected_wait_counts_the_runs_ahead_in_waves_of_slots():
 
     task = asyncio.create_task(holder())
     await asyncio.sleep(0.01)
-    turns = [queue.turn() for _ in range(3)]
-    waiters = [asyncio.create_task(turn.__aenter__()) for turn in turns]
-    await asyncio.sleep(0.01)
-    places = [queue.place_of(ticket) for ticket in list(queue._waiting)]
-    assert [p.place for p in places] == [1, 2, 3]
-    assert [round(p.expected_wait) for p in places] == [2, 4, 6]
-    hold.set()
-    await task
+    try:
+        yield
+    finally:
+        hold.set()
+        await task
+
+
+async def test_the_expected_wait_counts_the_runs_ahead_in_waves_of_slots():
+    queue = RunQueue(slots=1)
+    queue._recent.extend([2.0, 2.0])  # the average run here: 2 s
+    async with slot_taken(queue):
+        turns = [queue.turn() for _ in range(3)]
+        waiters = [asyncio.create_task(turn.__aenter__()) for turn in turns]
+        await asyncio.sleep(0.01)
+        places = [queue.place_of(ticket) for ticket in list(queue._waiting)]
+        assert [p.place for p in places] == [1, 2, 3]
+        assert [round(p.expected_wait) for p in places] == [2, 4, 6]
     for waiter in waiters:
         waiter.cancel()
 
@@ -116,40 +123,24 @@ def test_runs_from_two_event_loops_share_one_bound():
 
 async def test_a_waiter_that_gives_up_leaves_the_line():
     queue = RunQueue(slots=1)
-    hold = asyncio.Event()
-
-    async def holder():
-        async with queue.turn():
-            await hold.wait()
-
-    task = asyncio.create_task(holder())
-    await asyncio.sleep(0.01)
-    turn = queue.turn()
-    waiter = asyncio.create_task(turn.__aenter__())
-    await asyncio.sleep(0.01)
-    assert queue.status().waiting == 1
-    waiter.cancel()
-    await asyncio.sleep(0.01)
-    assert queue.status().waiting == 0
-    hold.set()
-    await task
+    async with slot_taken(queue):
+        waiter = asyncio.create_task(queue.turn().__aenter__())
+        await asyncio.sleep(0.01)
+        assert queue.status().waiting == 1
+        waiter.cancel()
+        await asyncio.sleep(0.01)
+        assert queue.status().waiting == 0
     assert queue.status().running == 0
 
 
-async def test_two_grades_at_once_through_a_queue_of_one_both_pass_and_the_second_is_told_it_waits(tmp_path):
-    if not exercises.capabilities().os_sandbox:
-        pytest.skip("bubblewrap (bwrap) is not installed: .ci/run installs it")
-    cluster = ExerciseCluster(tmp_path / "exercise-pg")
+async def test_two_grades_at_once_through_a_queue_of_one_both_pass_and_the_second_is_told_it_waits(cluster):
     queue = RunQueue(slots=1)
     told: list[list[str]] = [[], []]
     key = exercises.get("latest-scores").answer_key
-    try:
-        await cluster.ensure_ready()
-        grades = await asyncio.gather(*(
-            exercises.grade("latest-scores", key, cluster=cluster, queue=queue,
-                            report=lambda what, fraction=None, n=n: told[n].append(what)) for n in range(2)))
-    finally:
-        cluster.stop()
+    await cluster.ensure_ready()
+    grades = await asyncio.gather(*(
+        exercises.grade("latest-scores", key, cluster=cluster, queue=queue,
+                        report=lambda what, fraction=None, n=n: told[n].append(what)) for n in range(2)))
     assert all(grade.passed for grade in grades)
     second = 0 if grades[0].waited_seconds > grades[1].waited_seconds else 1
     assert any(line.startswith("Waiting for a free runner: number 1 in line") for line in told[second])

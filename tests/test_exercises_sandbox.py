@@ -7,21 +7,11 @@ import pytest
 
 import exercises
 from exercises import sandbox
-from exercises.cluster import ExerciseCluster
 from exercises.sandbox import Limits
 from source.config import DATA_DIR, PROJECT_DIR
 
 KEY = exercises.get("latest-scores").answer_key
 QUICK = Limits(step_seconds=3.0)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if not exercises.capabilities().os_sandbox:
-        pytest.skip("bubblewrap (bwrap) is not installed: .ci/run installs it")
-    handle = ExerciseCluster(tmp_path_factory.mktemp("exercise-pg"))
-    yield handle
-    handle.stop()
 
 
 async def graded(cluster, code: str, **options) -> exercises.Grade:
