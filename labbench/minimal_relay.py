@@ -3,21 +3,22 @@ lab's own migrated table, keeping the lab relay's guarantees: the due filter, th
 earlier event of the aggregate that is retrying or parked, FOR UPDATE SKIP LOCKED, the same
 stream fields, one XADD pipeline, the pending guard on the UPDATE, one transaction per batch, and
 a retry record per event when the broker fails, each event's stream entry ID kept with its mark; in
-aggregate order, the lab's two claim statements (advisory locks, then the events of the users held)
-in place of SKIP LOCKED. PostgreSQL only.
+aggregate order, the lab's partitioned claim (the users of the partitions this relay leases, the
+lease rows FOR SHARE, the events FOR UPDATE) in place of SKIP LOCKED. PostgreSQL only.
 Not for learners: relay_batch is the readable one; this one says how fast the same work can go."""
 
 from __future__ import annotations
 
-import json
 import random
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import redis
 import redis.asyncio as aioredis
 
-from source.outbox_claims import WINDOW_PER_EVENT
+from source.partitions import PARTITIONS
 
 DUE = """{e}.status = 'pending' AND ({e}.next_attempt_at IS NULL OR {e}.next_attempt_at <= $1)
   AND NOT EXISTS (
@@ -26,56 +27,46 @@ DUE = """{e}.status = 'pending' AND ({e}.next_attempt_at IS NULL OR {e}.next_att
       AND (w.status = 'failed' OR (w.status = 'pending' AND w.next_attempt_at > $1))
       AND w.sequence < {e}.sequence)"""
 COLUMNS = "c.id, c.event_type, c.aggregate_type, c.aggregate_id, c.sequence, c.created_at, c.payload, c.attempts"
-# The users of the oldest due events ($3 of them), oldest first; then each user's due events in
-# sequence order (as the lab's claims, outbox_claims.py).
+# The users of the oldest due events ($2 of them) meeting {also}, oldest first; then each user's due
+# events in sequence order (as the lab's claims, outbox_claims.py).
 OLDEST_USERS = f"""
-SELECT aggregate_type, aggregate_id, min(created_at) AS age FROM (
-  SELECT e.aggregate_type, e.aggregate_id, e.created_at FROM domain_events e WHERE {DUE.format(e="e")}
-  ORDER BY e.created_at, e.id LIMIT $3) oldest
-GROUP BY aggregate_type, aggregate_id"""
+SELECT * FROM (
+  SELECT aggregate_type, aggregate_id, min(created_at) AS age FROM (
+    SELECT e.aggregate_type, e.aggregate_id, e.created_at FROM domain_events e WHERE {DUE.format(e="e")} {{also}}
+    ORDER BY e.created_at, e.id LIMIT $2) oldest
+  GROUP BY aggregate_type, aggregate_id) o
+ORDER BY age, aggregate_type, aggregate_id"""
 
 
-def _their_events(lock: str) -> str:
-    return f"""JOIN LATERAL (
+def _claim(also: str, lock: str) -> str:
+    return f"""
+SELECT {COLUMNS} FROM ({OLDEST_USERS.format(also=also)}) u
+JOIN LATERAL (
   SELECT * FROM domain_events c WHERE c.aggregate_type = u.aggregate_type AND c.aggregate_id = u.aggregate_id
     AND {DUE.format(e="c")}
-  ORDER BY c.sequence LIMIT $2 {lock}) c ON true"""
-
-
-CLAIM = f"""
-SELECT {COLUMNS} FROM (SELECT * FROM ({OLDEST_USERS}) o ORDER BY age, aggregate_type, aggregate_id LIMIT $2) u
-{_their_events("FOR UPDATE SKIP LOCKED")}
+  ORDER BY c.sequence LIMIT $2 {lock}) c ON true
 ORDER BY u.age, u.aggregate_type, u.aggregate_id, c.sequence LIMIT $2
 """
-# In aggregate order: take the advisory locks of up to $2 users among those of the oldest $3 due
-# events, then, in a second statement and so a second snapshot, the due events of the users held.
-LOCK_OLDEST_USERS = f"""
-SELECT aggregate_type, aggregate_id FROM (
-  SELECT aggregate_type, aggregate_id, hashtextextended(aggregate_type || '/' || aggregate_id, 0) AS lock_key
-  FROM ({OLDEST_USERS}) o ORDER BY age, aggregate_type, aggregate_id LIMIT $3) users
-WHERE pg_try_advisory_xact_lock(lock_key)
-LIMIT $2
-"""
-EVENTS_OF_HELD = f"""
-SELECT {COLUMNS} FROM unnest($3::varchar[], $4::varchar[]) WITH ORDINALITY AS u(aggregate_type, aggregate_id, held)
-{_their_events("FOR UPDATE")}
-ORDER BY u.held, c.sequence LIMIT $2
-"""
+
+
+CLAIM = _claim("", "FOR UPDATE SKIP LOCKED")
+# In aggregate order: only the users of the partitions relay $3 leases, the lease rows FOR SHARE.
+PARTITIONED_CLAIM = _claim(f"""AND (hashtextextended(e.aggregate_type || '/' || e.aggregate_id, 0) & {PARTITIONS - 1})
+      IN (SELECT partition FROM relay_leases WHERE holder = $3 AND expires_at > now() FOR SHARE)""", "FOR UPDATE")
+# A relay alone (the anchor run by itself): every partition leased to it for 10 s, renewed each second.
+HOLD_ALL = f"""INSERT INTO relay_leases (partition, holder, expires_at)
+SELECT p, $1, now() + interval '10 seconds' FROM generate_series(0, {PARTITIONS - 1}) AS p
+ON CONFLICT (partition) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"""
 MARK = """UPDATE domain_events SET status = 'published', published_at = $3, stream_id = m.stream_id
 FROM unnest($1::varchar[], $2::varchar[]) AS m(id, stream_id) WHERE domain_events.id = m.id AND status = 'pending'"""
 RETRY = """UPDATE domain_events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
 WHERE id = ANY($1::varchar[])"""
 
 
-async def claim(connection: asyncpg.Connection, now: datetime, batch_size: int, *, ordered: bool) -> list:
-    if not ordered:
-        return await connection.fetch(CLAIM, now, batch_size, batch_size)
-    window = batch_size * WINDOW_PER_EVENT  # the lab's, so that both claims search as far
-    held = await connection.fetch(LOCK_OLDEST_USERS, now, batch_size, window)
-    if not held:
-        return []
-    types, ids = [row["aggregate_type"] for row in held], [row["aggregate_id"] for row in held]
-    return await connection.fetch(EVENTS_OF_HELD, now, batch_size, types, ids)
+async def claim(connection: asyncpg.Connection, now: datetime, batch_size: int, *, relay: str | None) -> list:
+    if relay is None:
+        return await connection.fetch(CLAIM, now, batch_size)
+    return await connection.fetch(PARTITIONED_CLAIM, now, batch_size, relay)
 
 
 def _text(entry_id) -> str:
@@ -84,13 +75,13 @@ def _text(entry_id) -> str:
 
 async def minimal_relay_batch(
     connection: asyncpg.Connection, redis_client: aioredis.Redis, stream: str, *, batch_size: int = 100,
-    ordered: bool = False,
+    relay: str | None = None,
 ) -> int:
-    """One batch, in any order (SKIP LOCKED) or in aggregate order; the number of events published
-    (0: nothing due)."""
+    """One batch, in any order (SKIP LOCKED) or, given the id of a relay holding partitions, in
+    aggregate order; the number of events published (0: nothing due)."""
     now = datetime.now(UTC)
     async with connection.transaction():
-        rows = await claim(connection, now, batch_size, ordered=ordered)
+        rows = await claim(connection, now, batch_size, relay=relay)
         if not rows:
             return 0
         try:
@@ -100,7 +91,7 @@ async def minimal_relay_batch(
                         "event_id": row["id"], "event_type": row["event_type"], "aggregate_type": row["aggregate_type"],
                         "aggregate_id": row["aggregate_id"], "sequence": str(row["sequence"]),
                         "created_at": row["created_at"].isoformat(),
-                        "payload": json.dumps(json.loads(row["payload"]), sort_keys=True),
+                        "payload": row["payload"],
                     })
                 entry_ids = await pipe.execute()
         except (redis.RedisError, OSError) as exc:
@@ -118,12 +109,15 @@ async def minimal_notify_relay(dsn: str, redis_client: aioredis.Redis, stream: s
     import asyncio
 
     connection, listener = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    wake = asyncio.Event()
+    wake, relay, renewed = asyncio.Event(), f"minimal-{uuid.uuid4().hex[:8]}" if ordered else None, 0.0
     try:
         await listener.add_listener(channel, lambda *_: wake.set())
         while not stop.is_set():
             wake.clear()
-            while await minimal_relay_batch(connection, redis_client, stream, ordered=ordered) == 100:
+            if relay and time.monotonic() - renewed >= 1.0:
+                await connection.execute(HOLD_ALL, relay)
+                renewed = time.monotonic()
+            while await minimal_relay_batch(connection, redis_client, stream, relay=relay) == 100:
                 pass
             try:
                 await asyncio.wait_for(wake.wait(), fallback_poll)

@@ -13,28 +13,26 @@ snapshot would have lost them.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import redis.asyncio as aioredis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from labbench.faults import Faults, FaultyBroker, SimulatedCrash, WrappedBroker
 from labbench.progress import Report, silent
+from labbench.throwaway import RELAY_TABLES, throwaway_tables
 from source import outbox_minimal
 from source.consumer import ensure_group, read_raw
 from source.database import Database
 from source.event_repository import DomainEventRepository
 from source.inbox import apply_entries
-from source.models import AggregateSequence, Base, DomainEvent, InboxEntry, ScoreSummary, new_id
+from source.models import AggregateSequence, DomainEvent, InboxEntry, ScoreSummary, new_id
 from source.outbox import RelaySettings, relay_batch
+from source.partitions import Partitions
 from source.reconcile import reconcile
 
 FAILURES = {
@@ -43,7 +41,8 @@ FAILURES = {
     "rollback": "Redis comes back without its last 20 entries (an older snapshot)",
 }
 USERS, EVENTS, BATCH = 4, 40, 20
-TABLES = [AggregateSequence.__table__, DomainEvent.__table__, InboxEntry.__table__, ScoreSummary.__table__]
+TABLES = [AggregateSequence.__table__, DomainEvent.__table__, InboxEntry.__table__, ScoreSummary.__table__,
+          *RELAY_TABLES]
 
 
 @dataclass(frozen=True)
@@ -63,31 +62,12 @@ class ArcResult:
 @asynccontextmanager
 async def throwaway_outbox(db: Database) -> AsyncIterator[Database]:
     """A Database whose sessions see the lab's outbox tables in a schema (or file) of their own."""
-    run, folder, schema = uuid.uuid4().hex[:10], None, None
-    if db.backend == "postgresql":
-        schema = f"arc_{run}"
-        own = Database(db.url, pool_size=3, max_overflow=2, application_name="lab2-outbox-arc")
-        own.sessions = async_sessionmaker(own.engine.execution_options(schema_translate_map={None: schema}),
-                                          expire_on_commit=False)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="lab2-arc-"))
-        own = Database(f"sqlite+aiosqlite:///{folder / 'arc.db'}")
-    try:
-        async with own.engine.begin() as conn:
-            if schema:
-                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-                conn = await conn.execution_options(schema_translate_map={None: schema})
-            await conn.run_sync(Base.metadata.create_all, tables=TABLES)
-        yield own
-    finally:
+    async with throwaway_tables(db.url, name="arc", tables=TABLES, pool_size=3) as connect:
+        own = connect()
         try:
-            if schema:
-                async with own.engine.begin() as conn:
-                    await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            yield own
         finally:
             await own.dispose()
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
 
 
 class _DiesAfterAppending(WrappedBroker):
@@ -114,15 +94,17 @@ async def _write(db: Database, users: list[str], count: int) -> None:
                 payload={"score_id": new_id(), "user_id": user, "air_score": 50.0 + n % 40}))
 
 
-async def _relay(own: Database, client, stream: str, *, lab: bool, failures: list | None = None) -> int:
+async def _relay(own: Database, client, stream: str, *, lab: bool, partitions: Partitions,
+                 failures: list | None = None) -> int:
     """One relay until nothing is due; a crash is a dead relay, whose successor starts over; a cycle
-    the database refuses is counted in `failures` and tried again."""
+    the database refuses is counted in `failures` and tried again. The lab's relay claims under
+    `partitions` (its identity: partitions.py); a successor keeps its predecessor's."""
     appended = 0
     while True:
         try:
             if lab:
                 result = await relay_batch(db=own, redis_client=client, stream=stream,
-                                           settings=RelaySettings(batch_size=BATCH))
+                                           settings=RelaySettings(batch_size=BATCH), partitions=partitions)
                 claimed, published = result.claimed, result.published
             else:
                 claimed = published = await outbox_minimal.relay_once(
@@ -185,18 +167,18 @@ async def run(db: Database, redis_client: aioredis.Redis, *, prefix: str, failur
                 faults.arm_crash()
                 relay_client = FaultyBroker(redis_client, faults) if lab else _DiesAfterAppending(redis_client, BATCH)
             report(f"{code}: relaying", 0.4)
-            relays, refused = 2 if failure == "two relays" else 1, []
-            appended = sum(await asyncio.gather(*(_relay(own, relay_client, stream, lab=lab, failures=refused)
-                                                  for _ in range(relays))))
+            relays, refused = [Partitions() for _ in range(2 if failure == "two relays" else 1)], []
+            appended = sum(await asyncio.gather(*(_relay(own, relay_client, stream, lab=lab, partitions=relay,
+                                                         failures=refused) for relay in relays)))
             if failure == "rollback":
                 await _consume(own, redis_client, stream, lab=lab)
                 report(f"{code}: {EVENTS // 2} more events appended, then Redis loses the last 20 entries", 0.6)
                 await _write(own, users, EVENTS // 2)
-                appended += await _relay(own, redis_client, stream, lab=lab)
+                appended += await _relay(own, redis_client, stream, lab=lab, partitions=relays[0])
                 await _lose_last_entries(redis_client, stream, EVENTS // 2)
                 if lab:
                     await reconcile(db=own, redis_client=redis_client, stream=stream, keep_for=3600)
-                    appended += await _relay(own, redis_client, stream, lab=lab)
+                    appended += await _relay(own, redis_client, stream, lab=lab, partitions=relays[0])
             report(f"{code}: consuming", 0.8)
             await _consume(own, redis_client, stream, lab=lab)
             result = await _observe(own, redis_client, stream, code=code, failure=failure, backend=db.backend)

@@ -220,6 +220,27 @@ class DomainEvent(Base, TimestampMixin):
     )
 
 
+class RelayLease(Base):
+    """One partition of the users (revision 0008): the relay that holds it publishes its users'
+    events, and until when. A user's partition is a hash of its key (partitions.PARTITION_OF)."""
+
+    __tablename__ = "relay_leases"
+
+    partition: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    holder: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the database's clock
+
+
+class RelayMember(Base):
+    """A relay that is running (revision 0008): it renews `seen_at` at every heartbeat; the
+    partitions are shared out among the members seen within a lease's time to live."""
+
+    __tablename__ = "relay_members"
+
+    relay_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class InboxEntry(Base):
     """The consumer's inbox: one row per event it applied. Inserting the row in the same
     transaction as the effect is what makes a second delivery of the event a no-op."""

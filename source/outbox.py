@@ -11,7 +11,6 @@ consumer on a thread of their own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import exists, update
+from sqlalchemy import Row, bindparam, exists, update
 from sqlalchemy.exc import DBAPIError
 
 from . import config
@@ -29,6 +28,7 @@ from .event_repository import DomainEventRepository
 from .models import DomainEvent, InboxEntry
 from .outbox_claims import AGGREGATE_ORDER, claim
 from .outbox_stats import Stats, describe
+from .partitions import Partitions
 
 log = logging.getLogger("lab2.outbox")
 NOTIFY_CHANNEL = "domain_events_pending"  # revision 0002's trigger notifies it on PostgreSQL
@@ -65,9 +65,11 @@ class BatchResult:
     failed: int = 0
     next_retry_at: datetime | None = None
     error: str | None = None
+    changes: tuple[dict, ...] = ()  # schedule_retries: what to write to each event
 
 
-def stream_fields(event: DomainEvent) -> dict[str, str]:
+def stream_fields(event: Row) -> dict[str, str]:
+    """A claimed row as stream fields; the payload is the JSON text the writer stored, sent as is."""
     return {
         "event_id": event.id,
         "event_type": event.event_type,
@@ -75,7 +77,7 @@ def stream_fields(event: DomainEvent) -> dict[str, str]:
         "aggregate_id": event.aggregate_id,
         "sequence": str(event.sequence),  # the consumer applies each user's events in this order
         "created_at": event.created_at.isoformat(),
-        "payload": json.dumps(event.payload, sort_keys=True),
+        "payload": event.payload,
     }
 
 
@@ -91,15 +93,23 @@ async def relay_batch(
     redis_client: aioredis.Redis,
     stream: str,
     settings: RelaySettings,
+    partitions: Partitions | None = None,
     rng: random.Random | None = None,
 ) -> BatchResult:
     """Claim a batch of due events, append them to the stream, mark them published, all inside
-    one database transaction that holds the claimed rows until it ends."""
+    one database transaction that holds the claimed rows until it ends. In aggregate order on
+    PostgreSQL the relay claims under its partitions' leases (by default the ones this engine's relay
+    holds), renewed first when a heartbeat is due."""
     rng = rng or random.Random()
+    leased = db.backend == "postgresql" and settings.design == AGGREGATE_ORDER
+    partitions = partitions or Partitions.of(db)
+    if leased and partitions.heartbeat_due():
+        await partitions.refresh(db)
     now = datetime.now(UTC)
     async with db.sessions.begin() as session:
         await session.connection(execution_options=WRITE_TRANSACTION)
-        events = await claim(session, now=now, limit=settings.batch_size, design=settings.design)
+        events = await claim(session, now=now, limit=settings.batch_size, design=settings.design,
+                             relay=partitions.relay_id if leased else None)
         if not events:
             return BatchResult()
         try:
@@ -108,7 +118,9 @@ async def relay_batch(
                     pipe.xadd(stream, stream_fields(event))
                 entry_ids = await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            return schedule_retries(events, error=exc, now=now, settings=settings, rng=rng)
+            result = schedule_retries(events, error=exc, now=now, settings=settings, rng=rng)
+            await session.execute(RECORD_FAILURE, result.changes)
+            return result
         # Each event's entry ID is kept with its mark, so a broker that loses entries is noticed (reconcile.py).
         appended = [(event.id, _text(entry_id)) for event, entry_id in zip(events, entry_ids, strict=True)]
         await DomainEventRepository(session).mark_as_published(appended)
@@ -126,14 +138,21 @@ def refused(error: BaseException) -> bool:
     return isinstance(error, redis.ResponseError)
 
 
+_EVENT = DomainEvent.__table__.c
+RECORD_FAILURE = (  # one row per event: its attempts, its error, and its retry time or its parking
+    update(DomainEvent.__table__).where(_EVENT.id == bindparam("event_id"))
+    .values(attempts=bindparam("attempts"), last_error=bindparam("last_error"), status=bindparam("status"),
+            next_attempt_at=bindparam("next_attempt_at"))
+)
+
+
 def schedule_retries(
-    events: Sequence[DomainEvent], *, error: BaseException, now: datetime, settings: RelaySettings,
-    rng: random.Random,
+    events: Sequence[Row], *, error: BaseException, now: datetime, settings: RelaySettings, rng: random.Random,
 ) -> BatchResult:
     """Record the error on each event and retry later, with back-off capped at backoff_max, so
     events drain by themselves after an outage of any length. Park an event as failed only when
-    the broker refused it and it has max_attempts failed attempts. (The changes commit with the
-    claiming transaction.)"""
+    the broker refused it and it has max_attempts failed attempts. (The changes, in `changes`, are
+    written by the claiming transaction: RECORD_FAILURE.)"""
     retried = failed = 0
     next_retry: datetime | None = None
     if isinstance(error, redis.TimeoutError | TimeoutError):
@@ -142,19 +161,21 @@ def schedule_retries(
         note = "refused: "
     else:
         note = "broker unreachable: "
+    changes = []
     for event in events:
-        event.attempts += 1
-        event.last_error = (note + describe(error))[:500]
-        if refused(error) and event.attempts >= settings.max_attempts:
-            event.status = "failed"
+        attempts = event.attempts + 1
+        change = {"event_id": event.id, "attempts": attempts, "last_error": (note + describe(error))[:500],
+                  "status": "pending", "next_attempt_at": None}
+        if refused(error) and attempts >= settings.max_attempts:
+            change["status"] = "failed"
             failed += 1
         else:
-            event.next_attempt_at = now + timedelta(seconds=backoff(attempts=event.attempts, settings=settings, rng=rng))
-            next_retry = min(next_retry or event.next_attempt_at, event.next_attempt_at)
+            change["next_attempt_at"] = now + timedelta(seconds=backoff(attempts=attempts, settings=settings, rng=rng))
+            next_retry = min(next_retry or change["next_attempt_at"], change["next_attempt_at"])
             retried += 1
-    return BatchResult(
-        claimed=len(events), retried=retried, failed=failed, next_retry_at=next_retry, error=describe(error)
-    )
+        changes.append(change)
+    return BatchResult(claimed=len(events), retried=retried, failed=failed, next_retry_at=next_retry,
+                       error=describe(error), changes=tuple(changes))
 
 
 async def retry_failed_events(*, db: Database) -> int:
@@ -269,10 +290,13 @@ async def event_publisher(
     stop: asyncio.Event,
     settings: RelaySettings = RelaySettings(),
     stats: Stats | None = None,
+    partitions: Partitions | None = None,
 ) -> None:
     """The relay: claim, append, mark, until `stop` is set. Never raises: a failing database or
-    broker is recorded in `stats` and retried."""
+    broker is recorded in `stats` and retried. In aggregate order it holds its share of the
+    partitions (partitions.py) and gives them back when it stops."""
     stats = stats or Stats()
+    partitions = partitions or Partitions.of(db)
     rng = random.Random()
     wake = asyncio.Event()
     listener = _Listener(db, wake) if db.backend == "postgresql" and settings.use_notify else None
@@ -284,7 +308,8 @@ async def event_publisher(
                 await listener.ensure()
             wake.clear()  # before claiming: a NOTIFY during the claim triggers another cycle
             try:
-                result = await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings, rng=rng)
+                result = await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings,
+                                           partitions=partitions, rng=rng)
             except Exception as exc:  # the transaction rolled back: its events are still pending
                 # A connection the server had closed (a restart, a failover) fails the batch; the pool
                 # then replaces each connection it opened before, at its next checkout. So claim again
@@ -316,3 +341,8 @@ async def event_publisher(
     finally:
         if listener is not None:
             await listener.close()
+        if partitions.held:  # the others take them over at their next heartbeat, not after a lease's ttl
+            try:
+                await asyncio.wait_for(partitions.leave(db), 0.3)
+            except Exception:
+                pass

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, select, update
 
-from labbench.minimal_relay import minimal_relay_batch
+from labbench.minimal_relay import HOLD_ALL, minimal_relay_batch
 from source import DomainEvent
 from source.outbox import stream_fields
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
@@ -28,10 +28,12 @@ async def test_the_minimal_relay_appends_what_the_lab_relay_would_and_waits_behi
         await session.execute(update(DomainEvent).where(DomainEvent.id == ids[0]).values(status="failed"))
     stream = f"{key_prefix}minimal"
     connection = await asyncpg.connect(db.asyncpg_dsn)
+    relay = "the-anchor" if design == AGGREGATE_ORDER else None
     try:
+        if relay:
+            await connection.execute(HOLD_ALL, relay)
         batches = []
-        while published := await minimal_relay_batch(connection, redis_client, stream, batch_size=7,
-                                                     ordered=design == AGGREGATE_ORDER):
+        while published := await minimal_relay_batch(connection, redis_client, stream, batch_size=7, relay=relay):
             batches.append(published)
     finally:
         await connection.close()
@@ -43,6 +45,9 @@ async def test_the_minimal_relay_appends_what_the_lab_relay_would_and_waits_behi
         assert [i for i in appended if i in ids[k::3]] == ids[k::3]
     async with db.sessions() as session:
         events = {e.id: e for e in (await session.scalars(select(DomainEvent))).all()}
-    assert entries == [stream_fields(events[i]) for i in appended]  # the lab relay's fields
+        rows = {row.id: row for row in (await session.execute(select(
+            DomainEvent.id, DomainEvent.event_type, DomainEvent.aggregate_type, DomainEvent.aggregate_id,
+            DomainEvent.sequence, DomainEvent.created_at, cast(DomainEvent.payload, Text).label("payload")))).all()}
+    assert entries == [stream_fields(rows[i]) for i in appended]  # the lab relay's fields
     assert {i for i, e in events.items() if e.status == "published"} == set(appended)
     assert {i for i, e in events.items() if e.status == "pending"} == set(ids[3::3])

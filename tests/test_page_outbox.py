@@ -59,7 +59,7 @@ def test_the_page_states_the_claim_design_that_runs_with_its_statements(initiali
     assert f"Its relay claims **{design}**" in texts(at.markdown)
     shown = texts(at.code)
     if initialised == "servers":
-        assert "pg_try_advisory_xact_lock" in shown and "FOR UPDATE" in shown and "SKIP LOCKED" not in shown
+        assert "relay_leases" in shown and "FOR SHARE" in shown and "FOR UPDATE" in shown and "SKIP LOCKED" not in shown
     assert "ORDER BY" in shown and "sequence" in shown
 
 

@@ -16,6 +16,7 @@ from source import outbox_claims
 from source.consumer import dead_letter_key, replay_dead_letter
 from source.outbox import relay_batch
 from source.outbox_claims import AGGREGATE_ORDER
+from source.partitions import PARTITIONS
 from ui import widgets
 
 
@@ -41,9 +42,10 @@ def claim_statements(design: str, backend: str) -> None:
         f"This publisher's relay claims **{design}** ({'SQLite: one statement, under the write lock' if backend != 'postgresql' else 'PostgreSQL'}). "
         "The users of the oldest due events go first, by `created_at`; within a user, events go by `sequence`, "
         "lowest first, none skipped. "
-        + ("A relay takes an advisory lock per user (`pg_try_advisory_xact_lock`, passing over users another "
-           "relay holds), then reads the held users' events with `FOR UPDATE`, in a second statement and so a "
-           "second snapshot: the relay that held a user before has committed."
+        + (f"Each user belongs to one of {PARTITIONS} partitions (a hash of its key), each leased to one relay "
+           "at a time (`source/partitions.py`). A relay claims only the users of the partitions it holds, in one "
+           "statement: the lease rows `FOR SHARE` until it commits, so a partition changes hands only between "
+           "batches, and the events `FOR UPDATE`, never skipped."
            if design == AGGREGATE_ORDER else
            "One statement with `FOR UPDATE SKIP LOCKED`: no event is claimed twice, but a second relay may take "
            "a user's later events while the first still appends the earlier ones.")
@@ -51,7 +53,7 @@ def claim_statements(design: str, backend: str) -> None:
     if backend != "postgresql":
         statements = [outbox_claims.SQLITE_CLAIM]
     elif design == AGGREGATE_ORDER:
-        statements = [outbox_claims.LOCK_OLDEST_USERS, outbox_claims.EVENTS_OF_HELD]
+        statements = [outbox_claims.PARTITIONED_CLAIM]
     else:
         statements = [outbox_claims.ANY_ORDER_CLAIM]
     dialect = ui.database().engine.dialect
