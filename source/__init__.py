@@ -16,6 +16,7 @@ outbox_minimal.py  5. a relay and a consumer before any hardening
 event_repository.py 5. the outbox's writes: each user's events numbered in commit order
 outbox.py          5. the transactional outbox relay
 outbox_claims.py   5. how relays claim: which users first, each user's events in order
+partitions.py      5. several relays in order: the users' partitions, leased one relay each
 inbox.py           5. each entry checked, then applied once with its inbox row
 consumer.py        5. the consumer group: read, apply, acknowledge, dead letters
 reconcile.py       5. entries a broker lost, found by their IDs and sent again

@@ -11,7 +11,7 @@ count Redis keeps in the pending-entries list) it moves to a dead-letter stream,
 the bytes they were, with its error, and is acknowledged. A dead letter can be replayed once fixed.
 
 With the default claim, relays in any number of processes append each user's events in sequence
-order (outbox_claims.py); the any-order claim can append them out of order, and a broker that lost
+order (outbox_claims.py, partitions.py); the any-order claim can append them out of order, and a broker that lost
 entries has them sent again later. Either way the read model comes out the same (inbox.py).
 """
 

@@ -246,9 +246,9 @@ OUTBOX = (
          "holds and takes the user's next rows",
          "Nothing: SKIP LOCKED keeps each user's order", "The second relay waits for the first to commit"),
         1,
-        "SKIP LOCKED keeps two relays from claiming the same row, not one user's rows apart. The lab's relay "
-        "takes an advisory lock per user first, then reads its batch in a new snapshot, so one relay at a "
-        "time has a user's events in flight.",
+        "SKIP LOCKED keeps two relays from claiming the same row, not one user's rows apart. The lab's relays "
+        "each lease a share of the users' partitions and claim only those users, so one relay at a time "
+        "publishes a user, and a partition changes hands only between batches.",
     ),
     Question(
         "Create",

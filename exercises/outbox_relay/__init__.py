@@ -304,8 +304,8 @@ async def two_relays(run, db, broker: Broker) -> CheckResult:
         return CheckResult(CHECKS[5], False, why + ".", figures)
     order = (f" {outcome.inversions} events reached the stream after a later event of their user: with SKIP LOCKED, "
              "one relay takes a user's next events while the other still appends its earlier ones, so two relays "
-             "keep no order within a user (not graded; the lab's relay claims per user under an advisory lock, "
-             "section 5)." if outcome.inversions else
+             "keep no order within a user (not graded; the lab's relays each claim only the users of the "
+             "partitions they lease, section 5)." if outcome.inversions else
              " 0 events out of order this time; with SKIP LOCKED two relays can still put a user's events out of "
              "order (not graded).")
     return CheckResult(CHECKS[5], True, f"0 of {len(events)} events published twice; the relays published "

@@ -25,8 +25,8 @@ WHY = {
              "effect, so a repeat changes nothing.",
     "two relays": "On PostgreSQL, SKIP LOCKED lets the second relay take a user's later events while the first "
                   "still appends the earlier ones; on SQLite the minimal relay's read lock blocks the other's "
-                  "write (\"database is locked\") after it appended, and the retry appends again. The lab's relay "
-                  "claims each user's events in sequence order, one relay per user at a time, and begins with "
+                  "write (\"database is locked\") after it appended, and the retry appends again. The lab's relays "
+                  "each claim only the users of the partitions they lease, in sequence order, and begin with "
                   "BEGIN IMMEDIATE on SQLite.",
     "rollback": "The entries were published and marked, then Redis forgot them; nothing in the group looks missing. "
                 "The lab's relay keeps each entry ID with its mark, and a check sends back what the stream lost.",
