@@ -14,9 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import select, text
 
-from labbench.relay_race import check_input, order_faults, race
+from labbench.relay_race import STOP_AFTER, check_input, order_faults, race
 from source import DomainEvent, RelaySettings
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER, claim
+from source.partitions import PARTITIONS
 from tests.conftest import need
 from tests.test_outbox import add_events, make_users, status_counts, wait_until
 from tests.test_outbox_faults import REPO
@@ -59,8 +60,43 @@ async def test_two_relays_in_aggregate_order_invert_nothing_over_10000_events(
     result = await _race(db_url, redis_target, fake_server, key_prefix, relays=2, design=AGGREGATE_ORDER)
     assert (result.missing, result.duplicates, result.inversions) == (0, 0, 0)
     assert result.appended == sum(result.per_relay) == 10_000
-    if backend == "postgresql":  # concurrently, each holding users the other does not
-        assert all(published > 0 for published in result.per_relay)
+    if backend == "postgresql":  # the clock started once each held its fair share, as the lease table said
+        assert result.partitioned and [len(h.partitions) for h in result.holdings] == [16, 16]
+        assert sorted(p for h in result.holdings for p in h.partitions) == list(range(PARTITIONS))
+        assert sum(h.users for h in result.holdings) == 5
+        assert all(h.published == 0 for h in result.holdings if h.users == 0)
+    else:  # no partitions: one relay at a time holds the write lock
+        assert not result.partitioned and all(h.partitions == () for h in result.holdings)
+
+
+async def test_a_relay_stopped_mid_run_loses_nothing_inverts_nothing_and_its_partitions_are_taken_over(
+    db_url, backend, redis_target, fake_server, key_prefix
+):
+    """Relay 1 dies in its third batch, after appending and before its commit, and renews nothing
+    more: its batch is appended again (duplicates), and on PostgreSQL its partitions pass to the
+    other relays once its leases expire, read from the lease table."""
+    result = await race(database_url=db_url, redis_target=redis_target, fake_server=fake_server, relays=3,
+                        design=AGGREGATE_ORDER, events=3_000, users=100, key_prefix=key_prefix, stop_one=True)
+    stop = result.stop
+    assert (result.missing, result.inversions) == (0, 0)
+    assert stop is not None and stop.relay == 1
+    assert result.duplicates == stop.in_flight and result.appended == 3_000 + stop.in_flight
+    assert sum(result.per_relay) == 3_000
+    if backend == "postgresql":  # 100 users: relay 1's partitions hold more than three batches
+        assert stop.in_flight == 100 and result.holdings[0].published == STOP_AFTER * 100
+        assert stop.partitions == result.holdings[0].partitions and len(stop.partitions) == 11  # 32 = 11 + 11 + 10
+        assert stop.taken_at is not None and stop.taken_at > stop.at
+        assert sorted(p for _, taken in stop.taken_by for p in taken) == list(stop.partitions)
+        assert {relay for relay, _ in stop.taken_by} <= {2, 3}
+    else:  # it dies in its third batch, or idle if the write lock went to the others until the end
+        assert stop.partitions == () and stop.taken_at is None
+        assert result.holdings[0].published <= STOP_AFTER * 100
+
+
+def test_stopping_a_relay_needs_another_to_take_over():
+    assert check_input(relays=1, events=1_000, users=5, stop=True) == {
+        "relays": "Choose 2 or more to stop one: another must take over."}
+    assert check_input(relays=2, events=1_000, users=5, stop=True) == {}
 
 
 async def test_two_ordered_relays_with_a_failing_broker_and_crashing_relays_lose_nothing_and_invert_nothing(
