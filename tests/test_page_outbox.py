@@ -12,8 +12,12 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 import ui
+from labbench import relay_race
+from labbench.relay_race import order_faults
 from source import run_db_setup_and_create_user
+from source.partitions import PARTITIONS
 from tests.pagekit import click, open_page, texts
+from ui.views.relay_race_views import spans
 
 PAGE = "../pages/5_Eventing_Outbox_Pattern.py"
 
@@ -149,19 +153,62 @@ def test_broker_down_keeps_events_pending_until_it_returns_and_needs_the_instruc
     assert metrics(at)["Published"] == "1" and metrics(at)["Pending"] == "0"
 
 
-def test_several_relays_run_from_the_page_in_aggregate_order_show_no_inversion(initialised):
+def test_several_relays_run_from_the_page_one_stopped_show_what_the_stream_and_the_lease_table_hold(
+    initialised, monkeypatch
+):
+    """The page's figures are the stream's and the tables' as the experiment read them: its reads
+    (XRANGE and each user's order, the lease table) are recorded on the way."""
+    read = {}
+
+    def recording(entries, order):
+        read["stream"], read["order"] = entries, order
+        return order_faults(entries, order)
+
+    monkeypatch.setattr(relay_race, "order_faults", recording)
+    settled, leases = relay_race._settled, relay_race.leases
+
+    async def settled_recorded(*args, **kwargs):
+        read["settled"] = await settled(*args, **kwargs)
+        return read["settled"]
+
+    async def leases_recorded(db):
+        read["leases"] = await leases(db)  # the last read: the take-over, once seen
+        return read["leases"]
+
+    monkeypatch.setattr(relay_race, "_settled", settled_recorded)
+    monkeypatch.setattr(relay_race, "leases", leases_recorded)
     at = open_page(PAGE)
-    at.number_input(key="relays_count").set_value(0)
+    at.number_input(key="relays_count").set_value(1)
+    at.checkbox(key="relays_stop").check()
     at = click(at, "relays_run")
-    assert not at.exception and "Relays: Choose 1 to 8." in texts(at.error)
+    assert "Relays: Choose 2 or more to stop one: another must take over." in texts(at.error)
     assert "Inversions" not in metrics(at)
-    at.number_input(key="relays_count").set_value(3)
+    at.number_input(key="relays_count").set_value(2)
     at.number_input(key="relays_events").set_value(1_000)
+    at.number_input(key="relays_users").set_value(40)
     at = click(at, "relays_run")
-    assert not at.exception
+    assert any(box.label.startswith("2 relay(s) draining") and "done in" in box.label for box in at.status)
+    ids = [fields["event_id"] for fields in read["stream"]]
     shown = metrics(at)
-    assert (shown["Inversions"], shown["Duplicates"], shown["Not appended"]) == ("0", "0", "0")
-    assert "3 relay(s), in aggregate order" in texts(at.caption)
+    assert shown["Duplicates"] == str(len(ids) - len(set(ids))) and shown["Not appended"] == str(
+        len(read["order"]) - len(set(ids)))
+    assert shown["Inversions"] == str(order_faults(read["stream"], read["order"])[1]) == "0"
+    [table] = [df.value for df in at.dataframe if "published" in df.value.columns]
+    assert table["published"].sum() == len(set(ids)) == 1_000
+    caption = texts(at.caption)
+    assert "2 relay(s), in aggregate order" in caption
+    duplicates = int(shown["Duplicates"])
+    if duplicates:  # relay 1 died with a batch appended: the stream has it twice
+        assert f"The {duplicates:,} duplicate(s): relay 1 appended {duplicates} event(s)" in caption
+    if ui.database().backend == "postgresql":
+        def held_by(snapshot, relay):
+            return tuple(p for p, holder in sorted(snapshot.items()) if holder and holder.startswith(f"relay-{relay}-"))
+
+        assert table["users"].sum() == 40
+        assert list(table["partitions"]) == [spans(held_by(read["settled"], 1)), spans(held_by(read["settled"], 2))]
+        theirs = held_by(read["settled"], 1)
+        assert len(theirs) == PARTITIONS // 2 and set(held_by(read["leases"], 2)) >= set(theirs)  # taken over, as last read
+        assert f"holding partitions {spans(theirs)}; relay 2 took {spans(theirs)} at" in caption
     assert not ui.publisher().running  # the lab's publisher was not started or touched
 
 
