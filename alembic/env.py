@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from runtime.embedded_postgres import resolve_database
 from runtime.learners import room_metadata
-from source.models import Base, UTCDateTime
+from source.models import Base, UTCDateTime, compared
 
 config = context.config
 # The command line logs as alembic.ini says. The app passes its own connection (migrating) or
@@ -35,6 +35,7 @@ def configure(**kwargs) -> None:
         compare_type=True,
         render_as_batch=True,  # SQLite alters tables by copying them
         render_item=render_item,
+        include_object=compared,
         **kwargs,
     )
 

@@ -21,7 +21,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, exc, insert, in
 from runtime.learners import FIRST_REVISION, room_metadata
 from source import config, migration_patterns
 from source.database import _MIGRATION_LOCK, WRITE_TRANSACTION, Database, alembic_config, migration_lock
-from source.models import Base
+from source.models import Base, compared
 
 from .progress import Report, silent
 from .recorder import record
@@ -181,7 +181,7 @@ async def step(db: Database, *, direction: str, report: Report = silent) -> Step
 
 
 def _drift(sync_connection) -> list[str]:
-    context = MigrationContext.configure(sync_connection, opts={"compare_type": True})
+    context = MigrationContext.configure(sync_connection, opts={"compare_type": True, "include_object": compared})
     return [_describe(diff) for diff in compare_metadata(context, [Base.metadata, room_metadata])]
 
 

@@ -1,14 +1,15 @@
 """The bench's anchor for the relay: a minimal correct relay on a raw asyncpg connection, on the
 lab's own migrated table, keeping the lab relay's guarantees: the due filter, the wait behind an
-earlier event of the aggregate that is retrying or parked, FOR UPDATE SKIP LOCKED, the same
+earlier event of the aggregate that is retrying or parked, the same
 stream fields, one XADD pipeline, the pending guard on the UPDATE, one transaction per batch, and
-a retry record per event when the broker fails, each event's stream entry ID kept with its mark; in
-aggregate order, the lab's partitioned claim (the users of the partitions this relay leases, the
-lease rows FOR SHARE, the events FOR UPDATE) in place of SKIP LOCKED. PostgreSQL only.
+a retry record per event when the broker fails, each event's stream entry ID kept with its mark. Its
+claim is the lab's own statement, sent as SQL text (claim_sql): any order (SKIP LOCKED) or in
+aggregate order (the users of the partitions this relay leases). PostgreSQL only.
 Not for learners: relay_batch is the readable one; this one says how fast the same work can go."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import uuid
@@ -17,42 +18,23 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import redis
 import redis.asyncio as aioredis
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
+from source.outbox_claims import ANY_ORDER_CLAIM, PARTITIONED_CLAIM
 from source.partitions import PARTITIONS
 
-DUE = """{e}.status = 'pending' AND ({e}.next_attempt_at IS NULL OR {e}.next_attempt_at <= $1)
-  AND NOT EXISTS (
-    SELECT 1 FROM domain_events w
-    WHERE w.aggregate_type = {e}.aggregate_type AND w.aggregate_id = {e}.aggregate_id
-      AND (w.status = 'failed' OR (w.status = 'pending' AND w.next_attempt_at > $1))
-      AND w.sequence < {e}.sequence)"""
-COLUMNS = "c.id, c.event_type, c.aggregate_type, c.aggregate_id, c.sequence, c.created_at, c.payload, c.attempts"
-# The users of the oldest due events ($2 of them) meeting {also}, oldest first; then each user's due
-# events in sequence order (as the lab's claims, outbox_claims.py).
-OLDEST_USERS = f"""
-SELECT * FROM (
-  SELECT aggregate_type, aggregate_id, min(created_at) AS age FROM (
-    SELECT e.aggregate_type, e.aggregate_id, e.created_at FROM domain_events e WHERE {DUE.format(e="e")} {{also}}
-    ORDER BY e.created_at, e.id LIMIT $2) oldest
-  GROUP BY aggregate_type, aggregate_id) o
-ORDER BY age, aggregate_type, aggregate_id"""
+
+@functools.cache
+def claim_sql(*, ordered: bool, batch_size: int, per_partition: int) -> tuple[str, tuple[str, ...]]:
+    """The lab relay's own claim (outbox_claims.py) as the SQL text PostgreSQL receives, with its
+    sizes written in, and the names of its $n parameters in order: the anchor sends the same SQL
+    without SQLAlchemy."""
+    statement = (PARTITIONED_CLAIM if ordered else ANY_ORDER_CLAIM).params(
+        limit=batch_size, per_partition=per_partition, now=None, relay=None)  # the last two stay $n parameters
+    compiled = statement.compile(dialect=asyncpg_dialect.dialect(), compile_kwargs={"render_postcompile": True})
+    return str(compiled), tuple(compiled.positiontup)
 
 
-def _claim(also: str, lock: str) -> str:
-    return f"""
-SELECT {COLUMNS} FROM ({OLDEST_USERS.format(also=also)}) u
-JOIN LATERAL (
-  SELECT * FROM domain_events c WHERE c.aggregate_type = u.aggregate_type AND c.aggregate_id = u.aggregate_id
-    AND {DUE.format(e="c")}
-  ORDER BY c.sequence LIMIT $2 {lock}) c ON true
-ORDER BY u.age, u.aggregate_type, u.aggregate_id, c.sequence LIMIT $2
-"""
-
-
-CLAIM = _claim("", "FOR UPDATE SKIP LOCKED")
-# In aggregate order: only the users of the partitions relay $3 leases, the lease rows FOR SHARE.
-PARTITIONED_CLAIM = _claim(f"""AND (hashtextextended(e.aggregate_type || '/' || e.aggregate_id, 0) & {PARTITIONS - 1})
-      IN (SELECT partition FROM relay_leases WHERE holder = $3 AND expires_at > now() FOR SHARE)""", "FOR UPDATE")
 # A relay alone (the anchor run by itself): every partition leased to it for 10 s, renewed each second.
 HOLD_ALL = f"""INSERT INTO relay_leases (partition, holder, expires_at)
 SELECT p, $1, now() + interval '10 seconds' FROM generate_series(0, {PARTITIONS - 1}) AS p
@@ -64,9 +46,10 @@ WHERE id = ANY($1::varchar[])"""
 
 
 async def claim(connection: asyncpg.Connection, now: datetime, batch_size: int, *, relay: str | None) -> list:
-    if relay is None:
-        return await connection.fetch(CLAIM, now, batch_size)
-    return await connection.fetch(PARTITIONED_CLAIM, now, batch_size, relay)
+    """In aggregate order, as the lab's relay holding every partition (HOLD_ALL) would."""
+    sql, names = claim_sql(ordered=relay is not None, batch_size=batch_size, per_partition=-(-batch_size // PARTITIONS))
+    given = {"now": now, "relay": relay}
+    return await connection.fetch(sql, *(given[name] for name in names))
 
 
 def _text(entry_id) -> str:

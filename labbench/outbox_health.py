@@ -16,7 +16,7 @@ from sqlalchemy.orm import aliased
 
 from source.consumer import CONSUMER_GROUP, dead_letter_key, read_raw
 from source.database import Database
-from source.models import DomainEvent, new_id
+from source.models import DomainEvent, RelayLease, new_id
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,15 @@ class BrokerDurability:
         if self.maxmemory_policy is None or self.maxmemory is None:
             return None
         return self.memory_limited and self.maxmemory_policy.startswith("allkeys")
+
+
+async def lease_holders(*, db: Database) -> dict[str, int]:
+    """PostgreSQL: the relays holding partitions under a lease not yet expired, and how many each."""
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(RelayLease.holder, func.count()).where(RelayLease.expires_at > func.now())
+            .group_by(RelayLease.holder).order_by(RelayLease.holder))
+    return dict(rows.all())
 
 
 async def broker_durability(*, redis_client: aioredis.Redis) -> BrokerDurability:

@@ -33,10 +33,10 @@ from labbench.throwaway import RELAY_TABLES, throwaway_tables
 from source import config
 from source.database import Database
 from source.event_repository import DomainEventRepository
-from source.models import AggregateSequence, DomainEvent, new_id
+from source.models import AggregateSequence, DomainEvent, new_id, partition_of
 from source.outbox import RelaySettings, relay_batch
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
-from source.partitions import LEASES, Partitions, fair_share, partition_of
+from source.partitions import LEASES, Partitions, fair_share
 from source.redis_setup import RedisTarget, make_redis_client
 
 DESIGNS = (AGGREGATE_ORDER, ANY_ORDER)

@@ -109,7 +109,7 @@ async def relay_batch(
     async with db.sessions.begin() as session:
         await session.connection(execution_options=WRITE_TRANSACTION)
         events = await claim(session, now=now, limit=settings.batch_size, design=settings.design,
-                             relay=partitions.relay_id if leased else None)
+                             relay=partitions.relay_id if leased else None, partitions_held=len(partitions.held))
         if not events:
             return BatchResult()
         try:

@@ -27,18 +27,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Row, Text, and_, cast, exists, func, or_, select, true
+from sqlalchemy import Integer, Row, Text, and_, cast, exists, func, literal_column, or_, select, true
 from sqlalchemy import bindparam as param
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from .models import DomainEvent
-from .partitions import LEASES, partition_of
+from .models import PARTITIONS, DomainEvent, partition_of
+from .partitions import LEASES
 
 ANY_ORDER, AGGREGATE_ORDER = "any order", "in aggregate order"
 
 # The statements are built once, with named parameters (:now, :limit, ...) that each batch fills in:
-# building a statement this size in Python costs more than PostgreSQL takes to run it.
+# building a statement this size in Python costs more than PostgreSQL takes to run it. The statuses
+# are literals, not parameters: after five runs of a prepared statement PostgreSQL may switch to a
+# generic plan, and only `status = 'pending'` written out proves that a partial index
+# (WHERE status = 'pending') applies; with `status = $1` the claim fell back to scans (150 ms a batch).
+PENDING, FAILED = literal_column("'pending'"), literal_column("'failed'")
+# So are the sizes (written into the statement at each run; a relay's are the same every time): with
+# LIMIT $1, the generic plan guessed a handful of rows and sorted, and so locked, every event of every
+# user it read (4,400 for a batch of 100).
+LIMIT, PER_PARTITION = (param(name, type_=Integer, literal_execute=True) for name in ("limit", "per_partition"))
 
 
 def _is_due(event):
@@ -53,13 +61,13 @@ def _is_due(event):
         # Parked, or pending with a retry time (the condition of the index that holds only such
         # events: models.HOLDING_EVENTS, written out so that SQLite, which matches it term by term,
         # uses that index too) ...
-        or_(earlier.status == "failed", and_(earlier.status == "pending", earlier.next_attempt_at.is_not(None))),
+        or_(earlier.status == FAILED, and_(earlier.status == PENDING, earlier.next_attempt_at.is_not(None))),
         # ... and that retry time is still to come.
-        or_(earlier.status == "failed", earlier.next_attempt_at > now),
+        or_(earlier.status == FAILED, earlier.next_attempt_at > now),
         earlier.sequence < event.sequence,
     )
     return and_(
-        event.status == "pending",
+        event.status == PENDING,
         or_(event.next_attempt_at.is_(None), event.next_attempt_at <= now),
         ~waits_behind_a_retry,
     )
@@ -68,22 +76,25 @@ def _is_due(event):
 IS_DUE = _is_due(DomainEvent)
 
 
-def _oldest_users(*conditions):
-    """The users of the oldest :limit due events (among those meeting `conditions`), oldest first."""
-    oldest = (
-        select(DomainEvent.aggregate_type, DomainEvent.aggregate_id, DomainEvent.created_at)
-        .where(IS_DUE, *conditions).order_by(DomainEvent.created_at, DomainEvent.id).limit(param("limit"))
-        .subquery()
-    )
+def _by_age(oldest):
+    """The users of the events in `oldest`, each aged by its oldest one, oldest first; up to :limit of
+    them, sorted (and cut: a subquery with a LIMIT keeps its order) before their events are read, so
+    that reading stops, and locking too, once the batch is full."""
     users = (
         select(oldest.c.aggregate_type, oldest.c.aggregate_id, func.min(oldest.c.created_at).label("age"))
         .group_by(oldest.c.aggregate_type, oldest.c.aggregate_id)
         .subquery()
     )
-    # Sorted (and cut: a subquery with a LIMIT keeps its order) before their events are read, so that
-    # reading stops, and locking too, once the batch is full.
     return (select(users).order_by(users.c.age, users.c.aggregate_type, users.c.aggregate_id)
-            .limit(param("limit")).subquery("users"))
+            .limit(LIMIT).subquery("users"))
+
+
+def _oldest_users():
+    """The users of the oldest :limit due events."""
+    return _by_age(
+        select(DomainEvent.aggregate_type, DomainEvent.aggregate_id, DomainEvent.created_at)
+        .where(IS_DUE).order_by(DomainEvent.created_at, DomainEvent.id).limit(LIMIT).subquery()
+    )
 
 
 def _claim(users, *, skip_locked: bool):
@@ -97,14 +108,14 @@ def _claim(users, *, skip_locked: bool):
         .where(event.aggregate_type == users.c.aggregate_type, event.aggregate_id == users.c.aggregate_id,
                _is_due(event))
         .order_by(event.sequence)
-        .limit(param("limit"))
+        .limit(LIMIT)
         .with_for_update(skip_locked=skip_locked)
         .lateral("claimed")
     )
     return (
         select(claimed).select_from(users).join(claimed, true())
         .order_by(users.c.age, users.c.aggregate_type, users.c.aggregate_id, claimed.c.sequence)
-        .limit(param("limit"))
+        .limit(LIMIT)
     )
 
 
@@ -114,17 +125,30 @@ ANY_ORDER_CLAIM = _claim(_oldest_users(), skip_locked=True)
 
 # PostgreSQL, in aggregate order: only the users of the partitions this relay (:relay) holds under a
 # lease not yet expired, each lease row locked FOR SHARE until the batch commits (no other relay can
-# take the partition meanwhile). Their events are waited for, never skipped: skipping a row of a
-# user we publish could skip its earlier event.
+# take the partition meanwhile). From each partition, the users of its :per_partition oldest due
+# events (ix_events_partition: a short index range each, however long the backlog); then those users
+# oldest first, and their events, waited for, never skipped: skipping a row of a user we publish
+# could skip its earlier event.
 HELD_PARTITIONS = (
     select(LEASES.partition)
     .where(LEASES.holder == param("relay"), LEASES.expires_at > func.now())
     .with_for_update(read=True)
 )
-PARTITIONED_CLAIM = _claim(
-    _oldest_users(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(HELD_PARTITIONS.scalar_subquery())),
-    skip_locked=False,
-)
+
+
+def _partitioned_claim():
+    held = HELD_PARTITIONS.subquery("held")
+    event = aliased(DomainEvent)
+    oldest = (
+        select(event.aggregate_type, event.aggregate_id, event.created_at)
+        .where(partition_of(event.aggregate_type, event.aggregate_id) == held.c.partition, _is_due(event))
+        .order_by(event.created_at, event.id).limit(PER_PARTITION)
+        .lateral("oldest")
+    )
+    return _claim(_by_age(select(oldest).select_from(held).join(oldest, true()).subquery()), skip_locked=False)
+
+
+PARTITIONED_CLAIM = _partitioned_claim()
 
 
 # SQLite: one relay at a time, so one statement and no row locks. It has no LATERAL: each user's events
@@ -135,7 +159,7 @@ def _sqlite_claim():
     pending = aliased(DomainEvent)
     lowest = (select(func.min(pending.sequence))
               .where(pending.aggregate_type == oldest.c.aggregate_type, pending.aggregate_id == oldest.c.aggregate_id,
-                     pending.status == "pending")
+                     pending.status == PENDING)
               .scalar_subquery())
     users = select(oldest, lowest.label("lowest")).subquery("users_from")
     event = DomainEvent
@@ -144,10 +168,10 @@ def _sqlite_claim():
                event.created_at, cast(event.payload, Text).label("payload"), event.attempts)
         .join(users, and_(event.aggregate_type == users.c.aggregate_type,
                           event.aggregate_id == users.c.aggregate_id,
-                          event.sequence < users.c.lowest + param("limit")))
+                          event.sequence < users.c.lowest + LIMIT))
         .where(IS_DUE)
         .order_by(users.c.age, users.c.aggregate_type, users.c.aggregate_id, event.sequence)
-        .limit(param("limit"))
+        .limit(LIMIT)
     )
 
 
@@ -155,10 +179,10 @@ SQLITE_CLAIM = _sqlite_claim()
 
 
 async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str,
-                relay: str | None = None) -> Sequence[Row]:
+                relay: str | None = None, partitions_held: int = PARTITIONS) -> Sequence[Row]:
     """Lock and return the batch this relay publishes, in the session's transaction: each user's
     events in sequence order. In aggregate order on PostgreSQL, `relay` is the id under which the
-    relay holds its partitions (partitions.Partitions)."""
+    relay holds its partitions (partitions.Partitions), about `partitions_held` of them."""
     connection = await session.connection()
     if connection.dialect.name != "postgresql":
         statement, given = SQLITE_CLAIM, {}
@@ -167,5 +191,6 @@ async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str
     elif relay is None:
         raise ValueError("a relay in aggregate order claims under its partitions' leases: pass its id")
     else:
-        statement, given = PARTITIONED_CLAIM, {"relay": relay}
+        # Enough users to fill the batch, from each partition its share of them.
+        statement, given = PARTITIONED_CLAIM, {"relay": relay, "per_partition": -(-limit // max(partitions_held, 1))}
     return (await connection.execute(statement, {"now": now, "limit": limit, **given})).all()

@@ -2,6 +2,7 @@
 key), and each partition is leased to one relay at a time. A relay publishes only the users of the
 partitions it holds, each user's events in sequence order, so several relay processes keep every
 user's order without waiting for each other batch by batch (Kafka's partitions by key, in a table).
+A user's partition: models.partition_of.
 
 - Heartbeat: every `heartbeat` seconds a relay renews its membership and its leases, on the
   database's clock (app servers' clocks may disagree).
@@ -26,20 +27,13 @@ import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import BigInteger, Interval, bindparam, delete, func, or_, select, update
+from sqlalchemy import Interval, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from .database import Database
-from .models import RelayLease, RelayMember
+from .models import PARTITIONS, RelayLease, RelayMember
 
-PARTITIONS = 32  # a power of two: a user's partition is the low bits of its key's hash
 LEASES, MEMBERS = RelayLease.__table__.c, RelayMember.__table__.c
-
-
-def partition_of(aggregate_type, aggregate_id):
-    """A user's partition, 0 to PARTITIONS - 1, computed by PostgreSQL from the user's key."""
-    key = func.hashtextextended(aggregate_type + "/" + aggregate_id, 0, type_=BigInteger)
-    return key.op("&", return_type=BigInteger)(PARTITIONS - 1)
 
 
 @dataclass(frozen=True)

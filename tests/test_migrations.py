@@ -64,11 +64,13 @@ async def test_the_claim_finds_the_events_that_hold_a_user_back_in_their_own_ind
             "any order": claims.ANY_ORDER_CLAIM, "partitioned": claims.PARTITIONED_CLAIM}
         plans = {}
         for name, statement in statements.items():
-            compiled = statement.compile(dialect=connection.dialect)
-            given = compiled.construct_params({"now": datetime.now(UTC), "limit": 100, "relay": "a-relay"})
+            # The sizes are written into the statement (outbox_claims.LIMIT); the rest stay parameters.
+            compiled = statement.params(limit=100, per_partition=4, now=datetime.now(UTC), relay="a-relay").compile(
+                dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
             explain = "EXPLAIN " if db.backend == "postgresql" else "EXPLAIN QUERY PLAN "
             plan = await connection.exec_driver_sql(explain + str(compiled),
-                                                    tuple(given[name] for name in compiled.positiontup))
+                                                    tuple(compiled.binds[name].effective_value
+                                                          for name in compiled.positiontup))
             plans[name] = "\n".join(str(row[-1]) for row in plan)
     assert all("ix_events_holding" in plan for plan in plans.values()), plans
 

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from labbench.relay_race import STOP_AFTER, check_input, order_faults, race
 from source import DomainEvent, RelaySettings
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER, claim
-from source.partitions import PARTITIONS
+from source.partitions import PARTITIONS, Partitions
 from tests.conftest import need
 from tests.test_outbox import add_events, make_users, status_counts, wait_until
 from tests.test_outbox_faults import REPO
@@ -128,32 +128,28 @@ async def test_four_any_order_relays_invert_events_on_postgresql_and_take_turns_
 # --- the claim itself, on PostgreSQL ---------------------------------------------------------
 
 
-async def test_a_user_held_by_one_relay_is_passed_over_by_another_and_locks_are_bounded(db):
+async def test_the_claim_takes_users_oldest_first_each_in_sequence_and_any_order_skips_rows_not_users(db):
     users = await make_users(db, 150)
     await add_events(db, users=users, count=450, per_transaction=150)  # three events per user
     now = datetime.now(UTC)
-    if db.backend == "sqlite":  # no advisory locks: the same claim as any order, under the write lock
+    if db.backend == "sqlite":  # no partitions: the same claim in both designs, under the write lock
         async with db.sessions.begin() as session:
             ordered = await claim(session, now=now, limit=100, design=AGGREGATE_ORDER)
             assert [e.id for e in ordered] == [e.id for e in await claim(session, now=now, limit=100, design=ANY_ORDER)]
         return
-    async with db.sessions.begin() as first, db.sessions.begin() as second:
-        batch = await claim(first, now=now, limit=100, design=AGGREGATE_ORDER)
-        held = await first.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                       "AND pid = pg_backend_pid()"))
-        # Each user's events in sequence order, users oldest first, the last one cut; at most one lock per event.
-        assert len(batch) == 100 and len({e.aggregate_id for e in batch}) == 34 <= held <= 100
+    await Partitions("relay-a").refresh(db)  # alone: every partition
+    async with db.sessions.begin() as first:
+        batch = await claim(first, now=now, limit=100, design=AGGREGATE_ORDER, relay="relay-a")
+        # Each user's events in sequence order, users oldest first, the last one cut.
+        assert len(batch) == 100 and len({e.aggregate_id for e in batch}) == 34
         assert [e.sequence for e in batch] == [1, 2, 3] * 33 + [1]
-        other = await claim(second, now=now, limit=100, design=AGGREGATE_ORDER)
-        assert other and not {e.aggregate_id for e in other} & {e.aggregate_id for e in batch}
-        # The any-order claim skips only the rows: it takes a user's later events while another relay
-        # holds the earlier one, still pending (here the claim held the whole of its last user read).
-        async with db.sessions.begin() as third:
-            skipping = await claim(third, now=now, limit=300, design=ANY_ORDER)
-            lowest = {}
-            for event in skipping:
-                lowest.setdefault(event.aggregate_id, event.sequence)
-            assert any(number > 1 for number in lowest.values())
+    async with db.sessions.begin() as first, db.sessions.begin() as second:
+        # The any-order claim skips only the rows: while another relay holds a user's first event, it
+        # takes that user's later ones, still pending behind it.
+        earliest = await first.scalar(select(DomainEvent).where(DomainEvent.sequence == 1).limit(1).with_for_update())
+        skipping = await claim(second, now=now, limit=450, design=ANY_ORDER)
+        theirs = [e.sequence for e in skipping if e.aggregate_id == earliest.aggregate_id]
+        assert theirs == [2, 3] and earliest.id not in {e.id for e in skipping}
 
 
 # --- relays in separate processes ------------------------------------------------------------

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 import ui
-from labbench import relay_race
+from labbench import outbox_health, relay_race
 from labbench.relay_race import order_faults
 from source import run_db_setup_and_create_user
 from source.partitions import PARTITIONS
@@ -64,7 +64,27 @@ def test_the_page_states_the_claim_design_that_runs_with_its_statements(initiali
     shown = texts(at.code)
     if initialised == "servers":
         assert "relay_leases" in shown and "FOR SHARE" in shown and "FOR UPDATE" in shown and "SKIP LOCKED" not in shown
+        assert "Read now from `relay_leases`: 0 relay(s) hold partitions." in texts(at.caption)  # not started
+        # Started, the publisher's relay holds every partition, as the table says; stopped, it gives them back.
+        ui.publisher().start()
+        _wait_for(lambda: len(_holders()) == 1)
+        [(holder, count)] = _holders().items()
+        assert f"Read now from `relay_leases`: 1 relay(s) hold partitions: `{holder}` {count}." in texts(
+            open_page(PAGE).caption)
+        assert count == 32
+        assert ui.publisher().stop() and _holders() == {}
     assert "ORDER BY" in shown and "sequence" in shown
+
+
+def _holders() -> dict[str, int]:
+    return ui.run(outbox_health.lease_holders(db=ui.database()))
+
+
+def _wait_for(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
 
 
 def test_a_score_and_its_pending_event_are_stored_together(initialised):

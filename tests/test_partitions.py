@@ -20,8 +20,9 @@ from sqlalchemy import select, text
 from labbench.relay_race import order_faults
 from source import DomainEvent
 from source.consumer import dead_letter_key
+from source.models import partition_of
 from source.outbox_claims import AGGREGATE_ORDER, claim
-from source.partitions import PARTITIONS, LeaseSettings, Partitions, fair_share, partition_of
+from source.partitions import PARTITIONS, LeaseSettings, Partitions, fair_share
 from tests.conftest import need
 from tests.test_outbox import add_events, make_users, status_counts, wait_until
 from tests.test_outbox_faults import (
@@ -186,3 +187,26 @@ async def _holders_are(db, count: int) -> bool:
 
 async def _counts_are_published(db, count: int) -> bool:
     return (await status_counts(db))["published"] == count
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_relay_reads_its_partitions_oldest_events_from_their_index_even_in_a_generic_plan(db):
+    """Revision 0008's index of each partition's pending events: the claim reads it, also once
+    PostgreSQL runs the prepared statement with a generic plan (as it may from the sixth run on),
+    so a relay reads each partition's few oldest events, however long the backlog."""
+    from labbench.minimal_relay import claim_sql
+
+    users = await make_users(db, 50)
+    await add_events(db, users=users, count=5_000, per_transaction=500)
+    await Partitions("relay-a").refresh(db)
+    sql, names = claim_sql(ordered=True, batch_size=100, per_partition=4)
+    types = {"relay": "varchar", "now": "timestamptz"}
+    async with db.engine.connect() as conn:
+        await conn.execute(text("ANALYZE"))
+        await conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        await conn.exec_driver_sql(f"PREPARE the_claim ({', '.join(types[name] for name in names)}) AS {sql}")
+        given = {"relay": "'relay-a'", "now": f"'{datetime.now(UTC).isoformat()}'"}
+        plan = "\n".join(row[0] for row in (await conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, TIMING OFF) EXECUTE the_claim ({', '.join(given[name] for name in names)})")).all())
+        await conn.rollback()
+    assert "ix_events_partition" in plan and "actual rows=100 loops=1" in plan.splitlines()[0], plan

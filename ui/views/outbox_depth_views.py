@@ -56,6 +56,12 @@ def claim_statements(design: str, backend: str) -> None:
         statements = [outbox_claims.PARTITIONED_CLAIM]
     else:
         statements = [outbox_claims.ANY_ORDER_CLAIM]
+    if backend == "postgresql" and design == AGGREGATE_ORDER:
+        with ui.errors_shown():
+            holders = ui.run(outbox_health.lease_holders(db=ui.database()))
+            st.caption(f"Read now from `relay_leases`: {len(holders)} relay(s) hold partitions"
+                       + (": " + ", ".join(f"`{name}` {count}" for name, count in holders.items()) if holders else "")
+                       + ". Each app process's publisher runs one relay, and gives its partitions back when it stops.")
     dialect = ui.database().engine.dialect
     for statement in statements:
         st.code(str(statement.compile(dialect=dialect)), language="sql")
