@@ -333,6 +333,8 @@ async def event_publisher(
                 if result.claimed == settings.batch_size and result.published:
                     continue  # a full batch went out: more may be waiting
             interval = settings.notify_fallback_poll if listener is not None and listener.active else settings.poll_interval
+            if db.backend == "postgresql" and settings.design == AGGREGATE_ORDER:  # renew the leases in time
+                interval = min(interval, partitions.settings.heartbeat)
             if result.next_retry_at is not None:
                 until_retry = (result.next_retry_at - datetime.now(UTC)).total_seconds()
                 interval = min(interval, max(until_retry, 0.0))

@@ -10,7 +10,7 @@ A user's partition: models.partition_of.
   relay above its share gives the surplus back; one below takes free or expired partitions. A relay
   that joins has its share within about two heartbeats: the rebalance.
 - Take-over: a relay that dies stops renewing. Its leases expire `ttl` after its last heartbeat, and
-  the others take them at their next one: within ttl + heartbeat.
+  the others take them at their next one: within about ttl + heartbeat.
 - Fence: a batch locks its relay's lease rows (FOR SHARE, outbox_claims.py) until it commits, so a
   partition changes hands only between batches, and the next holder sees the last one's marks.
 
@@ -38,7 +38,7 @@ LEASES, MEMBERS = RelayLease.__table__.c, RelayMember.__table__.c
 
 @dataclass(frozen=True)
 class LeaseSettings:
-    heartbeat: float = 0.5  # seconds between renewals (an idle relay renews as often as it looks)
+    heartbeat: float = 0.5  # renewed at the first batch this long after the last (the publisher looks as often)
     ttl: float = 3.0  # a lease not renewed for this long is free to take
 
 
