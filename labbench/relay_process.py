@@ -8,7 +8,13 @@ For bench.py's commit-to-stream latency, `--as-deployed`: the lab's relay with i
 settings and no wrapper, or with `--minimal` the minimal raw-asyncpg relay (its claim as
 `--design` says), until SIGTERM. A
 process of its own, as a relay worker is deployed: it shares no event loop and no garbage
-collector with the code that commits and reads."""
+collector with the code that commits and reads.
+
+For bench.py's several relays (labbench/relay_fleet.py), `--fleet --relays N`: the relay says
+"ready <its id>" once it is settled (in aggregate order, N relays are members and it holds its fair
+share of the partitions; in any order, connected), keeps its leases while it waits, and starts on a
+line on stdin ("go"). It then publishes until no event is pending, saying "published <n>" after each
+batch and "done <n>" at the end, and stays a member holding its share until stdin ends."""
 
 from __future__ import annotations
 
@@ -18,11 +24,14 @@ import signal
 import sys
 
 import redis.asyncio as aioredis
+from sqlalchemy import exists, select
 
 from labbench.faults import PipelineWrapper, WrappedBroker
 from source.database import Database
-from source.outbox import NOTIFY_CHANNEL, RelaySettings, event_publisher, relay_database
+from source.models import DomainEvent, RelayMember
+from source.outbox import NOTIFY_CHANNEL, RelaySettings, event_publisher, relay_batch, relay_database
 from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
+from source.partitions import LeaseSettings, Partitions, fair_share
 
 
 class _HoldingPipeline(PipelineWrapper):
@@ -50,10 +59,15 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--design", choices=[AGGREGATE_ORDER, ANY_ORDER], default=AGGREGATE_ORDER)
     parser.add_argument("--as-deployed", action="store_true")
     parser.add_argument("--minimal", action="store_true")
+    parser.add_argument("--fleet", action="store_true")
+    parser.add_argument("--relays", type=int, default=1)
     args = parser.parse_args(argv)
     client = aioredis.Redis.from_url(args.redis_url, decode_responses=True)
     if args.as_deployed:
         await as_deployed(args, client)
+        return
+    if args.fleet:
+        await fleet(args, client)
         return
     db = Database(args.database_url)
     settings = RelaySettings(batch_size=args.batch, poll_interval=0.02, notify_fallback_poll=0.5, design=args.design)
@@ -77,6 +91,73 @@ async def as_deployed(args: argparse.Namespace, client: aioredis.Redis) -> None:
                                 settings=RelaySettings(design=args.design))
     print("ready", flush=True)
     await relay
+
+
+async def fleet(args: argparse.Namespace, client: aioredis.Redis) -> None:
+    db, partitions = relay_database(args.database_url), Partitions()
+    settings = RelaySettings(batch_size=args.batch, design=args.design)
+    leased = args.design == AGGREGATE_ORDER
+    announced = False
+
+    async def settle() -> None:
+        nonlocal announced
+        if not announced and await _settled(db, client, partitions, args):
+            print(f"ready {partitions.relay_id}", flush=True)
+            announced = True
+
+    async def renew() -> None:
+        if leased:
+            await partitions.refresh(db)
+
+    try:
+        if not await _until_a_line(settle):
+            return  # stdin closed before "go": the parent gave up
+        published = 0
+        while True:
+            result = await relay_batch(db=db, redis_client=client, stream=args.stream, settings=settings,
+                                       partitions=partitions)
+            if result.error:
+                raise RuntimeError(result.error)
+            if result.claimed:
+                published += result.published
+                print(f"published {result.published}", flush=True)
+            elif await _anything_pending(db):
+                await asyncio.sleep(0.005)  # the rest is in other relays' partitions, or locked by them
+            else:
+                break
+        print(f"done {published}", flush=True)
+        await _until_a_line(renew)  # still a member, holding its share, until stdin ends
+        if leased:
+            await partitions.leave(db)
+    finally:
+        await db.dispose()
+        await client.aclose()
+
+
+async def _until_a_line(step) -> str:
+    """Await `step()` every heartbeat until stdin gives a line; the line ("" at its end)."""
+    line = asyncio.ensure_future(asyncio.to_thread(sys.stdin.readline))
+    while not line.done():
+        await step()
+        await asyncio.wait({line}, timeout=LeaseSettings().heartbeat)
+    return line.result()
+
+
+async def _settled(db: Database, client: aioredis.Redis, partitions: Partitions, args: argparse.Namespace) -> bool:
+    """Any order: connected. Aggregate order: all the relays are members and this one holds its share."""
+    await client.ping()
+    if args.design == ANY_ORDER:
+        await _anything_pending(db)  # the database answers too
+        return True
+    await partitions.refresh(db)
+    async with db.sessions() as session:
+        members = list(await session.scalars(select(RelayMember.relay_id).order_by(RelayMember.relay_id)))
+    return len(members) == args.relays and len(partitions.held) == fair_share(members, partitions.relay_id)
+
+
+async def _anything_pending(db: Database) -> bool:
+    async with db.sessions() as session:
+        return await session.scalar(select(exists().where(DomainEvent.status == "pending")))
 
 
 if __name__ == "__main__":
