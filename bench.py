@@ -3,6 +3,8 @@
     python bench.py                 # every section, as a table
     python bench.py --json          # the same figures as JSON
     python bench.py --only anchors  # some sections only
+    python bench.py --only relays   # 1, 2 and 4 relay processes per claim design in alternating
+                                    # rounds, and a SIGKILL round (PostgreSQL and Redis servers)
     python bench.py --only load     # 30 learners in chromium on one served app: minutes, so
                                     # never part of the default run (--sessions N to change)
     python bench.py --only room     # 30 and 100 learners without browsers (Streamlit's websocket
@@ -501,32 +503,73 @@ async def _lab_batch(db, client, stream, settings) -> int:
     return (await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)).published
 
 
-async def bench_relays(bench: Bench, events: int = 10_000, users: int = 20) -> list[Figure]:
-    """Section 5, several relays (labbench/relay_race.py): 1, 2 and 4 relays, each on a thread with
-    its own loop, engine and Redis client, drain a burst on a throwaway table with each claim design;
-    events/s, then duplicates and inversions counted from XRANGE against the database's order.
-    PostgreSQL + Redis (fakeredis without a server); the designs alternate at each relay count."""
-    from labbench.relay_race import DESIGNS, race
-    from source.redis_setup import RedisTarget
+async def bench_relays(bench: Bench, rounds: int = 3, events: int = 10_000, users: int = 20) -> list[Figure]:
+    """Section 5, several relays (labbench/relay_fleet.py): 1, 2 and 4 relays, each in a process of
+    its own, drain a burst on a fresh database with each claim design, in alternating rounds (at
+    each relay count AB, BA, AB, ...); events/s from "go" until no event is pending, then duplicates
+    and inversions counted from XRANGE against the database's order, and events applied twice by
+    the lab's consumer. Then a kill round: one relay in aggregate order SIGKILLed after its first
+    batch, holding its partitions. PostgreSQL and the Redis server only (the relays' processes share
+    no fakeredis)."""
+    from labbench.relay_fleet import run_fleet
+    from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
+    from source.partitions import LeaseSettings
 
-    if "postgresql" not in bench.databases:
+    if "postgresql" not in bench.databases or "redis" not in bench.urls:
         return []
-    redis_name = "redis" if "redis" in bench.redis else "fakeredis"
-    target = (RedisTarget("server", "redis", "bench", bench.urls["redis"]) if redis_name == "redis"
-              else RedisTarget("embedded", "fakeredis", "bench"))
-    figures = []
-    for relays in (1, 2, 4):
-        for design in DESIGNS:
-            result = await race(database_url=bench.urls["postgresql"], redis_target=target, fake_server=bench.fake_server,
-                                relays=relays, design=design, events=events, users=users, key_prefix=bench.key_prefix)
-            backend, what = f"postgresql+{redis_name}", f"{relays} relay(s), {design}, {events:,} events/{users} users"
-            figures += [
-                Figure("relays", backend, f"{what}: throughput", result.events_per_s, "events/s"),
-                Figure("relays", backend, f"{what}: duplicates", result.duplicates, "entries"),
-                Figure("relays", backend, f"{what}: inversions", result.inversions, "events"),
-            ]
-            if result.missing:
-                bench.failures.append(f"relays: {what} left {result.missing} event(s) unpublished")
+    backend, counts, designs = "postgresql+redis", (1, 2, 4), (AGGREGATE_ORDER, ANY_ORDER)
+
+    async def fleet(relays: int, design: str, kill: bool = False):
+        async with scratch_postgres(bench.urls["postgresql"], "lab_fleet") as url:
+            result = await run_fleet(url, bench.urls["redis"], relays=relays, design=design, events=events,
+                                     users=users, kill=kill, key_prefix=bench.key_prefix)
+        what = f"{relays} relay(s), {design}{', one killed' if kill else ''}"
+        print(f"# relays: {what}: {result.events_per_s:,.0f} events/s, per relay {result.per_relay}, "
+              f"{result.duplicates} duplicates, {result.inversions} inversions", file=sys.stderr, flush=True)
+        if result.lost or result.applied_twice or (design == AGGREGATE_ORDER and result.inversions):
+            bench.failures.append(f"relays: {what}: {result.lost} lost, {result.applied_twice} applied twice, "
+                                  f"{result.inversions} inversions")
+        return result
+
+    found = {(relays, design): [] for relays in counts for design in designs}
+    for number in range(rounds):
+        for relays in counts:
+            for design in designs if number % 2 == 0 else designs[::-1]:
+                found[relays, design].append(await fleet(relays, design))
+    figures, burst = [], f"{events:,} events/{users} users, {rounds} rounds"
+    for (relays, design), results in found.items():
+        rates = [result.events_per_s for result in results]
+        what = f"{relays} relay process(es), {design}"
+        figures += [
+            Figure("relays", backend, f"{what}: events/s, median of {burst} (min {min(rates):,.0f}, "
+                                      f"max {max(rates):,.0f})", statistics.median(rates), "events/s"),
+            Figure("relays", backend, f"{what}: duplicates appended, all rounds",
+                   sum(r.duplicates for r in results), "entries"),
+            Figure("relays", backend, f"{what}: inversions, all rounds", sum(r.inversions for r in results), "events"),
+            Figure("relays", backend, f"{what}: events applied twice, all rounds",
+                   sum(r.applied_twice for r in results), "events"),
+        ]
+    for relays in counts:  # each round's ordered relays against the any-order ones of the same round
+        ratios = [ordered.events_per_s / anyhow.events_per_s
+                  for ordered, anyhow in zip(found[relays, AGGREGATE_ORDER], found[relays, ANY_ORDER], strict=True)]
+        figures.append(Figure("relays", backend, f"{relays} relay process(es): {AGGREGATE_ORDER} / {ANY_ORDER}, same "
+                                                 f"round, median (min {min(ratios):.2f}, max {max(ratios):.2f})",
+                              statistics.median(ratios), "x"))
+    lease = LeaseSettings()
+    for relays in (2, 4):
+        result = await fleet(relays, AGGREGATE_ORDER, kill=True)
+        what = f"kill round, {relays} relay processes, {AGGREGATE_ORDER}, one SIGKILLed after its first batch"
+        figures += [
+            Figure("relays", backend, f"{what}: its partitions when killed", result.victim_partitions, "partitions"),
+            Figure("relays", backend, f"{what}: kill until the survivors hold them (bound ttl {lease.ttl:g} s "
+                                      f"+ heartbeat {lease.heartbeat:g} s = {lease.ttl + lease.heartbeat:g} s)",
+                   result.take_over, "s"),
+            Figure("relays", backend, f"{what}: kill until no event is pending", result.kill_to_done, "s"),
+            Figure("relays", backend, f"{what}: events lost", result.lost, "events"),
+            Figure("relays", backend, f"{what}: events applied twice", result.applied_twice, "events"),
+            Figure("relays", backend, f"{what}: inversions", result.inversions, "events"),
+            Figure("relays", backend, f"{what}: duplicates appended", result.duplicates, "entries"),
+        ]
     return figures
 
 
