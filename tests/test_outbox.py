@@ -169,7 +169,9 @@ async def test_broker_refusals_back_off_then_park_the_event_as_failed_until_retr
     [event_id] = await add_events(db, users=users, count=1)
     faults = Faults()
     faults.broker_refusing = True  # an error reply: the only kind of failure that parks
-    settings = RelaySettings(backoff_base=0.2, backoff_max=0.3, max_attempts=3)
+    # Retries 0.5 to 1 s later: enough for the next cycle to come first on a loaded machine (it may renew
+    # the relay's leases first).
+    settings = RelaySettings(backoff_base=1.0, backoff_max=1.0, max_attempts=3)
     for attempt in (1, 2):
         result = await relay_batch(db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, settings=settings)
         assert result.retried == 1
@@ -180,7 +182,7 @@ async def test_broker_refusals_back_off_then_park_the_event_as_failed_until_retr
         assert stored.next_attempt_at > stored.created_at
         # Not due yet: the next cycle leaves it alone.
         assert (await relay_batch(db=db, redis_client=redis_client, stream=stream, settings=settings)).claimed == 0
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
     result = await relay_batch(db=db, redis_client=FaultyBroker(redis_client, faults), stream=stream, settings=settings)
     assert result.failed == 1 and await status_counts(db) == Counter(failed=1)
     assert await redis_client.exists(stream) == 0
