@@ -446,12 +446,14 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
     from source.models import new_id
     from source.outbox import relay_database
     from source.outbox_claims import AGGREGATE_ORDER, ANY_ORDER
+    from source.partitions import Partitions
 
     db, redis_name = bench.databases["postgresql"], "redis" if "redis" in bench.redis else "fakeredis"
     client, stream = bench.redis[redis_name], f"{bench.key_prefix}outbox-anchor"
     users = [new_id() for _ in range(200)]
     connection = await asyncpg.connect(db.asyncpg_dsn)
     relay_db = relay_database(bench.urls["postgresql"])  # as the publisher runs the relay
+    partitions = Partitions(relay_id="bench-lab-relay")
     figures, backend = [], f"postgresql+{redis_name}"
     try:
         for batch in (100, 500):
@@ -467,9 +469,11 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
             runners = {}
             for design in (ANY_ORDER, AGGREGATE_ORDER):
                 settings = RelaySettings(batch_size=batch, design=design)
-                runners[f"lab relay_batch ({design})"] = lambda s=settings: _lab_batch(relay_db, client, stream, s)
+                runners[f"lab relay_batch ({design})"] = lambda s=settings: _lab_batch(relay_db, client, stream, s, partitions)
+                # In aggregate order the anchor claims under the lab relay's leases (one relay, renewing as it runs).
                 runners[f"minimal raw-asyncpg relay ({design})"] = lambda b=batch, ordered=design == AGGREGATE_ORDER: (
-                    minimal_relay_batch(connection, client, stream, batch_size=b, ordered=ordered))
+                    minimal_relay_batch(connection, client, stream, batch_size=b,
+                                        relay=partitions.relay_id if ordered else None))
             spent, done = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
             for run in runners.values():
                 await run()  # untimed: prepares each relay's statements on its connection
@@ -497,10 +501,11 @@ async def _relay_against_minimal(bench: Bench, batches_each: int = 40) -> list[F
     return figures
 
 
-async def _lab_batch(db, client, stream, settings) -> int:
+async def _lab_batch(db, client, stream, settings, partitions) -> int:
     from source.outbox import relay_batch
 
-    return (await relay_batch(db=db, redis_client=client, stream=stream, settings=settings)).published
+    return (await relay_batch(db=db, redis_client=client, stream=stream, settings=settings,
+                              partitions=partitions)).published
 
 
 async def bench_relays(bench: Bench, rounds: int = 3, events: int = 10_000, users: int = 20) -> list[Figure]:

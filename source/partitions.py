@@ -7,8 +7,9 @@ A user's partition: models.partition_of.
 - Heartbeat: every `heartbeat` seconds a relay renews its membership and its leases, on the
   database's clock (app servers' clocks may disagree).
 - Fair share: the relays seen within `ttl` share the partitions out, in the order of their ids. A
-  relay above its share gives the surplus back; one below takes free or expired partitions. A relay
-  that joins has its share within about two heartbeats: the rebalance.
+  relay above its share gives the surplus back, chosen so that it gives about its share of its
+  pending events too (a few busy users must not all stay with one relay); one below takes free or
+  expired partitions. A relay that joins has its share within about two heartbeats: the rebalance.
 - Take-over: a relay that dies stops renewing. Its leases expire `ttl` after its last heartbeat, and
   the others take them at their next one: within about ttl + heartbeat.
 - Fence: a batch locks its relay's lease rows (FOR SHARE, outbox_claims.py) until it commits, so a
@@ -27,11 +28,11 @@ import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Interval, bindparam, delete, func, or_, select, update
+from sqlalchemy import Interval, bindparam, delete, func, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from .database import Database
-from .models import PARTITIONS, RelayLease, RelayMember
+from .models import PARTITIONS, DomainEvent, RelayLease, RelayMember, partition_of
 
 LEASES, MEMBERS = RelayLease.__table__.c, RelayMember.__table__.c
 
@@ -63,6 +64,12 @@ _FREE = (select(LEASES.partition)
          .with_for_update(skip_locked=True))  # another relay taking the same one: pass it over
 _TAKE = (update(RelayLease).where(LEASES.partition.in_(_FREE.scalar_subquery()))
          .values(holder=bindparam("me"), expires_at=_LATER).returning(LEASES.partition))
+_PENDING = (  # how many events wait in each of :held (read only when giving some back)
+    select(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id), func.count())
+    .where(DomainEvent.status == literal_column("'pending'"),
+           partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(bindparam("held", expanding=True)))
+    .group_by(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id))
+)
 _LEAVE = update(RelayLease).where(LEASES.holder == bindparam("me")).values(holder=None, expires_at=None)
 
 
@@ -70,6 +77,21 @@ def fair_share(members: list[str], me: str) -> int:
     """How many partitions `me` should hold: PARTITIONS split as evenly as the members allow."""
     rank = members.index(me)
     return PARTITIONS // len(members) + (1 if rank < PARTITIONS % len(members) else 0)
+
+
+def split_by_load(held: list[int], pending: dict[int, int], keep: int) -> tuple[list[int], list[int]]:
+    """Which `keep` of the held partitions to keep and which to give back, so that each side gets
+    about its share of their pending events: heaviest first, each to the side further below its
+    share that still has room."""
+    total, sides = sum(pending.get(p, 0) for p in held), {"keep": [], "give": []}
+    room = {"keep": keep, "give": len(held) - keep}
+    share = {side: total * room[side] / len(held) for side in sides}
+    for partition in sorted(held, key=lambda p: (-pending.get(p, 0), p)):
+        side = max((s for s in sides if room[s]),
+                   key=lambda s: share[s] - sum(pending.get(p, 0) for p in sides[s]))
+        sides[side].append(partition)
+        room[side] -= 1
+    return sorted(sides["keep"]), sorted(sides["give"])
 
 
 class Partitions:
@@ -100,8 +122,9 @@ class Partitions:
             share = fair_share(list((await session.scalars(_MEMBERS)).all()), me)
             held = sorted((await session.scalars(_RENEW, {"me": me, "ttl": ttl})).all())
             if len(held) > share:
-                await session.execute(_GIVE_BACK, {"me": me, "surplus": held[share:]})
-                held = held[:share]
+                pending = dict((await session.execute(_PENDING, {"held": held})).all())
+                held, surplus = split_by_load(held, pending, share)
+                await session.execute(_GIVE_BACK, {"me": me, "surplus": surplus})
             elif len(held) < share:
                 held += (await session.scalars(_TAKE, {"me": me, "ttl": ttl, "wanted": share - len(held)})).all()
         self.held, self._renewed = tuple(sorted(held)), time.monotonic()

@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from labbench.relay_race import order_faults
 from source import DomainEvent
 from source.consumer import dead_letter_key
 from source.models import partition_of
 from source.outbox_claims import AGGREGATE_ORDER, claim
-from source.partitions import PARTITIONS, LeaseSettings, Partitions, fair_share
+from source.partitions import PARTITIONS, LeaseSettings, Partitions, fair_share, split_by_load
 from tests.conftest import need
 from tests.test_outbox import add_events, make_users, status_counts, wait_until
 from tests.test_outbox_faults import (
@@ -57,6 +57,30 @@ async def test_a_relay_that_joins_gets_half_and_the_two_never_share_a_partition(
     assert holders == {"relay-a": 16, "relay-b": 16}
     await second.leave(db)  # a relay that stops gives its partitions back at once
     assert await first.refresh(db) == tuple(range(PARTITIONS))
+
+
+def test_a_relay_gives_back_about_its_share_of_pending_events_not_just_of_partitions():
+    pending = {p: 500 * (p % 3 == 0) + 500 * (p % 7 == 0) for p in range(PARTITIONS)}  # a few busy partitions
+    keep, give = split_by_load(list(range(PARTITIONS)), pending, 16)
+    assert len(keep) == len(give) == 16 and not set(keep) & set(give)
+    kept, given = sum(pending[p] for p in keep), sum(pending[p] for p in give)
+    assert abs(kept - given) <= max(pending.values())  # within one partition's events
+    assert split_by_load(list(range(8)), {}, 6) == ([0, 1, 2, 3, 4, 5], [6, 7])  # nothing waiting: the highest go
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_relay_that_joins_a_backlog_gets_about_half_of_its_events(db):
+    users = await make_users(db, 20)
+    await add_events(db, users=users, count=2_000, per_transaction=500)
+    first, second = Partitions("relay-a", QUICK), Partitions("relay-b", QUICK)
+    for relay in (first, second, first, second):
+        await relay.refresh(db)
+    async with db.sessions() as session:
+        per_partition = dict((await session.execute(
+            select(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id), func.count())
+            .group_by(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id)))).all())
+    loads = [sum(per_partition.get(p, 0) for p in relay.held) for relay in (first, second)]
+    assert sum(loads) == 2_000 and abs(loads[0] - loads[1]) <= max(per_partition.values()), loads
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
