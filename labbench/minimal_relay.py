@@ -35,10 +35,12 @@ def claim_sql(*, ordered: bool, batch_size: int, per_partition: int) -> tuple[st
     return str(compiled), tuple(compiled.positiontup)
 
 
-# A relay alone (the anchor run by itself): every partition leased to it for 10 s, renewed each second.
+# A relay alone (the anchor run by itself): every partition leased to it for 3 s, renewed each
+# second, and given back when it stops.
 HOLD_ALL = f"""INSERT INTO relay_leases (partition, holder, expires_at)
-SELECT p, $1, now() + interval '10 seconds' FROM generate_series(0, {PARTITIONS - 1}) AS p
+SELECT p, $1, now() + interval '3 seconds' FROM generate_series(0, {PARTITIONS - 1}) AS p
 ON CONFLICT (partition) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"""
+GIVE_BACK = "UPDATE relay_leases SET holder = NULL, expires_at = NULL WHERE holder = $1"
 MARK = """UPDATE domain_events SET status = 'published', published_at = $3, stream_id = m.stream_id
 FROM unnest($1::varchar[], $2::varchar[]) AS m(id, stream_id) WHERE domain_events.id = m.id AND status = 'pending'"""
 RETRY = """UPDATE domain_events SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3
@@ -107,5 +109,7 @@ async def minimal_notify_relay(dsn: str, redis_client: aioredis.Redis, stream: s
             except TimeoutError:
                 pass
     finally:
+        if relay:
+            await connection.execute(GIVE_BACK, relay)
         await listener.close()
         await connection.close()
