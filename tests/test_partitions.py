@@ -157,6 +157,14 @@ async def test_a_relay_process_sigkilled_while_holding_partitions_is_taken_over_
     redis_url = need("LAB_TEST_REDIS_URL")
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     stream = f"{key_prefix}take-over"
+    try:
+        await _kill_one_of_two(db, db_url, backend, redis_url, client, stream)
+    finally:
+        await client.delete(stream, dead_letter_key(stream))
+        await client.aclose()
+
+
+async def _kill_one_of_two(db, db_url, backend, redis_url, client, stream) -> None:
     users = await make_users(db, 20)
     ids = await add_events(db, users=users, count=3_000, per_transaction=500)
     command = [sys.executable, "-m", "labbench.relay_process", db_url, redis_url, stream, "--batch", "50"]
@@ -183,20 +191,16 @@ async def test_a_relay_process_sigkilled_while_holding_partitions_is_taken_over_
             if child is not None and child.returncode is None:
                 child.send_signal(signal.SIGKILL)
                 await child.wait()
-    try:
-        async with db.sessions() as session:
-            order = (await session.execute(select(DomainEvent.aggregate_id, DomainEvent.id)
-                                           .order_by(DomainEvent.aggregate_id, DomainEvent.sequence))).all()
-        entries = [fields for _, fields in await client.xrange(stream)]
-        duplicates, inversions, missing = order_faults(entries, [tuple(row) for row in order])
-        assert (inversions, missing) == (0, 0) and 0 < duplicates <= 50  # the killed batch, appended again
-        await run_consumer(db, client, stream, lambda: _applied_count(db, 3_000), timeout=60)
-        await wait_until(lambda: _group_idle(client, stream))
-        assert await applied_ids(db) == set(ids)  # none lost
-        assert await applied_per_user(db) == Counter(users[i % 20] for i in range(3_000))  # none applied twice
-    finally:
-        await client.delete(stream, dead_letter_key(stream))
-        await client.aclose()
+    async with db.sessions() as session:
+        order = (await session.execute(select(DomainEvent.aggregate_id, DomainEvent.id)
+                                       .order_by(DomainEvent.aggregate_id, DomainEvent.sequence))).all()
+    entries = [fields for _, fields in await client.xrange(stream)]
+    duplicates, inversions, missing = order_faults(entries, [tuple(row) for row in order])
+    assert (inversions, missing) == (0, 0) and 0 < duplicates <= 50  # the killed batch, appended again
+    await run_consumer(db, client, stream, lambda: _applied_count(db, 3_000), timeout=60)
+    await wait_until(lambda: _group_idle(client, stream))
+    assert await applied_ids(db) == set(ids)  # none lost
+    assert await applied_per_user(db) == Counter(users[i % 20] for i in range(3_000))  # none applied twice
 
 
 async def _start(command):
