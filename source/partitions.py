@@ -9,7 +9,7 @@ A user's partition: models.partition_of.
 - Fair share: the relays seen within `ttl` share the partitions out, in the order of their ids. A
   relay above its share gives the surplus back, chosen so that it gives about its share of its
   pending events too (a few busy users must not all stay with one relay); one below takes free or
-  expired partitions. A relay that joins has its share within about two heartbeats: the rebalance.
+  expired partitions, chosen the same way. A relay that joins has its share within about two heartbeats: the rebalance.
 - Take-over: a relay that dies stops renewing. Its leases expire `ttl` after its last heartbeat, and
   the others take them at their next one: within about ttl + heartbeat.
 - Fence: a batch locks its relay's lease rows (FOR SHARE, outbox_claims.py) until it commits, so a
@@ -58,13 +58,14 @@ _RENEW = (update(RelayLease).where(LEASES.holder == bindparam("me")).values(expi
 _GIVE_BACK = (update(RelayLease)
               .where(LEASES.holder == bindparam("me"), LEASES.partition.in_(bindparam("surplus", expanding=True)))
               .values(holder=None, expires_at=None))
-_FREE = (select(LEASES.partition)
-         .where(LEASES.partition < PARTITIONS, or_(LEASES.holder.is_(None), LEASES.expires_at < func.now()))
-         .order_by(LEASES.partition).limit(bindparam("wanted"))
-         .with_for_update(skip_locked=True))  # another relay taking the same one: pass it over
-_TAKE = (update(RelayLease).where(LEASES.partition.in_(_FREE.scalar_subquery()))
+_IS_FREE = or_(LEASES.holder.is_(None), LEASES.expires_at < func.now())
+_FREE = select(LEASES.partition).where(LEASES.partition < PARTITIONS, _IS_FREE).order_by(LEASES.partition)
+_TAKE = (update(RelayLease)
+         .where(LEASES.partition.in_(
+             select(LEASES.partition).where(LEASES.partition.in_(bindparam("chosen", expanding=True)), _IS_FREE)
+             .with_for_update(skip_locked=True).scalar_subquery()))  # another relay taking one: pass it over
          .values(holder=bindparam("me"), expires_at=_LATER).returning(LEASES.partition))
-_PENDING = (  # how many events wait in each of :held (read only when giving some back)
+_PENDING = (  # how many events wait in each of :held (read only when partitions change hands)
     select(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id), func.count())
     .where(DomainEvent.status == literal_column("'pending'"),
            partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(bindparam("held", expanding=True)))
@@ -125,8 +126,11 @@ class Partitions:
                 pending = dict((await session.execute(_PENDING, {"held": held})).all())
                 held, surplus = split_by_load(held, pending, share)
                 await session.execute(_GIVE_BACK, {"me": me, "surplus": surplus})
-            elif len(held) < share:
-                held += (await session.scalars(_TAKE, {"me": me, "ttl": ttl, "wanted": share - len(held)})).all()
+            elif len(held) < share and (free := list((await session.scalars(_FREE)).all())):
+                # As many as its share lacks, with about their share of the free partitions' events.
+                pending = dict((await session.execute(_PENDING, {"held": free})).all())
+                chosen, _ = split_by_load(free, pending, min(share - len(held), len(free)))
+                held += (await session.scalars(_TAKE, {"me": me, "ttl": ttl, "chosen": chosen})).all()
         self.held, self._renewed = tuple(sorted(held)), time.monotonic()
         return self.held
 
