@@ -30,7 +30,7 @@ def design_note(backend: str, design: str) -> str:
             + f"the users are split by a hash of their id into {PARTITIONS} partitions, each leased to one relay, "
             "and a relay publishes only the users of its partitions. At each heartbeat (its first batch or look "
             f"{lease.heartbeat:g} s or more after the last) a relay renews its leases and takes or gives back "
-            "partitions to hold its fair share. A relay that dies loses its leases "
+            "partitions to hold its fair share of them, and about its share of the waiting events. A relay that dies loses its leases "
             f"{lease.ttl:g} s after its last heartbeat; the others take them at their next one. "
             "**Any order** (`SKIP LOCKED`, no partitions) only keeps an event from being claimed twice.")
 
