@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
-from source.outbox_claims import ANY_ORDER_CLAIM, PARTITIONED_CLAIM
+from source.outbox_claims import ANY_ORDER_CLAIM, PARTITIONED_CLAIM, per_partition
 from source.partitions import PARTITIONS
 
 
@@ -49,7 +49,8 @@ WHERE id = ANY($1::varchar[])"""
 
 async def claim(connection: asyncpg.Connection, now: datetime, batch_size: int, *, relay: str | None) -> list:
     """In aggregate order, as the lab's relay holding every partition (HOLD_ALL) would."""
-    sql, names = claim_sql(ordered=relay is not None, batch_size=batch_size, per_partition=-(-batch_size // PARTITIONS))
+    sql, names = claim_sql(ordered=relay is not None, batch_size=batch_size,
+                           per_partition=per_partition(batch_size, PARTITIONS))
     given = {"now": now, "relay": relay}
     return await connection.fetch(sql, *(given[name] for name in names))
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from sqlalchemy import func, select, text
 
+from labbench.outbox_health import lease_holders
 from labbench.relay_race import order_faults
 from source.consumer import CONSUMER_GROUP, ConsumerSettings, dead_letter_key, event_consumer
 from source.database import Database
 from source.event_repository import DomainEventRepository
-from source.models import DomainEvent, InboxEntry, RelayLease, ScoreSummary, new_id
+from source.models import DomainEvent, InboxEntry, ScoreSummary, new_id
 from source.outbox_claims import AGGREGATE_ORDER
 from source.outbox_stats import Stats
 from source.partitions import PARTITIONS
@@ -169,22 +170,14 @@ async def _kill_one(db: Database, fleet: list[_Relay], timeout: float) -> tuple[
     victim.process.send_signal(signal.SIGKILL)
     killed = time.perf_counter()
     survivors = [relay for relay in fleet if relay is not victim]
-    held = await _holders(db)
+    held = Counter(await lease_holders(db=db))
     victim_partitions = held[victim.relay_id]  # its leases outlive it by up to ttl
     while set(held) != {relay.relay_id for relay in survivors} or sum(held.values()) < PARTITIONS:
         if time.perf_counter() - killed > timeout:
             raise RuntimeError(f"the killed relay's partitions were not taken over within {timeout:g} s")
         await asyncio.sleep(0.02)
-        held = await _holders(db)
+        held = Counter(await lease_holders(db=db))
     return killed, time.perf_counter() - killed, victim_partitions, survivors
-
-
-async def _holders(db: Database) -> Counter:
-    """Unexpired leases per holder."""
-    async with db.sessions() as session:
-        return Counter(dict((await session.execute(
-            select(RelayLease.holder, func.count()).where(RelayLease.expires_at > func.now())
-            .group_by(RelayLease.holder))).all()))
 
 
 async def _apply_stream(db: Database, client: aioredis.Redis, stream: str, per_user: Counter,

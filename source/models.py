@@ -224,7 +224,7 @@ class DomainEvent(Base, TimestampMixin):
 
 class RelayLease(Base):
     """One partition of the users (revision 0008): the relay that holds it publishes its users'
-    events, and until when. A user's partition is a hash of its key (partitions.PARTITION_OF)."""
+    events, and until when. A user's partition is a hash of its key (partition_of, below)."""
 
     __tablename__ = "relay_leases"
 

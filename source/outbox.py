@@ -87,6 +87,11 @@ def backoff(*, attempts: int, settings: RelaySettings, rng: random.Random) -> fl
     return ceiling * rng.uniform(0.5, 1.0)
 
 
+def claims_under_leases(db: Database, settings: RelaySettings) -> bool:
+    """In aggregate order on PostgreSQL a relay claims its partitions' users (partitions.py)."""
+    return db.backend == "postgresql" and settings.design == AGGREGATE_ORDER
+
+
 async def relay_batch(
     *,
     db: Database,
@@ -101,7 +106,7 @@ async def relay_batch(
     PostgreSQL the relay claims under its partitions' leases (by default the ones this engine's relay
     holds), renewed first when a heartbeat is due."""
     rng = rng or random.Random()
-    leased = db.backend == "postgresql" and settings.design == AGGREGATE_ORDER
+    leased = claims_under_leases(db, settings)
     partitions = partitions or Partitions.of(db)
     if leased and partitions.heartbeat_due():
         await partitions.refresh(db)
@@ -333,7 +338,7 @@ async def event_publisher(
                 if result.claimed == settings.batch_size and result.published:
                     continue  # a full batch went out: more may be waiting
             interval = settings.notify_fallback_poll if listener is not None and listener.active else settings.poll_interval
-            if db.backend == "postgresql" and settings.design == AGGREGATE_ORDER:  # renew the leases in time
+            if claims_under_leases(db, settings):  # renew the leases in time
                 interval = min(interval, partitions.settings.heartbeat)
             if result.next_retry_at is not None:
                 until_retry = (result.next_retry_at - datetime.now(UTC)).total_seconds()

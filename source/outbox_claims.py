@@ -97,14 +97,19 @@ def _oldest_users():
     )
 
 
+def _sent(event):
+    """The columns the relay sends (and `attempts`, for a retry), the payload as its stored text."""
+    return (event.id, event.event_type, event.aggregate_type, event.aggregate_id, event.sequence,
+            event.created_at, cast(event.payload, Text).label("payload"), event.attempts)
+
+
 def _claim(users, *, skip_locked: bool):
     """For each of `users` in order, its due events, lowest sequence first (PostgreSQL: one index
     range per user, ix_events_pending, read only as far as the batch needs), each row locked; up
-    to :limit in all. The columns the relay sends, the payload as its stored text."""
+    to :limit in all."""
     event = aliased(DomainEvent)
     claimed = (
-        select(event.id, event.event_type, event.aggregate_type, event.aggregate_id, event.sequence,
-               event.created_at, cast(event.payload, Text).label("payload"), event.attempts)
+        select(*_sent(event))
         .where(event.aggregate_type == users.c.aggregate_type, event.aggregate_id == users.c.aggregate_id,
                _is_due(event))
         .order_by(event.sequence)
@@ -164,8 +169,7 @@ def _sqlite_claim():
     users = select(oldest, lowest.label("lowest")).subquery("users_from")
     event = DomainEvent
     return (
-        select(event.id, event.event_type, event.aggregate_type, event.aggregate_id, event.sequence,
-               event.created_at, cast(event.payload, Text).label("payload"), event.attempts)
+        select(*_sent(event))
         .join(users, and_(event.aggregate_type == users.c.aggregate_type,
                           event.aggregate_id == users.c.aggregate_id,
                           event.sequence < users.c.lowest + LIMIT))
@@ -176,6 +180,12 @@ def _sqlite_claim():
 
 
 SQLITE_CLAIM = _sqlite_claim()
+
+
+def per_partition(limit: int, partitions_held: int) -> int:
+    """How many of each held partition's oldest events to read: enough users to fill the batch, from
+    each partition its share of them."""
+    return -(-limit // max(partitions_held, 1))
 
 
 async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str,
@@ -191,6 +201,5 @@ async def claim(session: AsyncSession, *, now: datetime, limit: int, design: str
     elif relay is None:
         raise ValueError("a relay in aggregate order claims under its partitions' leases: pass its id")
     else:
-        # Enough users to fill the batch, from each partition its share of them.
-        statement, given = PARTITIONED_CLAIM, {"relay": relay, "per_partition": -(-limit // max(partitions_held, 1))}
+        statement, given = PARTITIONED_CLAIM, {"relay": relay, "per_partition": per_partition(limit, partitions_held)}
     return (await connection.execute(statement, {"now": now, "limit": limit, **given})).all()

@@ -65,11 +65,11 @@ _TAKE = (update(RelayLease)
              select(LEASES.partition).where(LEASES.partition.in_(bindparam("chosen", expanding=True)), _IS_FREE)
              .with_for_update(skip_locked=True).scalar_subquery()))  # another relay taking one: pass it over
          .values(holder=bindparam("me"), expires_at=_LATER).returning(LEASES.partition))
+_PARTITION = partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id)
 _PENDING = (  # how many events wait in each of :held (read only when partitions change hands)
-    select(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id), func.count())
-    .where(DomainEvent.status == literal_column("'pending'"),
-           partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id).in_(bindparam("held", expanding=True)))
-    .group_by(partition_of(DomainEvent.aggregate_type, DomainEvent.aggregate_id))
+    select(_PARTITION, func.count())
+    .where(DomainEvent.status == literal_column("'pending'"), _PARTITION.in_(bindparam("held", expanding=True)))
+    .group_by(_PARTITION)
 )
 _LEAVE = update(RelayLease).where(LEASES.holder == bindparam("me")).values(holder=None, expires_at=None)
 
