@@ -21,6 +21,8 @@ from exercises import sandbox
 from runtime import exercise_store as store
 from runtime import learners
 from tests.pagekit import texts
+from tests.test_page_instructor import KEY as INSTRUCTOR_KEY
+from tests.test_page_instructor import open_with_key as instructor_page
 from ui import exercise_runs
 from ui.widgets import escape_markdown
 
@@ -28,7 +30,6 @@ PAGES = {"session-per-task": "../pages/2_DB_Connectivity_and_Pooling.py",
          "latest-scores": "../pages/3_Repository_Pattern_and_N+1.py", "cache-aside": "../pages/4_Caching_with_Redis.py"}
 EXERCISE = "latest-scores"
 KEY = f"exercise:{EXERCISE}"
-INSTRUCTOR, INSTRUCTOR_KEY = "../pages/7_Instructor.py", "a-long-instructor-key"
 EAGER = """        result = await self.session.execute(
             select(User).where(User.id.in_(user_ids)).options(selectinload(User.scores))
         )"""
@@ -207,14 +208,6 @@ def test_the_answer_key_opens_on_request_after_two_failed_runs(initialised):
     # their code against the key (the page's own diffs are of other code)
     [diff] = [block.value for block in again.code if block.language == "diff" and block.value.startswith("--- your code")]
     assert diff.startswith("--- your code\n+++ answer key") and stored(again).answer_seen
-
-
-def instructor_page(monkeypatch) -> AppTest:
-    monkeypatch.setenv("LAB_INSTRUCTOR_KEY", INSTRUCTOR_KEY)
-    at = AppTest.from_file(INSTRUCTOR, default_timeout=60).run()
-    at.text_input(key="instructor_page_key").set_value(INSTRUCTOR_KEY).run()
-    assert not at.exception
-    return at
 
 
 def test_on_a_shared_server_the_exercise_is_read_only_until_the_instructor_turns_exercises_on(initialised,
