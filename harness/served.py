@@ -223,7 +223,23 @@ class Learner:
     async def click(self, label: str | re.Pattern) -> float:
         button = self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first
         await button.wait_for(timeout=self.timeout * 1000)
+        await self._until_still(button)
         return await self._rerun(f"click {getattr(label, 'pattern', label)}", button.click)
+
+    async def _until_still(self, element) -> None:
+        """Wait until every component's iframe on the page has drawn and the element stays where it
+        is for a moment, as a learner waits for a page to finish drawing before clicking: the code
+        editor's iframe grows once Ace has loaded and pushes down what is below it, and a click
+        aimed just before lands in the editor (no run: the learner's cursor goes into the code)."""
+        deadline, boxes = time.perf_counter() + self.timeout, []
+        while time.perf_counter() < deadline:
+            frames_drawn = await self.page.evaluate(
+                "() => [...document.querySelectorAll('[data-testid=stMain] iframe')]"
+                ".every(frame => frame.getBoundingClientRect().height > 0)")
+            boxes = [*boxes[-2:], await element.bounding_box() if frames_drawn else None]
+            if len(boxes) == 3 and boxes[0] is not None and boxes.count(boxes[0]) == 3:
+                return  # in place for 0.4 s (the editor's iframe is added a moment after the run's end)
+            await asyncio.sleep(0.2)
 
     async def enabled(self, label: str) -> bool:
         return await self.page.get_by_test_id("stMain").get_by_role("button", name=label, exact=True).first.is_enabled()

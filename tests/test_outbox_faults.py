@@ -419,7 +419,14 @@ async def test_a_stream_flushed_while_the_consumer_runs_loses_no_event(db, redis
         db=db, redis_client=redis_client, stream=stream, stop=stop, settings=CONSUMER, stats=stats,
         name="c1", on_group_created=broker_forgot,
     ))
+
+    async def group_made_and_checked() -> bool:
+        return len(resent) == 1
+
     try:
+        # the group is made and the unapplied count taken before any event is written: on SQLite that
+        # count can wait for the writer's lock and find the first 30 published by then
+        await wait_until(group_made_and_checked)
         ids = await add_events(db, users=users, count=30)
         await drain(db, redis_client, stream)
         await wait_until(lambda: _applied_count(db, 30))
