@@ -20,6 +20,7 @@ partitions.py      5. several relays in order: the users' partitions, leased one
 inbox.py           5. each entry checked, then applied once with its inbox row
 consumer.py        5. the consumer group: read, apply, acknowledge, dead letters
 reconcile.py       5. entries a broker lost, found by their IDs and sent again
+failed_events.py   5. parked events: tried again or given up on
 publisher.py       5. the relay and the consumer on a thread of their own
 outbox_stats.py    5. the figures the relay and the consumer keep
 retention.py       5. pruning published rows and trimming the stream below what the group acknowledged
@@ -39,6 +40,7 @@ from .consumer import ConsumerSettings, event_consumer
 from .database import Database
 from .errors import DuplicateEmail, InvalidInput, LabError, NotFound
 from .event_repository import DomainEventRepository
+from .failed_events import retry_failed_events
 from .models import (
     AIRScore,
     Assessment,
@@ -51,7 +53,7 @@ from .models import (
     TimestampMixin,
     User,
 )
-from .outbox import RelaySettings, event_publisher, retry_failed_events
+from .outbox import RelaySettings, event_publisher
 from .outbox_stats import PublisherSnapshot
 from .publisher import Publisher
 from .redis_setup import FAKE_SERVER, RedisTarget, make_redis_client, resolve_redis

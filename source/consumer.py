@@ -169,7 +169,7 @@ async def event_consumer(
             if not group_ready:
                 created = await ensure_group(redis_client, stream=stream, group=group)
                 if created and on_group_created is not None:
-                    await on_group_created()  # the broker forgot the group: see outbox.resend_unapplied
+                    await on_group_created()  # the broker forgot the group: see reconcile.resend_unapplied
                 removed = await forget_idle_consumers(
                     redis_client, stream=stream, group=group, keep=name, min_idle=settings.forget_idle_after
                 )

@@ -19,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import Row, bindparam, exists, update
+from sqlalchemy import Row, bindparam, update
 from sqlalchemy.exc import DBAPIError
 
 from . import config
 from .database import WRITE_TRANSACTION, Database
 from .event_repository import DomainEventRepository
-from .models import DomainEvent, InboxEntry
+from .models import DomainEvent
 from .outbox_claims import AGGREGATE_ORDER, claim
 from .outbox_stats import Stats, describe
 from .partitions import Partitions
@@ -181,46 +181,6 @@ def schedule_retries(
         changes.append(change)
     return BatchResult(claimed=len(events), retried=retried, failed=failed, next_retry_at=next_retry,
                        error=describe(error), changes=tuple(changes))
-
-
-async def retry_failed_events(*, db: Database) -> int:
-    """Give failed events a fresh set of attempts; returns how many. Each goes out before the
-    later events of its aggregate, which waited behind it."""
-    async with db.sessions.begin() as session:
-        result = await session.execute(
-            update(DomainEvent)
-            .where(DomainEvent.status == "failed")
-            .values(status="pending", attempts=0, next_attempt_at=None, last_error=None)
-        )
-    return result.rowcount
-
-
-async def resend_unapplied(*, db: Database) -> int:
-    """Put published events that were never applied back to pending, so that the relay sends them
-    again; returns how many. For a broker that lost its stream: one that keeps nothing across a
-    restart (the embedded Redis, a Redis without persistence) or was flushed. The consumer calls
-    it when it has to create its group again. Repeats of events that were in flight are dropped
-    by the inbox. (Here the consumer's inbox is in the relay's database; across services, the
-    consumer would report which events it has applied.)"""
-    async with db.sessions.begin() as session:
-        await session.connection(execution_options=WRITE_TRANSACTION)
-        result = await session.execute(
-            update(DomainEvent)
-            .where(DomainEvent.status == "published", ~exists().where(InboxEntry.event_id == DomainEvent.id))
-            .values(status="pending", published_at=None, next_attempt_at=None)
-            .execution_options(synchronize_session=False)
-        )
-    return result.rowcount
-
-
-async def discard_failed_events(*, db: Database) -> int:
-    """Give up on failed events (they stay in the table as discarded, never sent); returns how
-    many. The later events of their aggregates are no longer held back."""
-    async with db.sessions.begin() as session:
-        result = await session.execute(
-            update(DomainEvent).where(DomainEvent.status == "failed").values(status="discarded", next_attempt_at=None)
-        )
-    return result.rowcount
 
 
 # --- the relay loop ---------------------------------------------------------------------------

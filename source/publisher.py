@@ -16,9 +16,9 @@ from sqlalchemy.engine import make_url
 from . import redis_setup
 from .consumer import ConsumerSettings, ensure_group, event_consumer
 from .database import Database
-from .outbox import RelaySettings, event_publisher, relay_database, resend_unapplied, wake_mode
+from .outbox import RelaySettings, event_publisher, relay_database, wake_mode
 from .outbox_stats import PublisherSnapshot, Stats, describe
-from .reconcile import ReconcileSettings, reconcile_loop
+from .reconcile import ReconcileSettings, reconcile_loop, resend_unapplied
 from .redis_setup import RedisTarget
 from .retention import RetentionSettings, retention_loop
 

@@ -11,6 +11,10 @@ the stream by that ID. Those no longer there go back to pending; the relay sends
 inbox drops any that had been applied after all. Events older than the retention window are left
 alone (their entries may have been trimmed; the outbox deletes them), and so are dead letters, whose
 entries stay in the stream: nothing is sent again forever.
+
+A broker that lost the whole stream (one that keeps nothing across a restart, or was flushed) loses
+the consumer group too: whoever makes the group again runs resend_unapplied (below; publisher.py
+does at start and through the consumer's on_group_created).
 """
 
 from __future__ import annotations
@@ -105,3 +109,21 @@ async def reconcile_loop(
             await asyncio.wait_for(stop.wait(), settings.interval)
         except TimeoutError:
             pass
+
+
+async def resend_unapplied(*, db: Database) -> int:
+    """Put published events that were never applied back to pending, so that the relay sends them
+    again; returns how many. For a broker that lost its stream: one that keeps nothing across a
+    restart (the embedded Redis, a Redis without persistence) or was flushed. The consumer calls
+    it when it has to create its group again. Repeats of events that were in flight are dropped
+    by the inbox. (Here the consumer's inbox is in the relay's database; across services, the
+    consumer would report which events it has applied.)"""
+    async with db.sessions.begin() as session:
+        await session.connection(execution_options=WRITE_TRANSACTION)
+        result = await session.execute(
+            update(DomainEvent)
+            .where(DomainEvent.status == "published", ~exists().where(InboxEntry.event_id == DomainEvent.id))
+            .values(status="pending", published_at=None, next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    return result.rowcount

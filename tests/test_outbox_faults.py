@@ -39,9 +39,11 @@ from source.consumer import (
     read_raw,
     replay_dead_letter,
 )
+from source.failed_events import discard_failed_events
 from source.models import new_id
-from source.outbox import discard_failed_events, relay_batch, relay_database, resend_unapplied, stream_key
+from source.outbox import relay_batch, relay_database, stream_key
 from source.outbox_stats import Stats
+from source.reconcile import resend_unapplied
 from source.retention import RetentionSettings, prune_tables, trim_stream
 from tests.conftest import need
 from tests.test_outbox import add_events, drain, make_users, status_counts, wait_until

@@ -12,7 +12,7 @@ import ui
 from labbench import migrations
 from runtime import learners
 from source import retry_failed_events
-from source.outbox import discard_failed_events
+from source.failed_events import discard_failed_events
 from ui import learner, widgets
 from ui.views import migrations_views, outbox_views
 

@@ -15,7 +15,7 @@ from labbench.faults import Faults, LabPublisher
 from labbench.outbox_view import EventProgress, appended_at, event_progress
 from source import calculate_and_store_airscore, retry_failed_events
 from source.database import Database
-from source.outbox import discard_failed_events
+from source.failed_events import discard_failed_events
 from ui import gate, widgets
 from ui.views import cache_views
 
