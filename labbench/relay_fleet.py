@@ -24,10 +24,9 @@ import redis.asyncio as aioredis
 from sqlalchemy import func, select, text
 
 from labbench.outbox_health import lease_holders
-from labbench.relay_race import order_faults
+from labbench.relay_race import add_burst, order_faults
 from source.consumer import CONSUMER_GROUP, ConsumerSettings, dead_letter_key, event_consumer
 from source.database import Database
-from source.event_repository import DomainEventRepository
 from source.models import DomainEvent, InboxEntry, ScoreSummary, new_id
 from source.outbox_claims import AGGREGATE_ORDER
 from source.outbox_stats import Stats
@@ -89,16 +88,15 @@ class _Relay:
                                f"or took over {timeout:g} s")
 
 
+def score_event(n: int, user: str) -> DomainEvent:
+    """An AIRScoreCalculated event, which the lab's consumer applies to the user's read model."""
+    return DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=user,
+                       payload={"score_id": new_id(), "user_id": user, "air_score": float(n % 100)})
+
+
 async def add_scores(db: Database, *, events: int, users: int) -> None:
-    """`events` AIRScoreCalculated events over `users` users, round robin, numbered per user by the
-    lab's repository, committed 500 at a time."""
-    ids = [new_id() for _ in range(users)]
-    for start in range(0, events, 500):
-        async with db.sessions.begin() as session:
-            await DomainEventRepository(session).add_all([
-                DomainEvent(event_type="AIRScoreCalculated", aggregate_type="User", aggregate_id=ids[i % users],
-                            payload={"score_id": new_id(), "user_id": ids[i % users], "air_score": float(i % 100)})
-                for i in range(start, min(start + 500, events))])
+    """`events` AIRScoreCalculated events over `users` users (relay_race.add_burst), then statistics."""
+    await add_burst(db, events=events, users=users, make=score_event)
     async with db.engine.connect() as connection:  # as autovacuum soon would: the claim's plan needs statistics
         await connection.execution_options(isolation_level="AUTOCOMMIT")
         await connection.execute(text("VACUUM ANALYZE domain_events"))

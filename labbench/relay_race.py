@@ -140,16 +140,19 @@ async def throwaway_outbox(database_url: str, *, events: int, users: int) -> Asy
         yield connect
 
 
-async def add_burst(db: Database, *, events: int, users: int) -> None:
-    """`events` events over `users` users, round robin, committed 500 at a time."""
+def race_event(n: int, user: str) -> DomainEvent:
+    return DomainEvent(event_type="RelayRace", aggregate_type="User", aggregate_id=user, payload={"n": n})
+
+
+async def add_burst(db: Database, *, events: int, users: int,
+                    make: Callable[[int, str], DomainEvent] = race_event) -> None:
+    """`events` events (the n-th: make(n, its user)) over `users` users, round robin, numbered per
+    user by the lab's repository, committed 500 at a time."""
     aggregates = [new_id() for _ in range(users)]
     for start in range(0, events, 500):
         async with db.sessions.begin() as session:
-            await DomainEventRepository(session).add_all([
-                DomainEvent(event_type="RelayRace", aggregate_type="User", aggregate_id=aggregates[i % users],
-                            payload={"n": i})
-                for i in range(start, min(start + 500, events))
-            ])
+            await DomainEventRepository(session).add_all(
+                [make(i, aggregates[i % users]) for i in range(start, min(start + 500, events))])
 
 
 async def pending(db: Database) -> int:
